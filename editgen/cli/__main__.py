@@ -1,0 +1,5 @@
+import sys
+
+from editgen.cli import main
+
+sys.exit(main())

@@ -1,0 +1,71 @@
+"""Atomic output files: write to a temporary sibling, rename on success, so a failed
+command never leaves a half-written file (or directory) behind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from editgen.errors import OutputPathError
+
+
+def check_writable_file(path: str | os.PathLike) -> Path:
+    """Fail early (before any model work) when `path` cannot be created."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise OutputPathError(f"output path {path} is a directory: give a file name")
+    if not parent.is_dir():
+        raise OutputPathError(f"cannot write {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputPathError(f"cannot write {path}: directory {parent} is not writable")
+    return path
+
+
+def check_writable_dir(path: str | os.PathLike) -> Path:
+    """An output directory may exist (files in it are replaced) or be creatable."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputPathError(f"output directory {path} is a file")
+    anchor = path if path.exists() else path.parent if str(path.parent) else Path(".")
+    while not anchor.exists():
+        anchor = anchor.parent
+    if not os.access(anchor, os.W_OK):
+        raise OutputPathError(f"cannot write to {path}: {anchor} is not writable")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike):
+    """Yields a temporary path next to `path`; renamed onto `path` only on success."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent or ".")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike):
+    """Yields a temporary directory; its files are moved into `path` only on success."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
+    try:
+        yield tmp
+        path.mkdir(exist_ok=True)
+        for item in tmp.iterdir():
+            target = path / item.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            os.replace(item, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

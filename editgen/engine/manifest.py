@@ -1,0 +1,222 @@
+"""The manifest of an exported engine directory (`editgen export`): reading and checking.
+
+Torch-free: the ORT backend opens a directory with `load_manifest(dir)`, which checks the
+format and editgen versions and that every file the manifest names is present, raising
+ExportDirError naming the file. Tensor shapes use named dynamic axes (`"rows"`,
+`"capacity"`, ...) that the runtime resolves with `TensorSpec.resolve(axes)` to size its
+buffers: plain dictionary lookups, never `eval`.
+
+Layout of manifest.json (format_version 1):
+
+    {
+      "format_version": 1, "editgen_version": "0.1.0", "model": "random:tiny",
+      "dtype": "fp32" | "fp16", "quantize": null | "int8", "opset": 17,
+      "shapes": {ModelShapes.to_dict()},
+      "tokenizer": "tokenizer.json",
+      "dynamic_axes": {"rows": "...what it means...", ...},
+      "graphs": {
+        "decoder_step": {
+          "file": "decoder_step.onnx", "data_file": null | "decoder_step.onnx.data",
+          "dtype": "fp32", "quantize": null,
+          "inputs":  [{"name": "codes", "dtype": "int64", "shape": ["rows", 4]}, ...],
+          "outputs": [...],
+          "validation": {"max_abs_error": {"logits": 1e-7, ...}, "tolerance": 1e-3}
+        }, ...
+      },
+      "encodec": {"min_samples": 2560},
+      "int8": {...}   # only with --quantize int8: agreement with fp32
+    }
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from editgen.engine.config import ModelShapes
+from editgen.errors import ExportDirError
+from editgen.version import __version__
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+GRAPHS = ("text_encoder", "cross_kv", "decoder_step", "encodec_decode", "encodec_encode")
+DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32,
+          "bool": np.bool_}
+_AXIS = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: name, dtype ("float32", "int64", ...) and shape, whose
+    entries are ints (static) or axis names (dynamic)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        return np.dtype(DTYPES[self.dtype])
+
+    @property
+    def axes(self) -> tuple[str, ...]:
+        return tuple(d for d in self.shape if isinstance(d, str))
+
+    def resolve(self, axes: dict[str, int]) -> tuple[int, ...]:
+        """Concrete shape given the sizes of the named axes, e.g. {"rows": 4}."""
+        missing = [d for d in self.axes if d not in axes]
+        if missing:
+            raise KeyError(f"{self.name}: no size given for axes {missing}")
+        return tuple(axes[d] if isinstance(d, str) else d for d in self.shape)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str) -> "TensorSpec":
+        try:
+            name, dtype, shape = data["name"], data["dtype"], data["shape"]
+        except (KeyError, TypeError):
+            raise ExportDirError(f"{where}: a tensor entry lacks name/dtype/shape") from None
+        if dtype not in DTYPES:
+            raise ExportDirError(f"{where}: tensor {name!r} has unknown dtype {dtype!r}")
+        dims = []
+        for d in shape:
+            if isinstance(d, bool) or not (isinstance(d, int) and d >= 0
+                                           or isinstance(d, str) and _AXIS.match(d)):
+                raise ExportDirError(f"{where}: tensor {name!r} has a bad dimension {d!r}")
+            dims.append(d)
+        return cls(str(name), dtype, tuple(dims))
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphInfo:
+    name: str
+    file: str
+    data_file: str | None  # ONNX external data (graphs over 2 GB), beside `file`
+    dtype: str  # compute dtype: fp32 | fp16 (inputs/outputs keep the dtypes of `inputs`)
+    quantize: str | None
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    validation: dict
+
+    def input(self, name: str) -> TensorSpec:
+        return _by_name(self.inputs, name, self.name)
+
+    def output(self, name: str) -> TensorSpec:
+        return _by_name(self.outputs, name, self.name)
+
+    def to_dict(self) -> dict:
+        return {
+            "file": self.file, "data_file": self.data_file, "dtype": self.dtype, "quantize": self.quantize,
+            "inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs],
+            "validation": self.validation,
+        }
+
+
+def _by_name(specs, name, graph):
+    for spec in specs:
+        if spec.name == name:
+            return spec
+    raise KeyError(f"graph {graph} has no tensor {name!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    root: Path
+    data: dict  # the parsed manifest.json, as written
+    shapes: ModelShapes
+    graphs: dict[str, GraphInfo]
+    tokenizer_file: Path
+
+    @property
+    def dtype(self) -> str:
+        return self.data.get("dtype", "fp32")
+
+    @property
+    def quantize(self) -> str | None:
+        return self.data.get("quantize")
+
+    def graph_path(self, name: str) -> Path:
+        return self.root / self.graphs[name].file
+
+    @property
+    def encodec_min_samples(self) -> int:
+        return int(self.data.get("encodec", {}).get("min_samples", 0))
+
+
+def load_manifest(root: str | Path) -> Manifest:
+    """Read and check `root/manifest.json`; ExportDirError naming what is wrong."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ExportDirError(f"engine directory {root} does not exist: run `editgen export` first")
+    path = root / MANIFEST_FILE
+    if not path.is_file():
+        raise ExportDirError(f"engine directory {root} has no {MANIFEST_FILE}: "
+                             "is it a directory written by `editgen export`?")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ExportDirError(f"{path} cannot be read: {exc}") from None
+    if not isinstance(data, dict):
+        raise ExportDirError(f"{path} is not a JSON object")
+    fmt = data.get("format_version")
+    if fmt != FORMAT_VERSION:
+        raise ExportDirError(f"{path} has format_version {fmt!r}, this editgen reads {FORMAT_VERSION}: "
+                             "re-export the model with this version of `editgen export`")
+    version = data.get("editgen_version")
+    if version != __version__:
+        raise ExportDirError(f"{path} was written by editgen {version!r}, this is editgen {__version__}: "
+                             "re-export the model with this version of `editgen export`")
+    try:
+        shapes = ModelShapes.from_dict(data["shapes"])
+        raw_graphs = data["graphs"]
+        tokenizer = data["tokenizer"]
+    except (KeyError, TypeError) as exc:
+        raise ExportDirError(f"{path} is incomplete or malformed ({type(exc).__name__}: {exc})") from None
+    graphs = {}
+    for name in GRAPHS:
+        if name not in raw_graphs:
+            raise ExportDirError(f"{path} lists no graph {name!r}: re-export the model")
+        graphs[name] = _graph(name, raw_graphs[name], path)
+    manifest = Manifest(root, data, shapes, graphs, root / _plain_file_name(tokenizer, str(path)))
+    _check_files(manifest)
+    return manifest
+
+
+def _graph(name: str, raw: dict, path: Path) -> GraphInfo:
+    where = f"{path} graph {name}"
+    try:
+        return GraphInfo(
+            name=name, file=_plain_file_name(raw["file"], where), dtype=raw.get("dtype", "fp32"),
+            data_file=_plain_file_name(raw["data_file"], where) if raw.get("data_file") else None,
+            quantize=raw.get("quantize"),
+            inputs=tuple(TensorSpec.from_dict(t, where) for t in raw["inputs"]),
+            outputs=tuple(TensorSpec.from_dict(t, where) for t in raw["outputs"]),
+            validation=dict(raw.get("validation") or {}),
+        )
+    except (KeyError, TypeError) as exc:
+        raise ExportDirError(f"{where} is malformed ({type(exc).__name__}: {exc})") from None
+
+
+def _plain_file_name(value, where: str) -> str:
+    """Files of an export live in its directory: reject paths that leave it."""
+    if not isinstance(value, str) or not value or Path(value).name != value or value in (".", ".."):
+        raise ExportDirError(f"{where}: bad file name {value!r}")
+    return value
+
+
+def _check_files(manifest: Manifest) -> None:
+    needed = [manifest.tokenizer_file.name]
+    for graph in manifest.graphs.values():
+        needed.append(graph.file)
+        if graph.data_file:
+            needed.append(graph.data_file)
+    for name in needed:
+        if not (manifest.root / name).is_file():
+            raise ExportDirError(f"engine directory {manifest.root} is missing {name}: "
+                                 "the export is incomplete, run `editgen export` again")

@@ -1,0 +1,45 @@
+"""Per-request generation options: frozen, keyword-only, validated on creation."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from editgen.engine.config import ModelShapes
+from editgen.errors import InvalidRequestError
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GenerationOptions:
+    seconds: float
+    guidance_scale: float = 3.0  # classifier-free guidance; <= 1 disables it (no null rows)
+    top_k: int = 250
+    temperature: float = 1.0
+    greedy: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        if not isinstance(self.seconds, (int, float)) or not math.isfinite(self.seconds) or self.seconds <= 0:
+            raise InvalidRequestError(f"seconds must be a positive number, got {self.seconds}")
+        if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
+            raise InvalidRequestError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+        if not isinstance(self.top_k, int) or self.top_k < 1:
+            raise InvalidRequestError(f"top_k must be a positive integer, got {self.top_k}")
+        if not math.isfinite(self.temperature) or self.temperature <= 0:
+            raise InvalidRequestError(f"temperature must be > 0, got {self.temperature} (use greedy for argmax)")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise InvalidRequestError(f"seed must be a non-negative integer, got {self.seed}")
+
+    @property
+    def cfg(self) -> bool:
+        return self.guidance_scale > 1.0
+
+    def frames(self, shapes: ModelShapes) -> int:
+        """Audio frames for `seconds`; raises when the model's positions cannot hold them."""
+        frames = max(1, round(self.seconds * shapes.frame_rate))
+        if frames > shapes.max_frames:
+            raise InvalidRequestError(
+                f"{self.seconds} s needs {shapes.steps_for_frames(frames)} decoder positions, the model has "
+                f"{shapes.max_positions}: ask for at most {shapes.max_seconds:.2f} s"
+            )
+        return frames

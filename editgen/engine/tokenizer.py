@@ -1,0 +1,176 @@
+"""Text tokenizer for the T5 encoder (torch-free, over the `tokenizers` library).
+
+Two sources of a tokenizer:
+- `TextTokenizer.from_file(".../tokenizer.json")`: the file Hugging Face checkpoints ship
+  (facebook/musicgen-* write T5TokenizerFast's tokenizer.json).
+- `build_preset_tokenizer()`: a small T5-like tokenizer for `random:<preset>` models,
+  trained here, offline and deterministically, on `data/preset_corpus.txt`.
+
+Words are whitespace-separated (`split_words`). Punctuation is not split off: it stays part
+of its word ("jazz," is one word whose pieces are "▁jazz" and ","). Edit specs match words
+with `editgen.engine.edit.spec.word_key`, which ignores case and surrounding punctuation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+from tokenizers import processors, trainers
+
+from editgen.errors import CheckpointError, InvalidRequestError
+
+PAD, EOS, UNK = "<pad>", "</s>", "<unk>"  # ids 0, 1, 2 as in T5
+PRESET_VOCAB_SIZE = 600
+_CORPUS = Path(__file__).parent / "data" / "preset_corpus.txt"
+# Characters the preset knows even if the corpus lacks them (others become <unk>).
+_ALPHABET = list("abcdefghijklmnopqrstuvwxyz0123456789▁,.-'&!?:;()/\"+#%")
+_WORD = re.compile(r"\S+")
+
+
+def split_words(text: str) -> tuple[str, ...]:
+    """The words of a prompt: maximal runs of non-whitespace, punctuation included."""
+    return tuple(m.group() for m in _WORD.finditer(text))
+
+
+@functools.lru_cache(maxsize=1)
+def build_preset_tokenizer() -> Tokenizer:
+    """Sentencepiece-style BPE (Metaspace `▁` word prefix), lower-casing, `</s>` appended.
+
+    The BPE trainer is deterministic (merges are ranked by count, then by pair id; checked
+    across hash seeds and thread counts), so ids are the same in every process. Cached:
+    training takes a few hundred milliseconds. Callers must not mutate the result.
+    """
+    lines = [ln for ln in _CORPUS.read_text(encoding="utf-8").splitlines()
+             if ln.strip() and not ln.startswith("#")]
+    tok = Tokenizer(models.BPE(unk_token=UNK))
+    tok.normalizer = normalizers.Sequence([
+        normalizers.NFKC(), normalizers.Lowercase(),
+        normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip(),
+    ])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    trainer = trainers.BpeTrainer(
+        vocab_size=PRESET_VOCAB_SIZE, special_tokens=[PAD, EOS, UNK],
+        initial_alphabet=_ALPHABET, show_progress=False,
+    )
+    tok.train_from_iterator(lines, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"$A {EOS}", pair=f"$A {EOS} $B {EOS}",
+        special_tokens=[(EOS, tok.token_to_id(EOS))],
+    )
+    return tok
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TokenizedPrompt:
+    """One prompt padded to T tokens. Arrays are read-only."""
+
+    text: str
+    ids: np.ndarray  # int64 [T], pad id after `length`
+    mask: np.ndarray  # int64 [T], 1 on the `length` real tokens
+    length: int  # real tokens, `</s>` included
+    pieces: tuple[str, ...]  # [length] token strings
+    word_of_token: tuple[int | None, ...]  # [length] word index; None for special tokens
+    words: tuple[str, ...]  # whitespace words, normalized as the tokenizer does (lower-case)
+
+    def word_tokens(self, word: int) -> tuple[int, ...]:
+        """Token positions of word `word`, in order."""
+        return tuple(t for t, w in enumerate(self.word_of_token) if w == word)
+
+
+class TextTokenizer:
+    """Encodes prompts to fixed-length [T] ids; T = ModelShapes.max_text_tokens."""
+
+    def __init__(self, tokenizer: Tokenizer, max_tokens: int = 64):
+        if max_tokens < 2:
+            raise ValueError(f"max_tokens is {max_tokens}, must be at least 2")
+        if tokenizer.padding is not None or tokenizer.truncation is not None:
+            # Padding/truncation are ours to do (fixed T, clear error when too long);
+            # copy first so a shared tokenizer is not changed under other users.
+            tokenizer = Tokenizer.from_str(tokenizer.to_str())
+            tokenizer.no_padding()
+            tokenizer.no_truncation()
+        self._tok = tokenizer
+        self.max_tokens = max_tokens
+        pad = tokenizer.token_to_id(PAD)
+        self.pad_id = 0 if pad is None else pad
+
+    @classmethod
+    def from_file(cls, path: str | Path, max_tokens: int = 64) -> "TextTokenizer":
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"tokenizer file {str(path)!r} is missing: "
+                                  "the checkpoint needs its tokenizer.json")
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception as exc:  # the library raises a bare Exception on bad JSON
+            raise CheckpointError(f"tokenizer file {str(path)!r} cannot be read: {exc}") from exc
+        return cls(tok, max_tokens)
+
+    @classmethod
+    def preset(cls, max_tokens: int = 64) -> "TextTokenizer":
+        return cls(build_preset_tokenizer(), max_tokens)
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self._tok
+
+    def normalize(self, text: str) -> str:
+        norm = self._tok.normalizer
+        return text if norm is None else norm.normalize_str(text)
+
+    def encode(self, prompt: str) -> TokenizedPrompt:
+        if not isinstance(prompt, str):
+            raise InvalidRequestError(f"prompt must be text, got {type(prompt).__name__}")
+        if not prompt.strip():
+            raise InvalidRequestError("prompt is empty: give a text description")
+        enc = self._tok.encode(prompt)
+        n = len(enc.ids)
+        if n > self.max_tokens:
+            raise InvalidRequestError(f"prompt is {n} tokens, the model takes at most "
+                                      f"{self.max_tokens}: shorten it")
+        ids = np.full(self.max_tokens, self.pad_id, dtype=np.int64)
+        ids[:n] = enc.ids
+        mask = np.zeros(self.max_tokens, dtype=np.int64)
+        mask[:n] = 1
+        ids.flags.writeable = False
+        mask.flags.writeable = False
+        words = split_words(prompt)
+        return TokenizedPrompt(
+            text=prompt, ids=ids, mask=mask, length=n, pieces=tuple(enc.tokens),
+            word_of_token=_word_of_token(prompt, enc.offsets, enc.special_tokens_mask),
+            words=tuple(self.normalize(w) for w in words),
+        )
+
+    def encode_batch(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """ids, mask: int64 [n, T]."""
+        encoded = [self.encode(p) for p in prompts]
+        return (np.stack([e.ids for e in encoded]).astype(np.int64),
+                np.stack([e.mask for e in encoded]).astype(np.int64))
+
+
+def _word_of_token(text: str, offsets, special) -> tuple[int | None, ...]:
+    """Map tokens to whitespace words by character offsets into the original text.
+
+    Offsets rather than `Encoding.word_ids`: word ids follow the pre-tokenizer's splits,
+    which differ between tokenizer.json files; offsets work for any of them. A piece
+    that is only the `▁` standing for a space (offsets empty or on the space) belongs
+    to the word that follows it.
+    """
+    spans = [m.span() for m in _WORD.finditer(text)]
+    out: list[int | None] = []
+    for (start, end), is_special in zip(offsets, special):
+        if is_special:
+            out.append(None)
+            continue
+        word = next((w for w, (ws, we) in enumerate(spans) if ws < end and we > start), None)
+        if word is None:  # no overlap: the next word starting at or after `start`
+            word = next((w for w, (ws, _) in enumerate(spans) if ws >= start), len(spans) - 1)
+        out.append(word)
+    return tuple(out)

@@ -1,0 +1,183 @@
+"""The five exported graphs: torch modules, tensor names, named dynamic axes and example
+inputs for export and validation.
+
+Every graph has static `T` (ModelShapes.max_text_tokens: prompts are padded to it) and
+named dynamic axes for what changes per request:
+
+- `prompts`: prompts encoded at once (text_encoder)
+- `rows`: decoder rows, conditional then unconditional (cross_kv, decoder_step)
+- `capacity`: positions the self-attention KV cache holds (decoder_step)
+- `clips`, `frames`, `samples`: EnCodec batch, frames and audio samples
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import torch
+from torch import nn
+
+from editgen.engine.config import ModelShapes
+from editgen.export.step_module import CrossKV, DecoderStep
+
+DYNAMIC_AXES = {
+    "prompts": "prompts encoded at once",
+    "rows": "decoder rows: [source, targets] conditional, then the same rows unconditional with CFG",
+    "capacity": "positions the self-attention KV cache holds (>= decoder steps of the request)",
+    "clips": "code sequences decoded at once",
+    "frames": "EnCodec frames (frame_rate per second)",
+    "samples": "audio samples (sample_rate per second)",
+}
+
+STEP_INPUTS = ("codes", "position", "kv_cache", "cross_k", "cross_v", "text_mask",
+               "edit_src_row", "edit_mapper", "edit_alpha", "edit_weight", "edit_window",
+               "edit_blend", "edit_use_captured", "edit_captured")
+STEP_OUTPUTS = ("logits", "new_kv", "cross_attn")
+
+
+class TextEncoder(nn.Module):
+    """T5 encoder. input_ids, attention_mask: [prompts, T] int64 -> hidden [prompts, T, text_hidden]."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.encoder = model.text_encoder
+
+    def forward(self, input_ids, attention_mask):
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+class EncodecDecode(nn.Module):
+    """codes: [clips, K, frames] int64 -> audio [clips, samples] float32 (as TorchBackend.decode_audio)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.codec = model.audio_encoder
+
+    def forward(self, codes):
+        # EnCodec takes [chunks=1, clips, K, frames] and gives [clips, channels=1, samples].
+        return self.codec.decode(codes[None], [None])[0][:, 0]
+
+
+class EncodecEncode(nn.Module):
+    """wav: [samples] mono float32 -> codes [K, frames] int64 (as TorchBackend.encode_audio)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.codec = model.audio_encoder
+        self.bandwidth = max(model.audio_encoder.config.target_bandwidths)
+
+    def forward(self, wav):
+        enc = self.codec.encode(wav[None, None], bandwidth=self.bandwidth)
+        return enc.audio_codes[0, 0]  # [chunks=1, batch=1, K, frames] -> [K, frames]
+
+
+def encodec_min_samples(shapes: ModelShapes) -> int:
+    """Shortest audio the exported encoder takes: EnCodec pads tiny inputs through a
+    Python branch that tracing fixes, so inputs under 4 frames are refused up front."""
+    return 4 * (shapes.sample_rate // shapes.frame_rate)
+
+
+@dataclasses.dataclass
+class GraphDef:
+    """How to export one graph: the module, IO names, dynamic axes, and example inputs
+    (the first set is traced; every set is validated against the torch module)."""
+
+    name: str
+    module: nn.Module
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    dynamic_axes: dict[str, dict[int, str]]
+    examples: Callable[[], list[tuple[torch.Tensor, ...]]]
+    dtype_follows_export: bool  # fp16 export converts this graph (else it stays fp32)
+
+    @property
+    def file(self) -> str:
+        return f"{self.name}.onnx"
+
+
+def graph_defs(model, shapes: ModelShapes, prompts: tuple[tuple, ...]) -> list[GraphDef]:
+    """`prompts`: ((ids [T], mask [T]) int64 numpy, ...) real tokenized prompts for examples."""
+    s = shapes
+    L, H, D, K, T = s.num_layers, s.num_heads, s.head_dim, s.num_codebooks, s.max_text_tokens
+    gen = torch.Generator().manual_seed(0)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen)
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=gen)
+
+    def text_examples():
+        ids = torch.tensor([p[0] for p in prompts], dtype=torch.int64)
+        mask = torch.tensor([p[1] for p in prompts], dtype=torch.int64)
+        return [(ids, mask), (ids[:1], mask[:1])]
+
+    def text_mask(rows):
+        mask = torch.zeros(rows, T, dtype=torch.int64)
+        for r in range(rows // 2):  # conditional half: prompts of various lengths; null half: 0
+            mask[r, : 2 + (5 * r) % (T - 2)] = 1
+        return mask
+
+    def cross_examples():
+        out = []
+        for rows in (4, 2):
+            mask = text_mask(rows)
+            out.append((randn(rows, T, s.text_hidden_size) * mask[..., None], mask))
+        return out
+
+    def step_example(rows, capacity, position, edited):
+        rows_cond = rows // 2
+        codes = torch.randint(0, s.vocab_size + 1, (rows, K), generator=gen)
+        kv = randn(L, 2, rows, H, capacity, D)
+        ck, cv = randn(L, rows, H, T, D), randn(L, rows, H, T, D)
+        mask = text_mask(rows)
+        if not edited:  # identity edit inputs (plain generation)
+            return (codes, torch.tensor(position), kv, ck, cv, mask, torch.arange(rows),
+                    torch.eye(T).repeat(rows, 1, 1), torch.ones(rows, T), torch.ones(rows, T),
+                    torch.zeros(rows, T), torch.ones(rows, L), torch.zeros(rows), torch.zeros(L, rows, H, T))
+        src = torch.arange(rows)
+        src[1:rows_cond] = torch.randint(0, rows_cond, (rows_cond - 1,), generator=gen)
+        mapper = torch.softmax(randn(rows, T, T) * 3, dim=-1)  # row-stochastic
+        use_captured = torch.zeros(rows)
+        use_captured[rows_cond - 1] = 1.0
+        captured = torch.softmax(randn(L, rows, H, T), dim=-1)
+        return (codes, torch.tensor(position), kv, ck, cv, mask, src, mapper,
+                (rand(rows, T) > 0.5).float(), rand(rows, T) * 4 - 2, (rand(rows, T) > 0.5).float(),
+                rand(rows, L), use_captured, captured)
+
+    def step_examples():
+        return [step_example(4, 12, 7, edited=True), step_example(6, 5, 0, edited=False),
+                step_example(2, 9, 8, edited=True)]
+
+    hop = s.sample_rate // s.frame_rate
+
+    def decode_examples():
+        codes = lambda n, f: torch.randint(0, s.vocab_size, (n, K, f), generator=gen)  # noqa: E731
+        return [(codes(2, 12),), (codes(1, 5),)]
+
+    def encode_examples():
+        return [(randn(12 * hop + 17) * 0.1,), (randn(encodec_min_samples(s)) * 0.1,)]
+
+    kv_axes = {0: "rows"}
+    step_axes = {"codes": kv_axes, "kv_cache": {2: "rows", 4: "capacity"}, "cross_k": {1: "rows"},
+                 "cross_v": {1: "rows"}, "text_mask": kv_axes, "edit_captured": {1: "rows"},
+                 "logits": kv_axes, "new_kv": {2: "rows"}, "cross_attn": {1: "rows"}}
+    for name in ("edit_src_row", "edit_mapper", "edit_alpha", "edit_weight", "edit_window", "edit_blend",
+                 "edit_use_captured"):
+        step_axes[name] = kv_axes
+    return [
+        GraphDef("text_encoder", TextEncoder(model).eval(), ("input_ids", "attention_mask"), ("hidden",),
+                 {"input_ids": {0: "prompts"}, "attention_mask": {0: "prompts"}, "hidden": {0: "prompts"}},
+                 text_examples, dtype_follows_export=False),
+        GraphDef("cross_kv", CrossKV(model).eval(), ("hidden", "text_mask"), ("cross_k", "cross_v"),
+                 {"hidden": kv_axes, "text_mask": kv_axes, "cross_k": {1: "rows"}, "cross_v": {1: "rows"}},
+                 cross_examples, dtype_follows_export=True),
+        GraphDef("decoder_step", DecoderStep(model).eval(), STEP_INPUTS, STEP_OUTPUTS, step_axes,
+                 step_examples, dtype_follows_export=True),
+        GraphDef("encodec_decode", EncodecDecode(model).eval(), ("codes",), ("audio",),
+                 {"codes": {0: "clips", 2: "frames"}, "audio": {0: "clips", 1: "samples"}},
+                 decode_examples, dtype_follows_export=False),
+        GraphDef("encodec_encode", EncodecEncode(model).eval(), ("wav",), ("codes",),
+                 {"wav": {0: "samples"}, "codes": {1: "frames"}}, encode_examples, dtype_follows_export=False),
+    ]

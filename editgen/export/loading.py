@@ -1,0 +1,120 @@
+"""Load a MusicGen checkpoint: a local Hugging Face directory, a hub id, or
+`random:<preset>`. Every failure is a one-line CheckpointError."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+from editgen.engine.config import ModelShapes
+from editgen.engine.tokenizer import TextTokenizer, build_preset_tokenizer
+from editgen.errors import CheckpointError
+
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedMusicgen:
+    model: object  # transformers MusicgenForConditionalGeneration, eval mode, fp32
+    tokenizer: TextTokenizer
+    shapes: ModelShapes
+    name: str
+    is_random: bool
+    tokenizer_json: str  # serialized tokenizers.Tokenizer, copied into exports
+
+
+def shapes_of(model, max_text_tokens: int = 64) -> ModelShapes:
+    dec = model.config.decoder
+    enc = model.audio_encoder.config
+    return ModelShapes(
+        num_layers=dec.num_hidden_layers, hidden_size=dec.hidden_size, num_heads=dec.num_attention_heads,
+        num_codebooks=dec.num_codebooks, vocab_size=dec.vocab_size, pad_token_id=dec.pad_token_id,
+        max_positions=dec.max_position_embeddings, text_hidden_size=model.config.text_encoder.hidden_size,
+        max_text_tokens=max_text_tokens, sample_rate=enc.sampling_rate, frame_rate=enc.frame_rate,
+    )
+
+
+def load_musicgen(spec: str) -> LoadedMusicgen:
+    """`spec`: `random:<preset>`, a checkpoint directory, or a hub id such as
+    `facebook/musicgen-small` (needs network access)."""
+    if not spec or not spec.strip():
+        raise CheckpointError("no model given: pass --model random:tiny, a checkpoint directory or a hub id")
+    if spec.startswith("random:"):
+        return _load_random(spec.split(":", 1)[1])
+    if os.path.exists(spec):
+        return _load_dir(Path(spec))
+    if spec.count("/") == 1 and not spec.startswith((".", "/")):
+        return _load_hub(spec)
+    raise CheckpointError(f"model {spec!r} not found: no such directory, and not a hub id or random:<preset>")
+
+
+def _loaded(model, tokenizer: TextTokenizer, name: str, is_random: bool, tokenizer_json: str) -> LoadedMusicgen:
+    shapes = shapes_of(model, tokenizer.max_tokens)
+    return LoadedMusicgen(model, tokenizer, shapes, name, is_random, tokenizer_json)
+
+
+def _quiet_transformers():
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+
+
+def _load_random(preset: str) -> LoadedMusicgen:
+    from editgen.export.presets import build_random_musicgen, get_preset
+
+    get_preset(preset)  # validates the name before the slow part
+    _quiet_transformers()
+    tok = build_preset_tokenizer()
+    model = build_random_musicgen(preset, text_vocab_size=tok.get_vocab_size())
+    return _loaded(model, TextTokenizer(tok), f"random:{preset}", True, tok.to_str())
+
+
+def _load_dir(path: Path) -> LoadedMusicgen:
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is not a directory")
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"checkpoint {path} has no config.json: is it a MusicGen checkpoint directory?")
+    if not any((path / f).is_file() for f in _WEIGHT_FILES):
+        raise CheckpointError(f"checkpoint {path} has no weights ({' or '.join(_WEIGHT_FILES[::2])})")
+    tok_file = path / "tokenizer.json"
+    if not tok_file.is_file():
+        raise CheckpointError(f"checkpoint {path} has no tokenizer.json")
+    try:
+        json.loads((path / "config.json").read_text())
+        tokenizer = TextTokenizer.from_file(tok_file)
+    except Exception as exc:  # tokenizers raises a bare Exception on a broken file
+        raise CheckpointError(f"checkpoint {path} is corrupt: {_first_line(exc)}") from None
+    model = _from_pretrained(str(path), local_files_only=True)
+    return _loaded(model, tokenizer, str(path), False, tok_file.read_text())
+
+
+def _load_hub(repo_id: str) -> LoadedMusicgen:
+    try:
+        from huggingface_hub import hf_hub_download
+
+        tok_file = hf_hub_download(repo_id, "tokenizer.json")
+    except Exception as exc:
+        raise CheckpointError(
+            f"could not fetch {repo_id} from the model hub ({_first_line(exc)}): "
+            "when offline, pass a local checkpoint directory"
+        ) from None
+    model = _from_pretrained(repo_id)
+    return _loaded(model, TextTokenizer.from_file(tok_file), repo_id, False, Path(tok_file).read_text())
+
+
+def _from_pretrained(name: str, **kwargs):
+    _quiet_transformers()
+    from transformers import MusicgenForConditionalGeneration
+
+    try:
+        model = MusicgenForConditionalGeneration.from_pretrained(name, torch_dtype="float32", **kwargs)
+    except Exception as exc:
+        raise CheckpointError(f"cannot load MusicGen weights from {name}: {_first_line(exc)}") from None
+    return model.eval()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
