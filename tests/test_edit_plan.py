@@ -310,10 +310,13 @@ def test_edit_batch_captured_mode(tok):
     maps = np.random.default_rng(0).random((10, 4, 2, T), dtype=np.float32)
     batch = EditBatch([plan], cfg=True, num_heads=2, captured_maps=maps)
     x = batch.inputs(3, 10)
-    assert x.use_captured.tolist() == [0, 1, 0, 0]
-    assert x.src_row.tolist() == [0, 0, 2, 3]  # layout unchanged: row 0 is still the source
-    np.testing.assert_array_equal(x.captured[:, 1], maps[3])
-    assert (x.captured[:, [0, 2, 3]] == 0).all()
+    # The source is not run: rows are [target, null target].
+    assert (batch.rows_cond, batch.first_target) == (1, 0)
+    assert x.use_captured.tolist() == [1, 0]
+    assert x.src_row.tolist() == [0, 1]
+    np.testing.assert_array_equal(x.captured[:, 0], maps[3])
+    assert (x.captured[:, 1] == 0).all()
+    np.testing.assert_array_equal(x.mapper[0], plan.mapper)
     with pytest.raises(InvalidRequestError, match="captured maps cover 10 steps"):
         batch.inputs(3, 11)
     wrong_heads = np.zeros((10, 4, 3, T), dtype=np.float32)

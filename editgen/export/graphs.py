@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -109,8 +110,8 @@ def graph_defs(model, shapes: ModelShapes, prompts: tuple[tuple, ...]) -> list[G
         return torch.rand(*shape, generator=gen)
 
     def text_examples():
-        ids = torch.tensor([p[0] for p in prompts], dtype=torch.int64)
-        mask = torch.tensor([p[1] for p in prompts], dtype=torch.int64)
+        ids = torch.from_numpy(np.stack([p[0] for p in prompts]).astype(np.int64))
+        mask = torch.from_numpy(np.stack([p[1] for p in prompts]).astype(np.int64))
         return [(ids, mask), (ids[:1], mask[:1])]
 
     def text_mask(rows):

@@ -50,9 +50,9 @@ class EditBatch:
     """Edit tensors for one request; `inputs(step, num_steps)` refills the same buffers.
 
     captured_maps: float32 [steps, layers, heads, T], the source's maps recorded earlier
-    (captured mode). The row layout does not change: row 0 is still the source (the
-    caller may teacher-force or ignore it); targets read their source maps from
-    `captured` (use_captured = 1) instead of row 0.
+    (captured mode). Then the source is not run at all: the conditional rows are the
+    targets only, and they read their source maps from `captured` (use_captured = 1).
+    `first_target` is the row of the first target: 1 in paired mode, 0 in captured mode.
     """
 
     def __init__(self, plans: Sequence[EditPlan], *, cfg: bool, num_heads: int,
@@ -68,13 +68,15 @@ class EditBatch:
             assert plan.mapper.shape == first.mapper.shape
             assert plan.num_layers == first.num_layers
         T, layers = first.mapper.shape[0], first.num_layers
-        self._setup(1 + len(plans), cfg, T, layers, num_heads)
-        self.plans = tuple(plans)
         n = len(plans)
+        t0 = self.first_target = 0 if captured_maps is not None else 1
+        self._setup(t0 + n, cfg, T, layers, num_heads)
+        self.plans = tuple(plans)
         buf = self._buf
         # Static per-request parts, written once; only window/captured change per step.
-        buf.src_row[1:1 + n] = 0
-        for r, plan in enumerate(plans, start=1):
+        if t0:
+            buf.src_row[1:1 + n] = 0
+        for r, plan in enumerate(plans, start=t0):
             buf.mapper[r] = plan.mapper
             buf.alpha[r] = plan.alphas
             buf.weight[r] = plan.weights
@@ -82,7 +84,7 @@ class EditBatch:
         self._fractions = np.stack([p.window_fractions for p in plans])  # float64 [n, T]
         self._limits = np.empty_like(self._fractions)  # float64 [n, T]
         self._active = np.empty(self._fractions.shape, dtype=bool)  # [n, T]
-        self._window_targets = buf.window[1:1 + n]  # view [n, T]
+        self._window_targets = buf.window[t0:t0 + n]  # view [n, T]
         self._captured_maps = None
         if captured_maps is not None:
             want = (layers, num_heads, T)
@@ -91,8 +93,8 @@ class EditBatch:
                     f"captured maps have shape {tuple(captured_maps.shape)}, this model needs "
                     f"[steps, {layers}, {num_heads}, {T}]: capture them with the same model")
             self._captured_maps = np.ascontiguousarray(captured_maps, dtype=np.float32)
-            buf.use_captured[1:1 + n] = 1.0
-            self._captured_targets = buf.captured[:, 1:1 + n]  # view [layers, n, heads, T]
+            buf.use_captured[:n] = 1.0
+            self._captured_targets = buf.captured[:, :n]  # view [layers, n, heads, T]
 
     @classmethod
     def plain(cls, rows_cond: int, *, cfg: bool, shapes: ModelShapes | None = None,
@@ -108,6 +110,7 @@ class EditBatch:
         self._setup(rows_cond, cfg, T, num_layers, num_heads)
         self.plans = ()
         self._captured_maps = None
+        self.first_target = rows_cond
         return self
 
     def _setup(self, rows_cond: int, cfg: bool, T: int, num_layers: int, num_heads: int):

@@ -1,0 +1,140 @@
+"""Prompt-to-Prompt edits end to end: paired (source and targets in one batch),
+captured (targets from source maps recorded earlier), real audio (source row
+teacher-forced on EnCodec codes of a WAV), and time-region edits."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from editgen.engine.backend import Backend
+from editgen.engine.capture import SourceCapture
+from editgen.engine.edit import EditBatch, EditPlan, EditSpec, compile_edit
+from editgen.engine.generate import generate_codes
+from editgen.engine.hooks import ForceFrames, MeanMaps, RowMaps
+from editgen.engine.options import GenerationOptions
+from editgen.errors import InvalidRequestError
+
+
+@dataclasses.dataclass(frozen=True)
+class Region:
+    """Seconds [start, end) that are edited; outside it the targets copy the source."""
+
+    start: float
+    end: float
+
+    def __post_init__(self):
+        if not (0 <= self.start < self.end):
+            raise InvalidRequestError(f"region {self.start}:{self.end} must satisfy 0 <= start < end")
+
+    @classmethod
+    def parse(cls, text: str) -> "Region":
+        try:
+            start, end = (float(x) for x in text.split(":"))
+        except ValueError:
+            raise InvalidRequestError(f"region {text!r} must look like START:END in seconds, e.g. 2.0:5.0") from None
+        return cls(start, end)
+
+    def frame_mask(self, frames: int, frame_rate: int) -> np.ndarray:
+        """bool [frames], True inside the region."""
+        if self.start * frame_rate >= frames:
+            raise InvalidRequestError(f"region starts at {self.start} s, after the audio ends "
+                                      f"({frames / frame_rate:.2f} s)")
+        t = np.arange(frames) / frame_rate
+        return (t >= self.start) & (t < self.end)
+
+
+@dataclasses.dataclass
+class EditResult:
+    source_codes: np.ndarray  # [K, frames]
+    edited_codes: np.ndarray  # [targets, K, frames]
+    plans: tuple[EditPlan, ...]
+    mean_maps: np.ndarray  # [steps, 1 + targets, T] cross-attention over layers and heads; row 0 source
+    options: GenerationOptions
+
+
+def compile_specs(backend: Backend, specs: Sequence[EditSpec]) -> tuple[EditPlan, ...]:
+    if not specs:
+        raise InvalidRequestError("an edit needs at least one target")
+    return tuple(compile_edit(s, backend.tokenizer, backend.shapes.num_layers) for s in specs)
+
+
+def options_for_audio(options: GenerationOptions, codes: np.ndarray, frame_rate: int) -> GenerationOptions:
+    """Real-audio edits last as long as the audio."""
+    return dataclasses.replace(options, seconds=codes.shape[-1] / frame_rate)
+
+
+def edit(backend: Backend, specs: Sequence[EditSpec], options: GenerationOptions, *,
+         region: Region | None = None, audio_codes: np.ndarray | None = None,
+         progress: bool = True) -> EditResult:
+    """Paired mode: rows [source, target_1..n]; `audio_codes` [K, frames] teacher-forces the source."""
+    shapes = backend.shapes
+    plans = compile_specs(backend, specs)
+    if audio_codes is not None:
+        options = options_for_audio(options, audio_codes, shapes.frame_rate)
+    frames = options.frames(shapes)
+    steps = shapes.steps_for_frames(frames)
+    n = len(plans)
+    batch = EditBatch(plans, cfg=options.cfg, num_heads=shapes.num_heads)
+    prompts = [plans[0].source] + [p.target for p in plans]
+    overrides, pattern = [], _pattern(shapes, steps)
+    if audio_codes is not None:
+        overrides.append(ForceFrames(pattern, [0], np.ones(frames, bool), source_codes=audio_codes))
+    if region is not None:
+        outside = ~region.frame_mask(frames, shapes.frame_rate)
+        overrides.append(ForceFrames(pattern, range(1, 1 + n), outside, from_row=0))
+    maps = MeanMaps(steps, 1 + n, shapes.max_text_tokens)
+    result = generate_codes(backend, prompts, options, edits=batch, overrides=overrides,
+                            recorders=[maps], progress=progress)
+    return EditResult(result.codes[0], result.codes[1:], plans, maps.maps, options)
+
+
+def edit_from_capture(backend: Backend, capture: SourceCapture, specs: Sequence[EditSpec], *,
+                      region: Region | None = None, progress: bool = True) -> EditResult:
+    """Captured mode: the source is not run; its maps and codes come from `capture`."""
+    shapes = backend.shapes
+    capture.check_compatible(backend, specs)
+    plans = compile_specs(backend, specs)
+    options = capture.options
+    frames = options.frames(shapes)
+    steps = shapes.steps_for_frames(frames)
+    n = len(plans)
+    batch = EditBatch(plans, cfg=options.cfg, num_heads=shapes.num_heads, captured_maps=capture.maps)
+    overrides = []
+    if region is not None:
+        outside = ~region.frame_mask(frames, shapes.frame_rate)
+        overrides.append(ForceFrames(_pattern(shapes, steps), range(n), outside, source_codes=capture.codes))
+    maps = MeanMaps(steps, n, shapes.max_text_tokens)
+    result = generate_codes(backend, [p.target for p in plans], options, edits=batch, overrides=overrides,
+                            recorders=[maps], progress=progress)
+    source_mean = capture.maps.astype(np.float32).mean(axis=(1, 2))[:, None]  # [steps, 1, T]
+    return EditResult(capture.codes, result.codes, plans, np.concatenate([source_mean, maps.maps], axis=1),
+                      options)
+
+
+def capture_source(backend: Backend, source: str, options: GenerationOptions, *,
+                   audio_codes: np.ndarray | None = None, dtype=np.float16,
+                   progress: bool = True) -> SourceCapture:
+    """Generates (or, with `audio_codes`, teacher-forces) the source and records its
+    conditional cross-attention maps [steps, layers, heads, T] in `dtype`."""
+    shapes = backend.shapes
+    prompt = backend.tokenizer.encode(source)
+    if audio_codes is not None:
+        options = options_for_audio(options, audio_codes, shapes.frame_rate)
+    frames = options.frames(shapes)
+    steps = shapes.steps_for_frames(frames)
+    overrides = []
+    if audio_codes is not None:
+        overrides.append(ForceFrames(_pattern(shapes, steps), [0], np.ones(frames, bool), source_codes=audio_codes))
+    maps = RowMaps(steps, 0, shapes.num_layers, shapes.num_heads, shapes.max_text_tokens, dtype=dtype)
+    result = generate_codes(backend, [prompt], options, overrides=overrides, recorders=[maps], progress=progress)
+    return SourceCapture(prompt=source, codes=result.codes[0], maps=maps.maps, options=options,
+                         shapes=shapes)
+
+
+def _pattern(shapes, steps):
+    from editgen.engine.delay import DelayPattern
+
+    return DelayPattern(shapes.num_codebooks, steps + 1, shapes.pad_token_id)

@@ -1,0 +1,111 @@
+"""Invariants of Prompt-to-Prompt editing on random:tiny (torch backend)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from editgen.engine.edit import EditSpec
+from editgen.engine.editing import Region, capture_source, edit, edit_from_capture
+from editgen.engine.options import GenerationOptions
+from editgen.engine.runtime import generate
+from editgen.errors import InvalidRequestError
+
+SRC = "lofi piano with warm drums"
+TGT = "lofi marimba with warm drums"  # marimba: two pieces where piano has one
+OPTS = GenerationOptions(seconds=1.0, seed=3)  # sampling, top-k 250, guidance 3
+
+
+@pytest.fixture(scope="module")
+def paired(tiny_backend):
+    return edit(tiny_backend, [EditSpec(source=SRC, target=TGT)], OPTS, progress=False)
+
+
+@pytest.mark.parametrize("op", ["replace", "refine"])
+def test_identity_edit_reproduces_source(tiny_backend, op):
+    r = edit(tiny_backend, [EditSpec(source=SRC, target=SRC, op=op)], OPTS, progress=False)
+    np.testing.assert_array_equal(r.edited_codes[0], r.source_codes)
+    np.testing.assert_array_equal(r.mean_maps[:, 1], r.mean_maps[:, 0])
+
+
+def test_reweight_by_one_is_a_no_op(tiny_backend):
+    spec = EditSpec(source=SRC, op="reweight", word_weights={w: 1.0 for w in SRC.split()})
+    r = edit(tiny_backend, [spec], OPTS, progress=False)
+    np.testing.assert_array_equal(r.edited_codes[0], r.source_codes)
+
+
+def test_source_row_equals_plain_generation(tiny_backend, paired):
+    plain = generate(tiny_backend, SRC, OPTS, progress=False)
+    np.testing.assert_array_equal(paired.source_codes, plain.codes)
+
+
+def test_blend_constant_one_equals_plain_target(tiny_backend):
+    r = edit(tiny_backend, [EditSpec(source=SRC, target=TGT, blend="constant:1")], OPTS, progress=False)
+    plain = generate(tiny_backend, TGT, OPTS, progress=False)
+    np.testing.assert_array_equal(r.edited_codes[0], plain.codes)
+
+
+def test_real_edit_changes_the_target(paired):
+    assert (paired.edited_codes[0] != paired.source_codes).mean() > 0.5
+
+
+def test_reweight_changes_attention_to_the_word(tiny_backend):
+    """c = 2 on 'piano' doubles (in layer 0 under the soft blend) the injected map there."""
+    up = edit(tiny_backend, [EditSpec(source=SRC, op="reweight", word_weights={"piano": 2.0})], OPTS,
+              progress=False)
+    piano = up.plans[0].target.word_tokens(1)
+    assert up.mean_maps[0, 1, list(piano)].sum() > up.mean_maps[0, 0, list(piano)].sum() * 1.2
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_captured_mode_equals_paired_mode(tiny_backend, paired, dtype):
+    cap = capture_source(tiny_backend, SRC, OPTS, dtype=dtype, progress=False)
+    np.testing.assert_array_equal(cap.codes, paired.source_codes)
+    r = edit_from_capture(tiny_backend, cap, [EditSpec(source=SRC, target=TGT)], progress=False)
+    np.testing.assert_array_equal(r.edited_codes, paired.edited_codes)
+    # Maps agree to float32 rounding (averages are taken in another order); an fp16
+    # capture is within fp16 rounding of the probabilities.
+    atol = 1e-6 if dtype == np.float32 else 1e-3
+    np.testing.assert_allclose(r.mean_maps, paired.mean_maps, atol=atol, rtol=0)
+
+
+def test_capture_file_round_trip(tiny_backend, tmp_path):
+    cap = capture_source(tiny_backend, SRC, OPTS, progress=False)
+    cap.save(tmp_path / "src.npz")
+    back = type(cap).load(tmp_path / "src.npz")
+    assert back.prompt == SRC and back.options == OPTS and back.shapes == cap.shapes
+    np.testing.assert_array_equal(back.maps, cap.maps)
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(InvalidRequestError, match="unreadable"):
+        type(cap).load(tmp_path / "bad.npz")
+
+
+def test_region_edit_copies_source_outside(tiny_backend):
+    region = Region(0.3, 0.6)
+    r = edit(tiny_backend, [EditSpec(source=SRC, target=TGT)], OPTS, region=region, progress=False)
+    inside = region.frame_mask(r.source_codes.shape[1], 50)
+    np.testing.assert_array_equal(r.edited_codes[0][:, ~inside], r.source_codes[:, ~inside])
+    assert (r.edited_codes[0][:, inside] != r.source_codes[:, inside]).mean() > 0.5
+
+
+def test_teacher_forced_source_follows_audio_codes(tiny_backend):
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 2048, size=(4, 40))
+    r = edit(tiny_backend, [EditSpec(source=SRC, target=TGT)], OPTS, audio_codes=codes, progress=False)
+    np.testing.assert_array_equal(r.source_codes, codes)
+    assert r.edited_codes.shape == (1, 4, 40)
+
+
+def test_batched_targets_equal_one_at_a_time(tiny_backend, paired):
+    specs = [EditSpec(source=SRC, target=TGT), EditSpec(source=SRC, target=SRC + " and bass", op="refine")]
+    both = edit(tiny_backend, specs, OPTS, progress=False)
+    alone = edit(tiny_backend, specs[1:], OPTS, progress=False)
+    np.testing.assert_array_equal(both.edited_codes[0], paired.edited_codes[0])
+    np.testing.assert_array_equal(both.edited_codes[1], alone.edited_codes[0])
+
+
+def test_region_syntax_errors():
+    with pytest.raises(InvalidRequestError, match="START:END"):
+        Region.parse("2-5")
+    with pytest.raises(InvalidRequestError, match="start < end"):
+        Region.parse("5:2")
