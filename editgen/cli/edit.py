@@ -60,18 +60,6 @@ def parse_assignments(items: list[str], flag: str, value_name: str) -> dict[str,
     return out
 
 
-def check_output_dir(path: str):
-    """The output directory may exist or not, but its parent must: a typo in the path should
-    not create a tree of directories (and as root os.access says yes to everything)."""
-    from pathlib import Path
-
-    out = check_writable_dir(path)
-    parent = Path(out).parent if str(Path(out).parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputPathError(f"cannot write to {out}: directory {parent} does not exist (create it first)")
-    return out
-
-
 def check_audio_readable(path: str) -> None:
     """Cheap header check so an unreadable file fails before the model loads."""
     import soundfile as sf
@@ -89,13 +77,16 @@ def audio_codes(backend, path: str):
 
     shapes = backend.shapes
     wav = read_wav(path, shapes.sample_rate)  # [samples] mono float32
+    too_long = AudioError(f"audio {path} is {len(wav) / shapes.sample_rate:.2f} s, the model takes at most "
+                          f"{shapes.max_seconds:.2f} s: trim it")
+    if math.ceil(len(wav) * shapes.frame_rate / shapes.sample_rate) > shapes.max_frames:
+        raise too_long  # before encoding: EnCodec on a long file is slow
     codes = backend.encode_audio(wav)  # [K, frames]
     frames = codes.shape[-1]
     if frames < 1:
         raise AudioError(f"audio {path} is too short: it gives no frame at {shapes.frame_rate} frames/s")
     if frames > shapes.max_frames:
-        raise AudioError(f"audio {path} is {frames / shapes.frame_rate:.2f} s, the model takes at most "
-                         f"{shapes.max_seconds:.2f} s: trim it")
+        raise too_long
     print(f"note: the duration comes from the audio ({frames / shapes.frame_rate:.2f} s, {frames} frames); "
           "--seconds is ignored", file=sys.stderr)
     return codes
@@ -114,7 +105,7 @@ def run(args) -> int:
     from editgen.engine.editing import Region
 
     # Everything cheap is checked before the model loads.
-    out = check_output_dir(args.output)
+    out = check_writable_dir(args.output)
     if args.capture and args.audio:
         raise InvalidRequestError("give --capture or --audio, not both: capture the audio with "
                                   "`editgen capture --audio` and edit from that capture")
@@ -176,6 +167,8 @@ def _write_outputs(out, args, result, mode, source_wav, edited_wav, shapes, regi
         "sample_rate": shapes.sample_rate, "frame_rate": shapes.frame_rate,
         "frames": int(result.edited_codes.shape[-1]),
         "plan": plan.to_json(),
+        "source_codes": result.source_codes.tolist(),  # [K, frames]
+        "edited_codes": result.edited_codes[0].tolist(),  # [K, frames]
     }
     with atomic_dir(out) as tmp:
         write_wav(tmp / "source.wav", source_wav, shapes.sample_rate)

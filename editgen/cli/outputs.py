@@ -26,15 +26,18 @@ def check_writable_file(path: str | os.PathLike) -> Path:
 
 
 def check_writable_dir(path: str | os.PathLike) -> Path:
-    """An output directory may exist (files in it are replaced) or be creatable."""
+    """An output directory may exist (files in it are replaced) or not, but its parent
+    must: a typo should not create a tree of directories. Checked by path, not with
+    os.access alone, which says yes to everything when running as root."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputPathError(f"output directory {path} is a file")
-    anchor = path if path.exists() else path.parent if str(path.parent) else Path(".")
-    while not anchor.exists():
-        anchor = anchor.parent
-    if not os.access(anchor, os.W_OK):
-        raise OutputPathError(f"cannot write to {path}: {anchor} is not writable")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        why = "is not a directory" if parent.exists() else "does not exist (create it first)"
+        raise OutputPathError(f"cannot write to {path}: {parent} {why}")
+    if not os.access(parent, os.W_OK):
+        raise OutputPathError(f"cannot write to {path}: {parent} is not writable")
     return path
 
 
@@ -57,7 +60,6 @@ def atomic_dir(path: str | os.PathLike):
     """Yields a temporary directory; its files are moved into `path` only on success."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
     try:
         yield tmp

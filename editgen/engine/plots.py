@@ -46,20 +46,26 @@ def plot_edit_attention(path: str | Path, mean_maps: np.ndarray, plans: Sequence
     axes = fig.subplots(rows, 2, squeeze=False, sharex=True)
     for i, plan in enumerate(plans):
         source, edited = attention_panels(mean_maps, plan, i)
-        vmax = float(max(source.max(), edited.max(), 1e-6))
+        lo, hi = float(min(source.min(), edited.min())), float(max(source.max(), edited.max(), 1e-6))
+        if lo < 0:  # a negative reweight: diverging colors centred on 0
+            cmap, vmax = "coolwarm", max(hi, -lo)
+            vmin = -vmax
+        else:
+            cmap, vmin, vmax = "magma", 0.0, hi
         labels = [_label(p) for p in plan.target.pieces]
-        panels = ((source, f"source: {plan.source.text!r}\n(mapped onto target tokens, op {plan.op})"),
+        panels = ((source, f"source: {plan.source.text!r}\n(mapped onto target tokens, op {plan.op}; 0 = no source token)"),
                   (edited, f"edited: {plan.target.text!r}"))
         for ax, (image, name) in zip(axes[i], panels):
-            im = ax.imshow(image, aspect="auto", origin="upper", interpolation="nearest", cmap="magma",
-                           vmin=0.0, vmax=vmax, extent=(0.0, seconds, len(labels) - 0.5, -0.5))
+            im = ax.imshow(image, aspect="auto", origin="upper", interpolation="nearest", cmap=cmap,
+                           vmin=vmin, vmax=vmax, extent=(0.0, seconds, len(labels) - 0.5, -0.5))
             if audio_seconds is not None and audio_seconds < seconds:
                 ax.axvline(audio_seconds, color="white", linestyle="--", linewidth=0.8)
             ax.set_yticks(range(len(labels)), labels, fontsize=9)
             ax.set_title(name, fontsize=10)
             ax.set_ylabel("target token")
             if i == rows - 1:
-                ax.set_xlabel(f"time (s): decoder step / {frame_rate} frames per s")
+                end = "; dashed: end of audio" if audio_seconds is not None and audio_seconds < seconds else ""
+                ax.set_xlabel(f"time (s) = decoder step / {frame_rate} frames per s{end}")
         fig.colorbar(im, ax=axes[i].tolist(), label="attention (mean of layers, heads)", shrink=0.9)
     fig.suptitle(title or "Cross-attention per target token over time", fontsize=12)
     fig.savefig(str(path), format="png")

@@ -78,10 +78,14 @@ class DecoderStep(nn.Module):
         cross_bias = (1.0 - text_mask.to(x.dtype)) * NEG  # [rows, T]
         cross_bias = cross_bias[:, None, None, :]
 
+        # [layers * 2, rows, heads, capacity, head_dim]: one Gather per K or V in the graph.
+        # ONNX Runtime has no strided views, so each gather copies its block; with
+        # kv_cache[i, 0] it would copy layer i whole first, then K or V (2x the cache).
+        kv_flat = kv_cache.reshape(-1, *kv_cache.shape[2:])
         new_kv, probs = [], []
         for i, layer in enumerate(self.layers):
             h = layer.self_attn_layer_norm(x)
-            attn, k_new, v_new = self._self_attention(layer.self_attn, h, kv_cache[i, 0], kv_cache[i, 1], self_bias)
+            attn, k_new, v_new = self._self_attention(layer.self_attn, h, kv_flat[2 * i], kv_flat[2 * i + 1], self_bias)
             x = x + attn
             new_kv.append(torch.stack([k_new, v_new]))
 

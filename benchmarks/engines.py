@@ -1,0 +1,189 @@
+"""Our engines (torch reference backend, ORT fp32 / int8) and the per-configuration worker.
+
+Steady-state step time at past length P: the generation loop's per-step work (backend
+step with the request's edit tensors, KV write, CFG, top-k sampling) over a burst of N
+steps at positions P..P+N-1, on a static KV cache of capacity P + N filled with
+constants (touched, so it is resident). End to end: `generate_codes` / `edit` plus the
+EnCodec decode, as the CLI runs them.
+
+`run_worker(spec)` runs one engine x workload in this process (the runner starts one
+process per configuration so that peak resident memory is per configuration) and returns
+a JSON-ready dict.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+
+import numpy as np
+
+from benchmarks import common
+from benchmarks.common import GUIDANCE, SOURCE, TOP_K, peak_rss_mb, repeat_timing, reset_peak_rss
+
+ENGINES = ("transformers", "torch", "ort-fp32", "ort-int8")
+WORKLOADS = ("generate", "edit")
+
+
+class OurStepBench:
+    def __init__(self, backend, workload: str, batch: int, past: int, burst: int):
+        from editgen.engine.backend import KVCache
+        from editgen.engine.edit import EditBatch, EditSpec
+        from editgen.engine.editing import compile_specs
+        from editgen.engine.sampling import Sampler
+
+        self.backend = backend
+        shapes = self.shapes = backend.shapes
+        if workload == "edit":
+            plans = compile_specs(backend, [EditSpec(source=SOURCE, target=t) for t in common.targets(batch)])
+            self.edits = EditBatch(plans, cfg=True, num_heads=shapes.num_heads)
+            prompts = [plans[0].source] + [p.target for p in plans]
+        else:
+            self.edits = EditBatch.plain(rows_cond=batch, cfg=True, shapes=shapes)
+            prompts = [backend.tokenizer.encode(p) for p in common.plain_prompts(batch)]
+        n = self.n = len(prompts)
+        self.rows = 2 * n
+        ids = np.stack([p.ids for p in prompts])
+        mask = np.stack([p.mask for p in prompts])
+        hidden = backend.encode_text(ids, mask)
+        hidden = np.concatenate([hidden, np.zeros_like(hidden)])
+        self.mask = np.concatenate([mask, np.zeros_like(mask)])
+        self.cross_k, self.cross_v = backend.cross_kv(hidden, self.mask)
+        self.past, self.burst_len = past, burst
+        self.capacity = past + burst
+        self.cache = KVCache(shapes, self.rows, self.capacity)
+        self.cache.array.fill(0.01)  # touch every page: np.zeros pages read as the shared zero page
+        self.sampler = Sampler(n, seed=0, top_k=TOP_K, temperature=1.0, greedy=False)
+        rng = np.random.default_rng(0)
+        self.frame = rng.integers(0, shapes.vocab_size, (self.rows, shapes.num_codebooks), dtype=np.int64)
+
+    def burst(self, steps: int) -> None:
+        from editgen.engine.sampling import classifier_free_guidance
+
+        n, b = self.n, self.backend
+        for t in range(self.past, self.past + steps):
+            out = b.step(self.frame, t, self.cache.array, self.cross_k, self.cross_v, self.mask,
+                         self.edits.inputs(t, self.capacity))
+            self.cache.write(t, out.new_kv)
+            codes = self.sampler(classifier_free_guidance(out.logits, GUIDANCE))
+            self.frame[:n] = codes
+            self.frame[n:] = codes
+
+
+def our_e2e(backend, workload: str, batch: int, seconds: float) -> float:
+    from editgen.engine.edit import EditSpec
+    from editgen.engine.editing import edit
+    from editgen.engine.generate import generate_codes
+    from editgen.engine.options import GenerationOptions
+
+    options = GenerationOptions(seconds=seconds, guidance_scale=GUIDANCE, top_k=TOP_K, seed=0)
+    start = time.perf_counter()
+    if workload == "edit":
+        r = edit(backend, [EditSpec(source=SOURCE, target=t) for t in common.targets(batch)], options,
+                 progress=False)
+        codes = np.concatenate([r.source_codes[None], r.edited_codes])
+    else:
+        prompts = [backend.tokenizer.encode(p) for p in common.plain_prompts(batch)]
+        codes = generate_codes(backend, prompts, options, progress=False).codes
+    backend.decode_audio(codes)
+    return time.perf_counter() - start
+
+
+@functools.lru_cache(maxsize=1)
+def _load(model: str):
+    from editgen.export.loading import load_musicgen
+
+    return load_musicgen(model)
+
+
+def open_engine(spec: dict):
+    """-> (backend or loaded model, weight bytes, label)."""
+    from benchmarks import roofline
+
+    engine = spec["engine"]
+    if engine in ("transformers", "torch"):
+        loaded = _load(spec["model"])  # cached: --in-process runs reuse the model
+        weights = roofline.torch_weight_bytes(loaded.model)
+        if engine == "transformers":
+            return loaded, weights
+        from editgen.engine.backends.torch_backend import TorchBackend
+
+        return TorchBackend(loaded), weights
+    from editgen.engine.backends.ort_backend import OrtBackend
+
+    backend = OrtBackend(spec["engine_dir"])
+    step_file = backend.manifest.root / backend.manifest.graphs["decoder_step"].file
+    return backend, roofline.onnx_weight_bytes(step_file)
+
+
+def run_worker(spec: dict) -> dict:
+    """spec: engine, workload, model, engine_dir, points [[frames, batch], ...] (run in this
+    order), burst, warmup, repeats, e2e_seconds, e2e_repeats, threads."""
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    engine, workload = spec["engine"], spec["workload"]
+    start = time.perf_counter()
+    obj, weights = open_engine(spec)
+    load_s = time.perf_counter() - start
+    shapes = obj.shapes
+    points = []
+    for frames, batch in spec["points"]:
+        can_reset = reset_peak_rss()
+        if engine == "transformers":
+            from benchmarks.baselines import StepBench
+
+            bench = StepBench(obj, workload, batch, frames)
+            capacity = frames + spec["burst"]
+        else:
+            bench = OurStepBench(obj, workload, batch, frames, spec["burst"])
+            capacity = bench.capacity
+        t = repeat_timing(lambda: bench.burst(spec["burst"]), warmup=spec["warmup"], repeats=spec["repeats"])
+        step = {k: (v / spec["burst"] if k != "all" else [x / spec["burst"] for x in v]) for k, v in t.items()}
+        points.append({
+            "frames": frames, "batch": batch, "rows": bench.rows, "past": frames, "capacity": capacity,
+            "step_s": step, "steps_s": 1.0 / step["min"], "steps_s_median": 1.0 / step["median"],
+            "peak_rss_mb": peak_rss_mb(), "peak_rss_scope": "point" if can_reset else "process",
+        })
+        del bench
+    e2e = None
+    if spec.get("e2e_seconds"):
+        try:
+            e2e = _e2e(obj, engine, workload, shapes, spec)
+        except Exception as exc:  # recorded; the step timings above still count
+            e2e = {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"}
+    if hasattr(obj, "close"):
+        obj.close()
+    return {"engine": engine, "workload": workload, "load_s": load_s, "points": points, "e2e": e2e,
+            "weights": {"dense_bytes": weights.dense, "gathered_row_bytes": weights.gathered_row,
+                        "source": weights.source},
+            "shapes": shapes.to_dict(), "pid": os.getpid()}
+
+
+def _e2e(obj, engine: str, workload: str, shapes, spec: dict) -> dict:
+    """One short request at batch 1 (min of repeats) and a two-frame request (time to the
+    first audio: text encoder, cross K/V, the K + 1 steps that complete frames 0-1 under
+    the delay pattern, EnCodec decode; two frames because the exported EnCodec decoder's
+    reflect padding needs at least two)."""
+    seconds = spec["e2e_seconds"]
+    frames = max(1, round(seconds * shapes.frame_rate))
+    steps = shapes.steps_for_frames(frames)
+    first = 2.0 / shapes.frame_rate
+    reset_peak_rss()
+    if engine == "transformers":
+        from benchmarks import baselines
+
+        run = lambda: baselines.e2e(obj, workload, 1, steps)  # noqa: E731
+        run_first = lambda: baselines.e2e(obj, workload, 1, shapes.steps_for_frames(2))  # noqa: E731
+    else:
+        run = lambda: our_e2e(obj, workload, 1, seconds)  # noqa: E731
+        run_first = lambda: our_e2e(obj, workload, 1, first)  # noqa: E731
+    walls = [run() for _ in range(spec["e2e_repeats"])]
+    ttff = [run_first() for _ in range(max(3, spec["e2e_repeats"]))]
+    best = min(walls)
+    return {"batch": 1, "audio_seconds": frames / shapes.frame_rate, "frames": frames, "steps": steps,
+            "wall_s": {"min": best, "median": float(np.median(walls)), "all": walls},
+            "rtf": frames / shapes.frame_rate / best, "steps_s": steps / best,
+            "ttff_s": {"min": min(ttff), "median": float(np.median(ttff)), "all": ttff},
+            "peak_rss_mb": peak_rss_mb()}

@@ -1,0 +1,160 @@
+"""`--quantize int8`: weight-only 8-bit decoder step for CPU, and its agreement with fp32.
+
+Method (METHOD): onnxruntime's MatMulNBitsQuantizer with bits=8, symmetric blocks of
+BLOCK_SIZE along K, accuracy_level 4 (int8 compute on CPU): every MatMul with a constant
+weight (attention projections, FFN, LM heads) becomes com.microsoft.MatMulNBits; inputs,
+outputs, softmax and the KV cache stay fp32. `quantize_dynamic` (MatMulInteger, dynamic
+activation quantization) is kept as "dynamic" for comparison; see the report for timings.
+
+Agreement (written to manifest["int8"]): greedy decoding with guidance 3.0 of one prompt
+for AGREEMENT_STEPS steps, three ways:
+- teacher-forced: both graphs see the fp32 greedy sequence; the fraction of (row,
+  codebook, step) where int8's greedy choice equals fp32's, and the max abs logit error;
+- free-running: each graph decodes on its own; the fraction of equal codes (one early
+  difference changes everything after it, so this is a lower bound).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from editgen.engine.backend import KVCache
+from editgen.engine.edit import EditStepInputs
+from editgen.engine.generate import generate_codes
+from editgen.engine.options import GenerationOptions
+from editgen.engine.sampling import classifier_free_guidance
+
+METHODS = ("matmul_nbits", "dynamic")
+METHOD = "matmul_nbits"
+BLOCK_SIZE = 128
+AGREEMENT_STEPS = 50
+AGREEMENT_PROMPT = "lofi piano with warm drums"
+INT8_FILE = "decoder_step.int8.onnx"
+
+
+def quantize_step_graph(src: Path, dst: Path, method: str = METHOD, *, external_data: bool = False) -> None:
+    """Write the weight-only int8 version of the graph at `src` to `dst`."""
+    if method == "matmul_nbits":
+        import onnx
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        quant = MatMulNBitsQuantizer(onnx.load(str(src)), bits=8, block_size=BLOCK_SIZE, is_symmetric=True,
+                                     accuracy_level=4)
+        quant.process()
+        quant.model.save_model_to_file(str(dst), use_external_data_format=external_data)
+    elif method == "dynamic":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                         per_channel=True, use_external_data_format=external_data,
+                         extra_options={"MatMulConstBOnly": True})
+    else:
+        raise ValueError(f"unknown int8 method {method!r}: one of {METHODS}")
+
+
+def quantize_engine_int8(out: Path, manifest: dict, external_data_bytes: int, method: str = METHOD) -> None:
+    """Quantize out/decoder_step.onnx in place; update `manifest` (graph entry, "int8")."""
+    entry = manifest["graphs"]["decoder_step"]
+    src = out / entry["file"]
+    fp32_bytes = sum((out / f).stat().st_size for f in (entry["file"], entry.get("data_file")) if f)
+    external = fp32_bytes // 4 > external_data_bytes  # int8 weights are about 1/4 of fp32
+    quantize_step_graph(src, out / INT8_FILE, method, external_data=external)
+    report = agreement(out, INT8_FILE)
+    # The int8 graph becomes the engine's decoder_step; the fp32 one is not kept.
+    for name in (entry["file"], entry.get("data_file")):
+        if name:
+            (out / name).unlink()
+    os.replace(out / INT8_FILE, out / entry["file"])
+    data_file = None
+    if (out / (INT8_FILE + ".data")).exists():
+        data_file = entry["file"] + ".data"
+        _rename_external_data(out / entry["file"], INT8_FILE + ".data", data_file)
+    entry.update(quantize="int8", data_file=data_file)
+    entry["validation"]["note"] = "errors of the fp32 graph before quantization; int8 vs fp32: manifest int8"
+    manifest["int8"] = {"method": method, "bits": 8, "block_size": BLOCK_SIZE if method == "matmul_nbits" else None,
+                        **report}
+
+
+def _rename_external_data(model_path: Path, old: str, new: str) -> None:
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for item in tensor.external_data:
+            if item.key == "location" and item.value == old:
+                item.value = new
+    os.replace(model_path.parent / old, model_path.parent / new)
+    onnx.save_model(model, str(model_path))
+
+
+class _Paired:
+    """A backend that runs the int8 step (`test`) on the loop's cache and, beside it, the
+    fp32 step (`ref`) on a cache of its own; records the max logit error and fp32's
+    greedy choice, which `force` then writes over int8's (teacher forcing)."""
+
+    def __init__(self, ref, test, guidance: float):
+        self.ref, self.test, self.guidance = ref, test, guidance
+        self.name, self.shapes, self.tokenizer = "paired", test.shapes, test.tokenizer
+        self.cache: KVCache | None = None
+        self.max_error = 0.0
+        self.agree = self.total = 0
+        self._ref_choice = None
+
+    def encode_text(self, ids, mask):
+        return self.test.encode_text(ids, mask)
+
+    def cross_kv(self, hidden, mask):
+        return self.test.cross_kv(hidden, mask)
+
+    def step(self, codes, position, kv_cache, cross_k, cross_v, text_mask, edit):
+        if self.cache is None or self.cache.array.shape != kv_cache.shape:
+            self.cache = KVCache(self.shapes, kv_cache.shape[2], kv_cache.shape[4])
+        ref = self.ref.step(codes, position, self.cache.array, cross_k, cross_v, text_mask, edit)
+        self.cache.write(position, ref.new_kv)
+        self._ref_choice = classifier_free_guidance(ref.logits, self.guidance).argmax(-1)
+        ref_logits = ref.logits.copy()  # the ref backend reuses its buffers
+        out = self.test.step(codes, position, kv_cache, cross_k, cross_v, text_mask, edit)
+        self.max_error = max(self.max_error, float(np.abs(out.logits - ref_logits).max()))
+        return out
+
+    def force(self, position: int, codes: np.ndarray) -> None:
+        self.agree += int((codes == self._ref_choice).sum())
+        self.total += codes.size
+        codes[...] = self._ref_choice
+
+
+class _Plain:
+    """Identity edit inputs for every step (plain generation)."""
+
+    def __init__(self, rows: int, shapes):
+        self._inputs = EditStepInputs.identity(rows, shapes.max_text_tokens, shapes.num_layers, shapes.num_heads)
+
+    def inputs(self, step: int, num_steps: int):
+        return self._inputs
+
+
+def agreement(engine_dir: Path, int8_file: str, steps: int = AGREEMENT_STEPS, guidance: float = 3.0) -> dict:
+    """int8 vs fp32 step graphs of `engine_dir` (see the module docstring)."""
+    from editgen.engine.backends.ort_backend import OrtBackend
+
+    providers = ["CPUExecutionProvider"]
+    with OrtBackend(engine_dir, providers=providers) as ref, \
+            OrtBackend(engine_dir, providers=providers, step_file=int8_file) as test:
+        shapes = ref.shapes
+        frames = steps - shapes.num_codebooks + 1
+        options = GenerationOptions(seconds=frames / shapes.frame_rate, guidance_scale=guidance, greedy=True)
+        prompt = ref.tokenizer.encode(AGREEMENT_PROMPT)
+        edits = _Plain(2, shapes)
+        paired = _Paired(ref, test, guidance)
+        generate_codes(paired, [prompt], options, edits=edits, overrides=[paired.force], progress=False)
+        free_ref = generate_codes(ref, [prompt], options, edits=edits, progress=False).codes
+        free_test = generate_codes(test, [prompt], options, edits=edits, progress=False).codes
+    return {
+        "steps": steps, "guidance_scale": guidance, "prompt": AGREEMENT_PROMPT,
+        "teacher_forced_token_agreement": paired.agree / paired.total,
+        "free_running_token_agreement": float(np.mean(free_ref == free_test)),
+        "max_logit_error": paired.max_error,
+    }
