@@ -7,7 +7,7 @@ identity mapper (P2P "replace").
 
 Steady-state step time at past length P: the model's forward (as `generate` calls it,
 one new frame, EncoderDecoderCache) on a DynamicCache whose self-attention K/V were set
-to P positions (filled with constants, touched), followed by what `generate` does with
+to P positions (filled with random values), followed by what `generate` does with
 the logits (CFG, top-k 250, softmax, multinomial). A burst of N steps grows the cache to
 P + N as transformers does (torch.cat); the cache is cropped back to P between repeats.
 """
@@ -112,8 +112,8 @@ class StepBench:
             self._forward(bos)  # fills the cross-attention cache and one self position
             shape = (self.rows, shapes.num_heads, past, shapes.head_dim)
             for layer in self.cache.self_attention_cache.layers:
-                layer.keys = torch.full(shape, 0.01)
-                layer.values = torch.full(shape, 0.01)
+                layer.keys = torch.rand(shape)  # distinct values: resident, not merged pages
+                layer.values = torch.rand(shape)
         self.next_ids = torch.randint(0, self.vocab, (self.rows * self.K, 1))
         self.generator = torch.Generator().manual_seed(0)
 

@@ -18,6 +18,7 @@ def write_json(path: Path, results: dict) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(results, f, indent=1)
         f.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp makes it 0600
     os.replace(tmp, path)
 
 
@@ -35,7 +36,7 @@ def step_rows(results: dict) -> list[list[str]]:
 STEP_HEADER = ["engine", "workload", "frames", "batch", "rows", "steps/s (min)", "steps/s (median)",
                "ms/step", "roofline steps/s", "of roofline", "peak RSS MiB"]
 E2E_HEADER = ["engine", "workload", "audio s", "wall s (min)", "RTF (audio s / s)", "steps/s e2e",
-              "first frame s", "peak RSS MiB"]
+              "first audio s", "peak RSS MiB"]
 
 
 def e2e_rows(results: dict) -> list[list[str]]:
@@ -46,7 +47,8 @@ def e2e_rows(results: dict) -> list[list[str]]:
             rows.append([run["engine"], run["workload"], "failed: " + e["error"][:60]] + [""] * 5)
         elif e:
             rows.append([run["engine"], run["workload"], f"{e['audio_seconds']:.2f}", f"{e['wall_s']['min']:.2f}",
-                         f"{e['rtf']:.3f}", f"{e['steps_s']:.2f}", f"{e['ttff_s']['min']:.3f}",
+                         f"{e['rtf']:.3f}", f"{e['steps_s']:.2f}",
+                         f"{e['ttff_s']['min']:.3f}" if "ttff_s" in e else "failed",
                          f"{e['peak_rss_mb']:.0f}"])
     return rows
 
@@ -137,3 +139,26 @@ def plot(results: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def markdown(results: dict) -> str:
+    """The tables of a results.json as markdown (for docs/benchmarks.md)."""
+    bw = results["bandwidth"]
+    m = results["machine"]
+    parts = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']:.0f} GB RAM; torch {m['torch']}, onnxruntime "
+        f"{m['onnxruntime']}, transformers {m['transformers']}, Python {m['python']}.",
+        f"Memory bandwidth ({bw['threads']} threads, {bw['buffer_mb']} MiB buffer, best of {bw['repeats']}): "
+        f"numpy read {bw['read_gb_s']:.1f} GB/s, torch read {bw.get('torch_read_gb_s', 0):.1f} GB/s, copy (read+write) "
+        f"{bw['copy_gb_s']:.1f} GB/s; roofline limit {bw['limit_gb_s']:.1f} GB/s.",
+        "", markdown_table(STEP_HEADER, step_rows(results)), "",
+        "End to end, batch 1:", "", markdown_table(E2E_HEADER, e2e_rows(results)), "",
+    ]
+    parts += [f"- {line}" for line in summary_lines(results)]
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(markdown(json.loads(Path(sys.argv[1]).read_text())))

@@ -28,7 +28,7 @@ from benchmarks.engines import ENGINES, WORKLOADS
 REPO = Path(__file__).resolve().parent.parent
 
 FULL = dict(preset="small", frames=[250, 500, 1500], batches=[1, 4, 8], burst=4, warmup=1, repeats=3,
-            e2e_seconds=1.0, e2e_repeats=2, bandwidth_mb=1024)
+            e2e_seconds=0.5, e2e_repeats=3, bandwidth_mb=1024)
 QUICK = dict(preset="tiny", frames=[16, 32], batches=[1, 2], burst=2, warmup=1, repeats=3,
              e2e_seconds=0.1, e2e_repeats=1, bandwidth_mb=128)
 
@@ -205,6 +205,16 @@ def add_summary(results: dict) -> None:
     results["summary"] = s
 
 
+def _write(results: dict, runs: list, bw: dict, out: Path, started: float, *, complete: bool) -> None:
+    results["runs"] = runs
+    results["complete"] = complete
+    add_rooflines(results, bw["limit_gb_s"])
+    add_summary(results)
+    results["total_wall_s"] = time.time() - started
+    report.write_json(out / "results.json", results)
+    report.plot(results, out / "steps_per_second.png")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
     add_arguments(parser)
@@ -236,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
                        "DynamicCache holds `past` positions (grown by torch.cat, cropped back between "
                        "bursts) + CFG + top-k + multinomial. Roofline = bandwidth / (decoder weight bytes "
                        "read per step + self K/V over capacity + cross K/V). End to end: one request of "
-                       "e2e_seconds at batch 1, min of repeats; first audio = a 2-frame request "
+                       "e2e_seconds at batch 1, min of repeats; first audio = a 5-frame request "
                        "(text encoder, cross K/V, K steps, EnCodec decode). Peak RSS: VmHWM reset "
                        "before each point, one process per engine x workload.")},
         "machine": machine_info(),
@@ -272,12 +282,8 @@ def run(args: argparse.Namespace) -> int:
             result["wall_s"] = time.perf_counter() - t0
             runs.append(result)
             print(f"  done in {result['wall_s']:.0f} s", file=sys.stderr, flush=True)
-    results["runs"] = runs
-    add_rooflines(results, bw["limit_gb_s"])
-    add_summary(results)
-    results["total_wall_s"] = time.time() - started
-    report.write_json(out / "results.json", results)
-    report.plot(results, out / "steps_per_second.png")
+            _write(results, runs, bw, out, started, complete=False)  # partial results survive an interrupt
+    _write(results, runs, bw, out, started, complete=True)
     report.print_report(results)
     print(f"\nwrote {out / 'results.json'} and {out / 'steps_per_second.png'}")
     failed = [r for r in runs if r.get("skipped", "").startswith("failed")]
