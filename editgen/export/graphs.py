@@ -131,8 +131,10 @@ def graph_defs(model, shapes: ModelShapes, prompts: tuple[tuple, ...]) -> list[G
         rows_cond = rows // 2
         codes = torch.randint(0, s.vocab_size + 1, (rows, K), generator=gen)
         kv = randn(L, 2, rows, H, capacity, D)
-        ck, cv = randn(L, rows, H, T, D), randn(L, rows, H, T, D)
         mask = text_mask(rows)
+        # As CrossKV gives them: masked text positions (all of a null row) are exact zeros.
+        keep = mask[None, :, None, :, None].float()
+        ck, cv = randn(L, rows, H, T, D) * keep, randn(L, rows, H, T, D) * keep
         if not edited:  # identity edit inputs (plain generation)
             return (codes, torch.tensor(position), kv, ck, cv, mask, torch.arange(rows),
                     torch.eye(T).repeat(rows, 1, 1), torch.ones(rows, T), torch.ones(rows, T),
@@ -160,19 +162,19 @@ def graph_defs(model, shapes: ModelShapes, prompts: tuple[tuple, ...]) -> list[G
     def encode_examples():
         return [(randn(12 * hop + 17) * 0.1,), (randn(encodec_min_samples(s)) * 0.1,)]
 
-    kv_axes = {0: "rows"}
-    step_axes = {"codes": kv_axes, "kv_cache": {2: "rows", 4: "capacity"}, "cross_k": {1: "rows"},
-                 "cross_v": {1: "rows"}, "text_mask": kv_axes, "edit_captured": {1: "rows"},
-                 "logits": kv_axes, "new_kv": {2: "rows"}, "cross_attn": {1: "rows"}}
+    rows0 = {0: "rows"}  # axis 0 is rows
+    step_axes = {"codes": rows0, "kv_cache": {2: "rows", 4: "capacity"}, "cross_k": {1: "rows"},
+                 "cross_v": {1: "rows"}, "text_mask": rows0, "edit_captured": {1: "rows"},
+                 "logits": rows0, "new_kv": {2: "rows"}, "cross_attn": {1: "rows"}}
     for name in ("edit_src_row", "edit_mapper", "edit_alpha", "edit_weight", "edit_window", "edit_blend",
                  "edit_use_captured"):
-        step_axes[name] = kv_axes
+        step_axes[name] = rows0
     return [
         GraphDef("text_encoder", TextEncoder(model).eval(), ("input_ids", "attention_mask"), ("hidden",),
                  {"input_ids": {0: "prompts"}, "attention_mask": {0: "prompts"}, "hidden": {0: "prompts"}},
                  text_examples, dtype_follows_export=False),
         GraphDef("cross_kv", CrossKV(model).eval(), ("hidden", "text_mask"), ("cross_k", "cross_v"),
-                 {"hidden": kv_axes, "text_mask": kv_axes, "cross_k": {1: "rows"}, "cross_v": {1: "rows"}},
+                 {"hidden": rows0, "text_mask": rows0, "cross_k": {1: "rows"}, "cross_v": {1: "rows"}},
                  cross_examples, dtype_follows_export=True),
         GraphDef("decoder_step", DecoderStep(model).eval(), STEP_INPUTS, STEP_OUTPUTS, step_axes,
                  step_examples, dtype_follows_export=True),

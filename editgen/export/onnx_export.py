@@ -115,7 +115,7 @@ def export_graph(gd: GraphDef, out: Path, dtype: str, external_data_bytes: int =
         model = onnx.load(str(raw))  # pulls in external data the exporter may have written
     _set_static_output_dims(model, gd, examples[0])
     if dtype == "fp16":
-        model = to_fp16(model)
+        model = to_fp16(model, out, external_data_bytes)
     data_file = save_model(model, out / gd.file, external_data_bytes)
     entry = {
         "file": gd.file, "data_file": data_file, "dtype": dtype, "quantize": None,
@@ -145,11 +145,24 @@ def validate_graph(gd: GraphDef, path: Path, dtype: str, examples) -> dict:
     return {"errors": errors, "tolerance": tolerance, "examples": len(examples), "provider": "CPUExecutionProvider"}
 
 
-def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
-    """fp16 weights and compute; graph inputs/outputs and Softmax stay fp32."""
+def to_fp16(model: onnx.ModelProto, scratch: Path, external_data_bytes: int = EXTERNAL_DATA_BYTES) -> onnx.ModelProto:
+    """fp16 weights and compute; graph inputs/outputs and Softmax stay fp32.
+
+    The additive mask becomes -65504 (fp16's lowest) instead of finfo(float32).min: masked
+    scores still get zero weight, and a fully masked row (null text) stays uniform because
+    its K rows are all equal (CrossKV zeroes masked positions), so its scores are equal."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    return convert_float_to_float16(model, keep_io_types=True, op_block_list=DEFAULT_OP_BLOCK_LIST + ["Softmax"])
+    block = DEFAULT_OP_BLOCK_LIST + ["Softmax"]
+    if weight_bytes(model) <= external_data_bytes:
+        return convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
+    # In-memory shape inference stops at protobuf's 2 GB: infer through files instead.
+    with tempfile.TemporaryDirectory(prefix=".fp16.", dir=scratch) as tmp:
+        src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
+        save_model(model, src, 0)
+        onnx.shape_inference.infer_shapes_path(str(src), str(dst))
+        inferred = onnx.load(str(dst))  # external data still in.onnx.data, loaded here
+    return convert_float_to_float16(inferred, keep_io_types=True, op_block_list=block, disable_shape_infer=True)
 
 
 def weight_bytes(model: onnx.ModelProto) -> int:

@@ -1,13 +1,17 @@
 """`--quantize int8`: weight-only 8-bit decoder step for CPU, and its agreement with fp32.
 
 Method (METHOD): onnxruntime's MatMulNBitsQuantizer with bits=8, symmetric blocks of
-BLOCK_SIZE along K, accuracy_level 4 (int8 compute on CPU): every MatMul with a constant
-weight (attention projections, FFN, LM heads) becomes com.microsoft.MatMulNBits; inputs,
-outputs, softmax and the KV cache stay fp32. `quantize_dynamic` (MatMulInteger, dynamic
-activation quantization) is kept as "dynamic" for comparison; see the report for timings.
+BLOCK_SIZE along K: every MatMul with a constant weight (attention projections, FFN, LM
+heads) becomes com.microsoft.MatMulNBits with int8 weights; graph inputs, outputs,
+softmax, the edit and the KV cache stay fp32. accuracy_level 4 lets the CPU kernel
+quantize activations per block on the fly for int8 dot products (accuracy_level 0, fp32
+compute, ran about 8x slower on random:small). `quantize_dynamic` (MatMulInteger with
+dynamic activation quantization) is kept as method "dynamic": on random:small (2 CPU
+cores) it was as accurate, about 3% slower per step at capacity 53 (weight-bound), tied
+at capacity 503 (cache-bound), and took 4x longer to quantize.
 
 Agreement (written to manifest["int8"]): greedy decoding with guidance 3.0 of one prompt
-for AGREEMENT_STEPS steps, three ways:
+for AGREEMENT_STEPS steps, two ways:
 - teacher-forced: both graphs see the fp32 greedy sequence; the fraction of (row,
   codebook, step) where int8's greedy choice equals fp32's, and the max abs logit error;
 - free-running: each graph decodes on its own; the fraction of equal codes (one early
@@ -16,6 +20,7 @@ for AGREEMENT_STEPS steps, three ways:
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -37,6 +42,7 @@ INT8_FILE = "decoder_step.int8.onnx"
 
 def quantize_step_graph(src: Path, dst: Path, method: str = METHOD, *, external_data: bool = False) -> None:
     """Write the weight-only int8 version of the graph at `src` to `dst`."""
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)  # one INFO line per node
     if method == "matmul_nbits":
         import onnx
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
@@ -82,7 +88,9 @@ def _rename_external_data(model_path: Path, old: str, new: str) -> None:
     import onnx
 
     model = onnx.load(str(model_path), load_external_data=False)
-    for tensor in model.graph.initializer:
+    tensors = list(model.graph.initializer)
+    tensors += [a.t for n in model.graph.node for a in n.attribute if a.type == onnx.AttributeProto.TENSOR]
+    for tensor in tensors:
         for item in tensor.external_data:
             if item.key == "location" and item.value == old:
                 item.value = new

@@ -5,8 +5,10 @@ The decoder step runs through one IOBinding:
 - inputs are bound to the caller's numpy buffers by pointer (no copy on CPU), and
   rebound only when a buffer's address, shape or dtype changes. The generation loop
   reuses its buffers (KV cache, frame codes, edit tensors, cross K/V), so in steady state
-  a step binds nothing and copies nothing: the graph reads the KV cache in place and
-  returns only this position's K/V (`new_kv`), which the loop writes (O(new) bytes).
+  a step binds nothing and the runtime copies nothing: the graph reads the KV cache where
+  it lies and returns only this position's K/V (`new_kv`), which the loop writes
+  (O(new) bytes). Inside the graph, ONNX Runtime (which has no strided views) gathers
+  each layer's K and V block once per step; see editgen.export.step_module.
 - outputs are bound to buffers preallocated for the current number of rows and reused
   while it holds. `step` returns the same StepOutputs object every time: its arrays are
   valid until the next `step` call (copy what you keep).
@@ -65,11 +67,11 @@ class OrtBackend:
         self.tokenizer = TextTokenizer.from_file(self.manifest.tokenizer_file,
                                                  max_tokens=self.shapes.max_text_tokens)
         self.providers = list(providers) if providers is not None else default_providers()
-        self._on_cuda = self.providers[0] == "CUDAExecutionProvider"
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._text = self._session("text_encoder")
         self._cross = self._session("cross_kv")
         self._step = self._session("decoder_step", step_file)
+        self._on_cuda = self._step.get_providers()[0] == "CUDAExecutionProvider"
         self._step_info = self.manifest.graphs["decoder_step"]
         self._step_dtypes = {t.name: t.np_dtype for t in self._step_info.inputs}
         self._binding = self._step.io_binding()

@@ -1,0 +1,397 @@
+"""ONNX export and the ORT backend against the torch backend (random:tiny, random:tiny2).
+
+Fixtures: `exported(spec, **export_options)` exports once per session and returns the
+directory; `ort_backend(spec)` is an OrtBackend over the fp32 export (cached), and
+`tests.conftest.torch_backend(spec)` the reference."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from editgen.engine.backends.ort_backend import OrtBackend
+from editgen.engine.edit import EditBatch, EditSpec, EditStepInputs
+from editgen.engine.editing import capture_source, compile_specs, edit, edit_from_capture
+from editgen.engine.generate import generate_codes
+from editgen.engine.manifest import MANIFEST_FILE, TensorSpec, load_manifest
+from editgen.engine.options import GenerationOptions
+from editgen.errors import AudioError, ExportDirError
+from tests.conftest import loaded_model, torch_backend
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ["random:tiny", "random:tiny2"]
+SRC = "lofi piano with warm drums"
+STEPS = 60  # >= 50 decoder steps per generation
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and torch's OpenMP workers busy-wait: on a
+    shared 2-core machine that made this file 10x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    from editgen.export.onnx_export import export_engine
+
+    dirs = {}
+
+    def get(spec: str, **options) -> Path:
+        key = (spec, tuple(sorted(options.items())))
+        if key not in dirs:
+            name = spec.replace(":", "_") + "".join(f"_{k}{v}" for k, v in key[1])
+            out = tmp_path_factory.mktemp(name)
+            export_engine(loaded_model(spec), out, log=lambda line: None, **options)
+            dirs[key] = out
+        return dirs[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def ort_backend(exported):
+    backends = {}
+
+    def get(spec: str) -> OrtBackend:
+        if spec not in backends:
+            backends[spec] = OrtBackend(exported(spec), providers=["CPUExecutionProvider"])
+        return backends[spec]
+
+    yield get
+    for backend in backends.values():
+        backend.close()
+
+
+def options(shapes, **kw) -> GenerationOptions:
+    frames = STEPS - shapes.num_codebooks + 1
+    return GenerationOptions(seconds=frames / shapes.frame_rate, guidance_scale=3.0, greedy=True, **kw)
+
+
+class FullMaps:
+    """Recorder keeping every step's cross-attention maps [layers, rows_cond, heads, T]."""
+
+    def __init__(self):
+        self.maps = []
+
+    def __call__(self, step, cross_attn):
+        self.maps.append(cross_attn.copy())  # ORT outputs are reused buffers
+
+    def array(self):
+        return np.stack(self.maps)
+
+
+# -- step level -----------------------------------------------------------------------
+
+
+def _step_inputs(shapes, rows, capacity, rng, *, edited):
+    """Random step inputs; rows = 2 * rows_cond (CFG layout)."""
+    L, H, D, T, K = shapes.num_layers, shapes.num_heads, shapes.head_dim, shapes.max_text_tokens, shapes.num_codebooks
+    rows_cond = rows // 2
+    codes = rng.integers(0, shapes.vocab_size + 1, (rows, K))
+    kv = rng.standard_normal((L, 2, rows, H, capacity, D), dtype=np.float32)
+    ck = rng.standard_normal((L, rows, H, T, D), dtype=np.float32)
+    cv = rng.standard_normal((L, rows, H, T, D), dtype=np.float32)
+    mask = np.zeros((rows, T), np.int64)
+    for r in range(rows_cond):
+        mask[r, : rng.integers(2, 20)] = 1
+    edit_in = EditStepInputs.identity(rows, T, L, H)
+    if edited:
+        src = np.arange(rows)
+        src[1:rows_cond] = rng.integers(0, rows_cond, rows_cond - 1)  # any conditional row
+        mapper = rng.random((rows, T, T), dtype=np.float32)
+        mapper /= mapper.sum(-1, keepdims=True)  # row-stochastic
+        use_captured = np.zeros(rows, np.float32)
+        use_captured[rows_cond - 1] = 1.0  # one row reads injected maps
+        captured = rng.random((L, rows, H, T), dtype=np.float32)
+        captured /= captured.sum(-1, keepdims=True)
+        edit_in = EditStepInputs(
+            src_row=src, mapper=mapper, alpha=(rng.random((rows, T)) > 0.5).astype(np.float32),
+            weight=rng.uniform(-2, 2, (rows, T)).astype(np.float32),
+            window=(rng.random((rows, T)) > 0.5).astype(np.float32),
+            blend=rng.random((rows, L), dtype=np.float32), use_captured=use_captured, captured=captured)
+    return codes, kv, ck, cv, mask, edit_in
+
+
+@pytest.mark.parametrize("spec", CONFIGS)
+@pytest.mark.parametrize("edited", [False, True], ids=["identity", "edited"])
+def test_step_matches_torch(spec, edited, ort_backend):
+    ort_b, ref = ort_backend(spec), torch_backend(spec)
+    rng = np.random.default_rng(1 if edited else 0)
+    for rows, capacity, positions in ((6, 9, (0, 4, 8)), (2, 5, (3,))):
+        codes, kv, ck, cv, mask, edit_in = _step_inputs(ref.shapes, rows, capacity, rng, edited=edited)
+        for position in positions:
+            want = ref.step(codes, position, kv, ck, cv, mask, edit_in)
+            got = ort_b.step(codes, position, kv, ck, cv, mask, edit_in)
+            for name in ("logits", "new_kv", "cross_attn"):
+                np.testing.assert_allclose(getattr(got, name), getattr(want, name), atol=ATOL, rtol=0, err_msg=name)
+
+
+def test_step_binds_once_and_reuses_output_buffers(ort_backend):
+    """Steady state: no rebinding, outputs in the same buffers, and the KV cache is read
+    in place (a write between steps, without rebinding, changes the next step)."""
+    backend, ref = ort_backend("random:tiny2"), torch_backend("random:tiny2")
+    codes, kv, ck, cv, mask, edit_in = _step_inputs(ref.shapes, 4, 7, np.random.default_rng(2), edited=False)
+    first = backend.step(codes, 3, kv, ck, cv, mask, edit_in)
+    logits = first.logits.copy()
+    binds = backend.binds
+    kv[:, :, :, :, :3] *= 0.5  # positions < 3 are the ones the step reads
+    second = backend.step(codes, 3, kv, ck, cv, mask, edit_in)
+    assert backend.binds == binds  # nothing rebound...
+    assert second is first  # same StepOutputs, same buffers
+    assert second.logits.__array_interface__["data"][0] == first.logits.__array_interface__["data"][0]
+    assert not np.allclose(second.logits, logits)  # ...yet the write to the cache is seen
+    np.testing.assert_allclose(second.logits, ref.step(codes, 3, kv, ck, cv, mask, edit_in).logits,
+                               atol=ATOL, rtol=0)
+    backend.step(codes, 4, kv, ck, cv, mask, edit_in)  # a new position is a write, not a bind
+    assert backend.binds == binds
+
+
+# -- generation -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", CONFIGS)
+def test_greedy_generation_matches_torch(spec, ort_backend):
+    ort_b, ref = ort_backend(spec), torch_backend(spec)
+    opts = options(ref.shapes)
+    prompts = [ref.tokenizer.encode(SRC)]
+    results = {}
+    for name, backend in (("torch", ref), ("ort", ort_b)):
+        maps = FullMaps()
+        codes = generate_codes(backend, prompts, opts, recorders=[maps], progress=False).codes
+        results[name] = codes, maps.array()
+    assert results["torch"][0].shape[-1] == STEPS - ref.shapes.num_codebooks + 1
+    np.testing.assert_array_equal(results["ort"][0], results["torch"][0])
+    np.testing.assert_allclose(results["ort"][1], results["torch"][1], atol=ATOL, rtol=0)
+
+
+EDITS = {
+    "replace": [EditSpec(source=SRC, target="lofi guitar with warm drums")],
+    "refine": [EditSpec(source=SRC, target="lofi piano with warm jazz drums", op="refine")],
+    "reweight": [EditSpec(source=SRC, op="reweight", word_weights={"piano": -1.5, "drums": 2.0})],
+    "two_targets_windows": [EditSpec(source=SRC, target="lofi guitar with warm drums", windows={"default": 0.4}),
+                            EditSpec(source=SRC, target="lofi piano with cold drums", blend="hard")],
+}
+
+
+@pytest.mark.parametrize("spec", CONFIGS)
+@pytest.mark.parametrize("op", list(EDITS))
+def test_edit_generation_matches_torch(spec, op, ort_backend):
+    """Paired edits: identical codes for every row, full maps within 1e-4."""
+    ort_b, ref = ort_backend(spec), torch_backend(spec)
+    opts = options(ref.shapes)
+    results = {}
+    for name, backend in (("torch", ref), ("ort", ort_b)):
+        plans = compile_specs(backend, EDITS[op])
+        batch = EditBatch(plans, cfg=True, num_heads=backend.shapes.num_heads)
+        maps = FullMaps()
+        prompts = [plans[0].source] + [p.target for p in plans]
+        codes = generate_codes(backend, prompts, opts, edits=batch, recorders=[maps], progress=False).codes
+        results[name] = codes, maps.array()
+    np.testing.assert_array_equal(results["ort"][0], results["torch"][0])
+    np.testing.assert_allclose(results["ort"][1], results["torch"][1], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("spec", CONFIGS)
+def test_captured_and_real_audio_edits_match_torch(spec, ort_backend):
+    ort_b, ref = ort_backend(spec), torch_backend(spec)
+    opts = options(ref.shapes)
+    target = [EditSpec(source=SRC, target="lofi guitar with warm drums")]
+    out = {}
+    for name, backend in (("torch", ref), ("ort", ort_b)):
+        cap = capture_source(backend, SRC, opts, dtype=np.float32, progress=False)
+        captured = edit_from_capture(backend, cap, target, progress=False)
+        wav = backend.decode_audio(cap.codes[None])[0]
+        audio_codes = backend.encode_audio(wav)
+        real = edit(backend, target, opts, audio_codes=audio_codes, progress=False)
+        out[name] = cap, captured, wav, audio_codes, real
+    (tc, tcap, twav, tac, treal), (oc, ocap, owav, oac, oreal) = out["torch"], out["ort"]
+    np.testing.assert_array_equal(oc.codes, tc.codes)
+    np.testing.assert_allclose(oc.maps, tc.maps, atol=ATOL, rtol=0)
+    np.testing.assert_array_equal(ocap.edited_codes, tcap.edited_codes)
+    np.testing.assert_allclose(ocap.mean_maps, tcap.mean_maps, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(owav, twav, atol=ATOL, rtol=0)
+    np.testing.assert_array_equal(oac, tac)
+    np.testing.assert_array_equal(oreal.edited_codes, treal.edited_codes)
+    np.testing.assert_allclose(oreal.mean_maps, treal.mean_maps, atol=ATOL, rtol=0)
+
+
+def test_encode_refuses_too_short_audio(ort_backend):
+    backend = ort_backend("random:tiny")
+    with pytest.raises(AudioError, match="at least"):
+        backend.encode_audio(np.zeros(100, np.float32))
+
+
+def test_runs_without_torch_in_a_fresh_process(exported):
+    engine = exported("random:tiny")
+    code = f"""
+import sys
+from editgen.engine.backends.ort_backend import OrtBackend
+from editgen.engine.options import GenerationOptions
+from editgen.engine.runtime import generate
+with OrtBackend({str(engine)!r}) as b:
+    out = generate(b, "lofi piano", GenerationOptions(seconds=0.3, greedy=True), progress=False)
+assert out.wav.shape[0] > 0 and out.codes.shape[0] == b.shapes.num_codebooks
+bad = sorted(m for m in sys.modules if m == "torch" or m.startswith(("torch.", "transformers")))
+assert not bad, bad
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
+def test_cli_export_then_generate_in_fresh_shells(tmp_path):
+    engine, wav = tmp_path / "engine", tmp_path / "out.wav"
+    cli = [sys.executable, "-m", "editgen.cli"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cli + ["export", "--model", "random:tiny", "-o", str(engine)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "decoder_step" in proc.stdout and "max abs error" in proc.stdout
+    proc = subprocess.run(cli + ["generate", "--engine", str(engine), "--prompt", "lofi piano", "--seconds", "0.3",
+                                 "--no-progress", "-o", str(wav)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert wav.stat().st_size > 44
+
+
+# -- the export directory -------------------------------------------------------------
+
+
+def test_manifest_contents(exported):
+    engine = exported("random:tiny")
+    manifest = load_manifest(engine)
+    data = json.loads((engine / MANIFEST_FILE).read_text())
+    assert data["shapes"] == loaded_model("random:tiny").shapes.to_dict()
+    step = manifest.graphs["decoder_step"]
+    assert [t.name for t in step.inputs] == [
+        "codes", "position", "kv_cache", "cross_k", "cross_v", "text_mask", "edit_src_row", "edit_mapper",
+        "edit_alpha", "edit_weight", "edit_window", "edit_blend", "edit_use_captured", "edit_captured"]
+    s = manifest.shapes
+    assert step.input("kv_cache").shape == (s.num_layers, 2, "rows", s.num_heads, "capacity", s.head_dim)
+    assert step.output("cross_attn").resolve({"rows": 6}) == (s.num_layers, 6, s.num_heads, s.max_text_tokens)
+    for name, graph in data["graphs"].items():
+        errors = graph["validation"]["errors"]
+        assert errors and all(e.get("max_abs_error", e.get("mismatch_fraction")) <= 1e-3 for e in errors.values())
+    assert (engine / data["tokenizer"]).is_file()
+
+
+def test_tensor_spec_axes_are_parsed_not_evaluated(tmp_path):
+    spec = TensorSpec.from_dict({"name": "x", "dtype": "float32", "shape": [2, "rows", 3]}, "test")
+    assert spec.resolve({"rows": 5}) == (2, 5, 3)
+    for bad in ("__import__('os')", "rows+1", -1, 1.5, True):
+        with pytest.raises(ExportDirError, match="bad dimension"):
+            TensorSpec.from_dict({"name": "x", "dtype": "float32", "shape": [bad]}, "test")
+
+
+@pytest.fixture
+def engine_copy(exported, tmp_path):
+    dst = tmp_path / "engine"
+    shutil.copytree(exported("random:tiny"), dst)
+    return dst
+
+
+@pytest.mark.parametrize("missing", ["decoder_step.onnx", "tokenizer.json", "manifest.json", "encodec_encode.onnx"])
+def test_missing_file_is_named(engine_copy, missing):
+    (engine_copy / missing).unlink()
+    with pytest.raises(ExportDirError, match=missing.replace(".", r"\.")):
+        OrtBackend(engine_copy)
+
+
+def test_other_version_is_named(engine_copy):
+    path = engine_copy / MANIFEST_FILE
+    data = json.loads(path.read_text())
+    data["editgen_version"] = "0.0.1"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ExportDirError, match=r"editgen '0\.0\.1'.*re-export"):
+        OrtBackend(engine_copy)
+
+
+def test_corrupt_graph_is_named(engine_copy):
+    (engine_copy / "cross_kv.onnx").write_bytes(b"not a graph")
+    with pytest.raises(ExportDirError, match=r"cross_kv\.onnx"):
+        OrtBackend(engine_copy)
+
+
+def test_cli_exit_code_2_with_one_line(engine_copy, tmp_path, capsys):
+    from editgen.cli import main
+
+    (engine_copy / "decoder_step.onnx").unlink()
+    code = main(["generate", "--engine", str(engine_copy), "--prompt", "lofi piano", "-o", str(tmp_path / "x.wav")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "decoder_step.onnx" in err[0]
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_cli_export_rejects_fp16_int8_before_loading(tmp_path, capsys):
+    from editgen.cli import main
+
+    code = main(["export", "--model", "random:tiny", "-o", str(tmp_path / "e"), "--dtype", "fp16", "--quantize", "int8"])
+    assert code == 2 and "int8" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
+
+
+# -- export variants --------------------------------------------------------------------
+
+
+def test_int8_export_reports_agreement(exported):
+    engine = exported("random:tiny", quantize="int8")
+    data = json.loads((engine / MANIFEST_FILE).read_text())
+    report = data["int8"]
+    assert data["quantize"] == "int8" and data["graphs"]["decoder_step"]["quantize"] == "int8"
+    assert report["steps"] >= 50 and 0.5 < report["teacher_forced_token_agreement"] <= 1.0
+    assert 0 <= report["free_running_token_agreement"] <= 1.0 and 0 < report["max_logit_error"] < 1.0
+    assert not (engine / "decoder_step.int8.onnx").exists()
+    with OrtBackend(engine) as backend:
+        codes = generate_codes(backend, [backend.tokenizer.encode(SRC)], options(backend.shapes), progress=False).codes
+    assert codes.shape[-1] == STEPS - backend.shapes.num_codebooks + 1
+
+
+def test_fp16_export_runs_close_to_fp32(exported, ort_backend):
+    engine = exported("random:tiny", dtype="fp16")
+    data = json.loads((engine / MANIFEST_FILE).read_text())
+    assert data["graphs"]["decoder_step"]["dtype"] == "fp16" and data["graphs"]["text_encoder"]["dtype"] == "fp32"
+    # The graphs keep float32 inputs/outputs: the runtime is the same for every export.
+    assert data["graphs"]["decoder_step"]["inputs"][2] == {
+        "name": "kv_cache", "dtype": "float32", "shape": data["graphs"]["decoder_step"]["inputs"][2]["shape"]}
+    ref = torch_backend("random:tiny")
+    codes, kv, ck, cv, mask, edit_in = _step_inputs(ref.shapes, 4, 6, np.random.default_rng(3), edited=True)
+    keep = mask[None, :, None, :, None].astype(np.float32)  # masked text positions are zeros, as CrossKV gives them
+    ck, cv = ck * keep, cv * keep
+    want = ref.step(codes, 5, kv, ck, cv, mask, edit_in)
+    with OrtBackend(engine, providers=["CPUExecutionProvider"]) as half:
+        got = half.step(codes, 5, kv, ck, cv, mask, edit_in)
+        np.testing.assert_allclose(got.logits, want.logits, atol=1e-2, rtol=0)
+        np.testing.assert_allclose(got.cross_attn, want.cross_attn, atol=1e-2, rtol=0)
+
+
+def test_external_data_layout(exported):
+    engine = exported("random:tiny", external_data_bytes=0)
+    data = json.loads((engine / MANIFEST_FILE).read_text())
+    assert data["graphs"]["decoder_step"]["data_file"] == "decoder_step.onnx.data"
+    assert (engine / "decoder_step.onnx.data").stat().st_size > (engine / "decoder_step.onnx").stat().st_size
+    ref = torch_backend("random:tiny")
+    with OrtBackend(engine) as backend:
+        codes, kv, ck, cv, mask, edit_in = _step_inputs(ref.shapes, 2, 4, np.random.default_rng(4), edited=False)
+        np.testing.assert_allclose(backend.step(codes, 2, kv, ck, cv, mask, edit_in).logits,
+                                   ref.step(codes, 2, kv, ck, cv, mask, edit_in).logits, atol=ATOL, rtol=0)
+    (engine / "decoder_step.onnx.data").rename(engine / "moved.data")
+    try:
+        with pytest.raises(ExportDirError, match=r"decoder_step\.onnx\.data"):
+            OrtBackend(engine)
+    finally:
+        (engine / "moved.data").rename(engine / "decoder_step.onnx.data")
