@@ -91,14 +91,16 @@ def _load_dir(path: Path) -> LoadedMusicgen:
 
 
 def _load_hub(repo_id: str) -> LoadedMusicgen:
-    try:
-        from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import logging as hub_logging
 
+    hub_logging.set_verbosity_error()  # its retry warnings are not the user's message
+    try:
         tok_file = hf_hub_download(repo_id, "tokenizer.json")
     except Exception as exc:
         raise CheckpointError(
-            f"could not fetch {repo_id} from the model hub ({_first_line(exc)}): "
-            "when offline, pass a local checkpoint directory"
+            f"could not fetch {repo_id} from the model hub ({type(exc).__name__}): "
+            "when offline, pass a local checkpoint directory (or random:<preset>)"
         ) from None
     model = _from_pretrained(repo_id)
     return _loaded(model, TextTokenizer.from_file(tok_file), repo_id, False, Path(tok_file).read_text())

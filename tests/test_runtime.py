@@ -1,0 +1,119 @@
+"""The runtime's small parts against their definitions, and the public API."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import editgen
+from editgen.cli import main
+from editgen.engine.delay import DelayPattern
+from editgen.engine.hooks import ForceFrames
+from editgen.engine.sampling import Sampler, classifier_free_guidance
+from editgen.errors import CheckpointError, InvalidRequestError
+
+
+@pytest.mark.parametrize("length", [7, 8, 33])
+def test_delay_pattern_matches_transformers(tiny, length):
+    """Forced positions and values equal transformers' build_delay_pattern_mask (which
+    skips the pattern below 2K - 1 positions; we always apply it)."""
+    K, pad = 4, 2048
+    _, mask = tiny.model.decoder.build_delay_pattern_mask(torch.full((K, 1), pad), pad, max_length=length)
+    ours = DelayPattern(K, length, pad)
+    np.testing.assert_array_equal(ours.forced, mask.numpy() != -1)
+    assert (mask.numpy()[ours.forced] == pad).all()
+
+
+def test_delay_pattern_round_trip():
+    pattern = DelayPattern(4, 30, 2048)
+    codes = np.random.default_rng(0).integers(0, 2048, size=(2, 4, pattern.frames))
+    np.testing.assert_array_equal(pattern.to_frames(pattern.from_frames(codes)), codes)
+
+
+def test_sampler_rows_are_independent_and_seeded():
+    logits = np.random.default_rng(1).normal(size=(3, 4, 2048)).astype(np.float32)
+    draw = lambda rows, seed: Sampler(rows, seed=seed, top_k=250, temperature=1.0, greedy=False)
+    batched = draw(3, 7)(logits)
+    for r in range(3):  # batched equals unbatched
+        np.testing.assert_array_equal(draw(1, 7)(logits[r:r + 1])[0], batched[r])
+    assert not np.array_equal(draw(3, 8)(logits), batched)  # the seed matters
+    same = np.repeat(logits[:1], 3, axis=0)  # equal logits, equal streams -> equal tokens
+    out = draw(3, 7)(same)
+    assert (out == out[0]).all()
+
+
+def test_sampler_top_k_support_and_greedy():
+    logits = np.random.default_rng(2).normal(size=(1, 4, 2048)).astype(np.float32)
+    top5 = np.argsort(-logits, axis=-1)[..., :5]
+    sampler = Sampler(1, seed=0, top_k=5, temperature=1.0, greedy=False)
+    for _ in range(50):
+        codes = sampler(logits)
+        assert all(codes[0, k] in top5[0, k] for k in range(4))
+    greedy = Sampler(1, seed=0, top_k=5, temperature=1.0, greedy=True)(logits)
+    np.testing.assert_array_equal(greedy, logits.argmax(-1))
+
+
+def test_classifier_free_guidance_formula():
+    cond, uncond = np.full((1, 1, 3), 2.0), np.full((1, 1, 3), 1.0)
+    out = classifier_free_guidance(np.concatenate([cond, uncond]), 3.0)
+    np.testing.assert_array_equal(out, np.full((1, 1, 3), 4.0))  # 1 + (2 - 1) * 3
+
+
+def test_force_frames_respects_the_delay():
+    pattern = DelayPattern(4, 12, 2048)  # 8 frames
+    source = np.arange(32).reshape(4, 8)
+    force = ForceFrames(pattern, [1], np.arange(8) < 3, source_codes=source)
+    codes = np.full((2, 4), -1)
+    force(5, codes)  # position 5 holds frames 4, 3, 2, 1 for codebooks 0..3
+    assert codes[0].tolist() == [-1] * 4
+    assert codes[1].tolist() == [-1, -1, source[2, 2], source[3, 1]]
+
+
+def test_public_api_imports_no_torch():
+    code = "import sys, editgen; assert 'torch' not in sys.modules, 'torch imported'; print(editgen.__version__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == editgen.__version__
+
+
+def test_python_api_generate(tiny_backend):
+    song = editgen.generate(tiny_backend, "lofi piano", editgen.GenerationOptions(seconds=0.5), progress=False)
+    assert song.codes.shape == (4, 25) and song.sample_rate == 32000
+    assert song.wav.shape == (25 * 640,) and np.isfinite(song.wav).all()
+
+
+def test_cli_generate_writes_wav(tmp_path):
+    out = tmp_path / "out.wav"
+    assert main(["generate", "--model", "random:tiny", "--prompt", "lofi piano", "--seconds", "0.5",
+                 "--no-progress", "-o", str(out)]) == 0
+    data, rate = sf.read(out)
+    assert rate == 32000 and data.shape == (16000,)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.wav"]  # no temporary left
+
+
+def test_seconds_beyond_positions_is_rejected(tiny):
+    opts = editgen.GenerationOptions(seconds=41.0)
+    with pytest.raises(InvalidRequestError, match=r"ask for at most 40\.9"):
+        opts.frames(tiny.shapes)
+    editgen.GenerationOptions(seconds=40.9).frames(tiny.shapes)  # 2045 frames + 3 = 2048 positions
+
+
+def test_hub_id_offline_says_to_pass_a_directory():
+    code = ("from editgen.export.loading import load_musicgen\n"
+            "load_musicgen('facebook/musicgen-small')\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert "CheckpointError" in out.stderr and "pass a local checkpoint directory" in out.stderr
+
+
+def test_unknown_preset():
+    from editgen.export.loading import load_musicgen
+
+    with pytest.raises(CheckpointError, match="choose one of tiny"):
+        load_musicgen("random:huge")
