@@ -52,6 +52,8 @@ def evaluate_pair(pair: Pair, clap: ClapScorer | None = None) -> EvalResult:
         raise AudioError(f"{pair.source} vs {pair.edited}: {exc}") from exc
     if math.isnan(dynamics):
         notes.append("dynamics r undefined: the loudness of one file is constant")
+    if math.isnan(rhythm):
+        notes.append("rhythm F1 undefined: no beats found in the source or the edited file")
     clap_text = clap_audio = None
     if clap is not None:
         edited_emb = clap.audio_embedding(b, sr)  # [dim] unit; shared by both scores

@@ -85,6 +85,12 @@ def build_random_musicgen(name: str, text_vocab_size: int | None = None):
     with torch.random.fork_rng():
         torch.manual_seed(SEED)
         model = MusicgenForConditionalGeneration(config)
+        # transformers initialises EnCodec's codebooks to zeros: every code would then
+        # decode to the same audio and every frame encode to code 0. Random codebooks
+        # make decode and encode depend on their input, as with real weights.
+        for layer in model.audio_encoder.quantizer.layers:
+            layer.codebook.embed.normal_()
+            layer.codebook.embed_avg.copy_(layer.codebook.embed)
     model.generation_config.pad_token_id = 2048
     model.generation_config.decoder_start_token_id = 2048
     model.generation_config.bos_token_id = 2048
