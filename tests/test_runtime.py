@@ -117,3 +117,13 @@ def test_unknown_preset():
 
     with pytest.raises(CheckpointError, match="choose one of tiny"):
         load_musicgen("random:huge")
+
+
+def test_random_codec_depends_on_its_input(tiny_backend):
+    """Random presets must not decode every code to the same audio (zero codebooks did)."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.integers(0, 2048, size=(1, 4, 10)) for _ in range(2))
+    wav_a, wav_b = tiny_backend.decode_audio(a), tiny_backend.decode_audio(b)
+    assert np.abs(wav_a - wav_b).max() > 1e-3
+    codes = tiny_backend.encode_audio(wav_a[0])
+    assert codes.shape == (4, 10) and len(np.unique(codes)) > 4
