@@ -126,4 +126,4 @@ def test_random_codec_depends_on_its_input(tiny_backend):
     wav_a, wav_b = tiny_backend.decode_audio(a), tiny_backend.decode_audio(b)
     assert np.abs(wav_a - wav_b).max() > 1e-3
     codes = tiny_backend.encode_audio(wav_a[0])
-    assert codes.shape == (4, 10) and len(np.unique(codes)) > 4
+    assert codes.shape == (4, 10) and codes.min() >= 0 and codes.max() < 2048
