@@ -102,6 +102,8 @@ def test_seconds_beyond_positions_is_rejected(tiny):
     with pytest.raises(InvalidRequestError, match=r"ask for at most 40\.9"):
         opts.frames(tiny.shapes)
     editgen.GenerationOptions(seconds=40.9).frames(tiny.shapes)  # 2045 frames + 3 = 2048 positions
+    with pytest.raises(InvalidRequestError, match=r"at least 0\.08 s"):
+        editgen.GenerationOptions(seconds=0.05).frames(tiny.shapes)
 
 
 def test_hub_id_offline_says_to_pass_a_directory():

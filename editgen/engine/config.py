@@ -19,6 +19,9 @@ class ModelShapes:
     max_text_tokens: int = 64  # T: every prompt is padded to this length
     sample_rate: int = 32000
     frame_rate: int = 50
+    # EnCodec's first decoder conv (kernel 7) reflect-pads 3 frames on each side, which
+    # needs more than 3 input frames; exported graphs cannot special-case shorter clips.
+    min_frames: int = 4
 
     @property
     def head_dim(self) -> int:

@@ -36,7 +36,12 @@ class GenerationOptions:
 
     def frames(self, shapes: ModelShapes) -> int:
         """Audio frames for `seconds`; raises when the model's positions cannot hold them."""
-        frames = max(1, round(self.seconds * shapes.frame_rate))
+        frames = round(self.seconds * shapes.frame_rate)
+        if frames < shapes.min_frames:
+            raise InvalidRequestError(
+                f"{self.seconds} s is {frames} frames, the audio codec needs at least {shapes.min_frames}: "
+                f"ask for at least {shapes.min_frames / shapes.frame_rate:.2f} s"
+            )
         if frames > shapes.max_frames:
             raise InvalidRequestError(
                 f"{self.seconds} s needs {shapes.steps_for_frames(frames)} decoder positions, the model has "
