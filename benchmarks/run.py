@@ -247,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
                        "bursts) + CFG + top-k + multinomial. Roofline = bandwidth / (decoder weight bytes "
                        "read per step + self K/V over capacity + cross K/V). End to end: one request of "
                        "e2e_seconds at batch 1, min of repeats; first audio = a 5-frame request "
-                       "(text encoder, cross K/V, K steps, EnCodec decode). Peak RSS: VmHWM reset "
+                       "(text encoder, cross K/V, K - 1 + 5 steps, EnCodec decode). Peak RSS: VmHWM reset "
                        "before each point, one process per engine x workload.")},
         "machine": machine_info(),
     }

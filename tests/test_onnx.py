@@ -158,6 +158,67 @@ def test_step_binds_once_and_reuses_output_buffers(ort_backend):
                                atol=ATOL, rtol=0)
     backend.step(codes, 4, kv, ck, cv, mask, edit_in)  # a new position is a write, not a bind
     assert backend.binds == binds
+    # Each per-layer input is bound by pointer to its block of the one cache buffer.
+    L = ref.shapes.num_layers
+    for i in range(L):
+        assert backend._bound[f"past_key_{i}"].ptr == kv[i, 0].__array_interface__["data"][0]
+        assert backend._bound[f"past_value_{i}"].ptr == kv[i, 1].__array_interface__["data"][0]
+        assert backend._bound[f"cross_value_{i}"].ptr == cv[i].__array_interface__["data"][0]
+    # A new cache buffer (next request) rebinds the K/V inputs once, then nothing again.
+    kv2 = kv.copy()
+    backend.step(codes, 4, kv2, ck, cv, mask, edit_in)
+    assert backend.binds == binds + 2 * L
+    backend.step(codes, 5, kv2, ck, cv, mask, edit_in)
+    assert backend.binds == binds + 2 * L
+    with pytest.raises(TypeError, match="C-contiguous"):
+        backend.step(codes, 4, kv[:, :, :, :, :5], ck, cv, mask, edit_in)  # a copy would cost O(cache): refused
+
+
+def _kv_consumers(model) -> dict[str, set[str]]:
+    """Per-layer K/V graph input -> the op types reading it (a Transpose as "Transpose->" +
+    the ops reading its output)."""
+    readers: dict[str, list] = {}
+    for node in model.graph.node:
+        for x in node.input:
+            readers.setdefault(x, []).append(node)
+    out = {}
+    for value in model.graph.input:
+        if value.name.startswith(("past_", "cross_")):
+            ops = set()
+            for node in readers.get(value.name, []):
+                if node.op_type == "Transpose":
+                    ops.add("Transpose->" + ",".join(sorted({n.op_type for n in readers.get(node.output[0], [])})))
+                else:
+                    ops.add(node.op_type)
+            out[value.name] = ops
+    return out
+
+
+@pytest.mark.parametrize("variant", [{}, {"quantize": "int8"}], ids=["fp32", "int8"])
+def test_kv_inputs_are_read_in_place(exported, variant, tmp_path):
+    """No Gather/Split/Slice/Concat/Identity/Cast copies a K/V input: in the exported graph
+    every reader of past_*/cross_* is the attention's MatMul (K through a Transpose into
+    it, or Shape for the capacity); after ONNX Runtime's optimizations K's Transpose is
+    folded into FusedMatMul (transB, no copy)."""
+    import onnx
+    import onnxruntime as ort
+
+    engine = exported("random:tiny", **variant)
+    path = engine / "decoder_step.onnx"
+    raw = _kv_consumers(onnx.load(str(path)))
+    layers = load_manifest(engine).shapes.num_layers
+    assert len(raw) == 4 * layers
+    for name, ops in raw.items():
+        allowed = {"Transpose->MatMul", "Shape"} if "_key_" in name else {"MatMul"}
+        assert ops and ops <= allowed, (name, ops)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.log_severity_level = 3
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    optimized = _kv_consumers(onnx.load(options.optimized_model_filepath))
+    for name, ops in optimized.items():
+        assert ops and ops <= {"MatMul", "FusedMatMul", "Shape"}, (name, ops)
 
 
 # -- generation -----------------------------------------------------------------------
@@ -278,11 +339,18 @@ def test_manifest_contents(exported):
     data = json.loads((engine / MANIFEST_FILE).read_text())
     assert data["shapes"] == loaded_model("random:tiny").shapes.to_dict()
     step = manifest.graphs["decoder_step"]
-    assert [t.name for t in step.inputs] == [
-        "codes", "position", "kv_cache", "cross_k", "cross_v", "text_mask", "edit_src_row", "edit_mapper",
-        "edit_alpha", "edit_weight", "edit_window", "edit_blend", "edit_use_captured", "edit_captured"]
     s = manifest.shapes
-    assert step.input("kv_cache").shape == (s.num_layers, 2, "rows", s.num_heads, "capacity", s.head_dim)
+    kv = [f"{kind}_{i}" for i in range(s.num_layers) for kind in ("past_key", "past_value")]
+    kv += [f"{kind}_{i}" for i in range(s.num_layers) for kind in ("cross_key", "cross_value")]
+    assert [t.name for t in step.inputs] == [
+        "codes", "position", *kv, "text_mask", "edit_src_row", "edit_mapper",
+        "edit_alpha", "edit_weight", "edit_window", "edit_blend", "edit_use_captured", "edit_captured"]
+    for i in range(s.num_layers):
+        for name in (f"past_key_{i}", f"past_value_{i}"):
+            assert step.input(name).shape == ("rows", s.num_heads, "capacity", s.head_dim)
+            assert step.input(name).dtype == "float32"
+        for name in (f"cross_key_{i}", f"cross_value_{i}"):
+            assert step.input(name).shape == ("rows", s.num_heads, s.max_text_tokens, s.head_dim)
     assert step.output("cross_attn").resolve({"rows": 6}) == (s.num_layers, 6, s.num_heads, s.max_text_tokens)
     for name, graph in data["graphs"].items():
         errors = graph["validation"]["errors"]
@@ -367,7 +435,7 @@ def test_fp16_export_runs_close_to_fp32(exported, ort_backend):
     assert data["graphs"]["decoder_step"]["dtype"] == "fp16" and data["graphs"]["text_encoder"]["dtype"] == "fp32"
     # The graphs keep float32 inputs/outputs: the runtime is the same for every export.
     assert data["graphs"]["decoder_step"]["inputs"][2] == {
-        "name": "kv_cache", "dtype": "float32", "shape": data["graphs"]["decoder_step"]["inputs"][2]["shape"]}
+        "name": "past_key_0", "dtype": "float32", "shape": data["graphs"]["decoder_step"]["inputs"][2]["shape"]}
     ref = torch_backend("random:tiny")
     codes, kv, ck, cv, mask, edit_in = _step_inputs(ref.shapes, 4, 6, np.random.default_rng(3), edited=True)
     keep = mask[None, :, None, :, None].astype(np.float32)  # masked text positions are zeros, as CrossKV gives them

@@ -59,3 +59,25 @@ class KVCache:
 
     def write(self, position: int, new_kv: np.ndarray) -> None:
         self.array[:, :, :, :, position] = new_kv
+
+
+def step_kv_names(num_layers: int) -> tuple[str, ...]:
+    """The decoder-step graph's per-layer K/V inputs, in graph order: past_key_0,
+    past_value_0, ..., past_key_{L-1}, past_value_{L-1} [rows, heads, capacity, head_dim],
+    then cross_key_0, cross_value_0, ... [rows, heads, T, head_dim]. That is the memory
+    order of KVCache.array [layers, 2, ...] and of cross K/V [layers, ...]: each input is
+    one contiguous block of a runtime buffer. Plain identifiers (valid as ONNX, ONNX
+    Runtime, TensorRT and Python names)."""
+    past = [f"past_{kind}_{i}" for i in range(num_layers) for kind in ("key", "value")]
+    cross = [f"cross_{kind}_{i}" for i in range(num_layers) for kind in ("key", "value")]
+    return tuple(past + cross)
+
+
+def step_kv_views(kv_cache: np.ndarray, cross_k: np.ndarray, cross_v: np.ndarray) -> dict[str, np.ndarray]:
+    """The per-layer step inputs as views of the runtime's buffers (no copy):
+    past_key_i = kv_cache[i, 0], past_value_i = kv_cache[i, 1], cross_key_i = cross_k[i],
+    cross_value_i = cross_v[i]. Contiguous when the buffers are."""
+    layers = kv_cache.shape[0]
+    views = [v for i in range(layers) for v in (kv_cache[i, 0], kv_cache[i, 1])]
+    views += [v for i in range(layers) for v in (cross_k[i], cross_v[i])]
+    return dict(zip(step_kv_names(layers), views))

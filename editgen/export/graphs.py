@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from editgen.engine.backend import step_kv_names
 from editgen.engine.config import ModelShapes
 from editgen.export.step_module import CrossKV, DecoderStep
 
@@ -31,10 +32,13 @@ DYNAMIC_AXES = {
     "samples": "audio samples (sample_rate per second)",
 }
 
-STEP_INPUTS = ("codes", "position", "kv_cache", "cross_k", "cross_v", "text_mask",
-               "edit_src_row", "edit_mapper", "edit_alpha", "edit_weight", "edit_window",
-               "edit_blend", "edit_use_captured", "edit_captured")
+STEP_EDIT_INPUTS = ("edit_src_row", "edit_mapper", "edit_alpha", "edit_weight", "edit_window",
+                    "edit_blend", "edit_use_captured", "edit_captured")
 STEP_OUTPUTS = ("logits", "new_kv", "cross_attn")
+
+
+def step_input_names(num_layers: int) -> tuple[str, ...]:
+    return ("codes", "position", *step_kv_names(num_layers), "text_mask", *STEP_EDIT_INPUTS)
 
 
 class TextEncoder(nn.Module):
@@ -77,6 +81,24 @@ def encodec_min_samples(shapes: ModelShapes) -> int:
     """Shortest audio the exported encoder takes: EnCodec pads tiny inputs through a
     Python branch that tracing fixes, so inputs under 4 frames are refused up front."""
     return 4 * (shapes.sample_rate // shapes.frame_rate)
+
+
+class StepGraph(nn.Module):
+    """The exported decoder step: DecoderStep with flat inputs (step_input_names): codes,
+    position, 2 * layers self-attention K/V tensors [rows, heads, capacity, head_dim]
+    (K, V per layer), 2 * layers cross K/V tensors [rows, heads, T, head_dim], text_mask,
+    the edit tensors. No input is sliced in the graph: every consumer of a K/V input is
+    the attention's matmul (tests/test_onnx.py checks the graph)."""
+
+    def __init__(self, step: DecoderStep, num_layers: int):
+        super().__init__()
+        self.step = step
+        self.num_layers = num_layers
+
+    def forward(self, codes, position, *rest):
+        n = 2 * self.num_layers
+        past, cross, (text_mask, *edit) = rest[:n], rest[n:2 * n], rest[2 * n:]
+        return self.step(codes, position, past[0::2], past[1::2], cross[0::2], cross[1::2], text_mask, *edit)
 
 
 @dataclasses.dataclass
@@ -130,13 +152,14 @@ def graph_defs(model, shapes: ModelShapes, prompts: tuple[tuple, ...]) -> list[G
     def step_example(rows, capacity, position, edited):
         rows_cond = rows // 2
         codes = torch.randint(0, s.vocab_size + 1, (rows, K), generator=gen)
-        kv = randn(L, 2, rows, H, capacity, D)
+        past = tuple(randn(rows, H, capacity, D) for _ in range(2 * L))  # K, V per layer
         mask = text_mask(rows)
         # As CrossKV gives them: masked text positions (all of a null row) are exact zeros.
-        keep = mask[None, :, None, :, None].float()
-        ck, cv = randn(L, rows, H, T, D) * keep, randn(L, rows, H, T, D) * keep
+        keep = mask[:, None, :, None].float()
+        cross = tuple(randn(rows, H, T, D) * keep for _ in range(2 * L))
+        kv = (*past, *cross)
         if not edited:  # identity edit inputs (plain generation)
-            return (codes, torch.tensor(position), kv, ck, cv, mask, torch.arange(rows),
+            return (codes, torch.tensor(position), *kv, mask, torch.arange(rows),
                     torch.eye(T).repeat(rows, 1, 1), torch.ones(rows, T), torch.ones(rows, T),
                     torch.zeros(rows, T), torch.ones(rows, L), torch.zeros(rows), torch.zeros(L, rows, H, T))
         src = torch.arange(rows)
@@ -145,7 +168,7 @@ def graph_defs(model, shapes: ModelShapes, prompts: tuple[tuple, ...]) -> list[G
         use_captured = torch.zeros(rows)
         use_captured[rows_cond - 1] = 1.0
         captured = torch.softmax(randn(L, rows, H, T), dim=-1)
-        return (codes, torch.tensor(position), kv, ck, cv, mask, src, mapper,
+        return (codes, torch.tensor(position), *kv, mask, src, mapper,
                 (rand(rows, T) > 0.5).float(), rand(rows, T) * 4 - 2, (rand(rows, T) > 0.5).float(),
                 rand(rows, L), use_captured, captured)
 
@@ -163,11 +186,11 @@ def graph_defs(model, shapes: ModelShapes, prompts: tuple[tuple, ...]) -> list[G
         return [(randn(12 * hop + 17) * 0.1,), (randn(encodec_min_samples(s)) * 0.1,)]
 
     rows0 = {0: "rows"}  # axis 0 is rows
-    step_axes = {"codes": rows0, "kv_cache": {2: "rows", 4: "capacity"}, "cross_k": {1: "rows"},
-                 "cross_v": {1: "rows"}, "text_mask": rows0, "edit_captured": {1: "rows"},
+    step_axes = {"codes": rows0, "text_mask": rows0, "edit_captured": {1: "rows"},
                  "logits": rows0, "new_kv": {2: "rows"}, "cross_attn": {1: "rows"}}
-    for name in ("edit_src_row", "edit_mapper", "edit_alpha", "edit_weight", "edit_window", "edit_blend",
-                 "edit_use_captured"):
+    for name in step_kv_names(L):
+        step_axes[name] = {0: "rows", 2: "capacity"} if name.startswith("past_") else rows0
+    for name in STEP_EDIT_INPUTS[:-1]:
         step_axes[name] = rows0
     return [
         GraphDef("text_encoder", TextEncoder(model).eval(), ("input_ids", "attention_mask"), ("hidden",),
@@ -176,7 +199,7 @@ def graph_defs(model, shapes: ModelShapes, prompts: tuple[tuple, ...]) -> list[G
         GraphDef("cross_kv", CrossKV(model).eval(), ("hidden", "text_mask"), ("cross_k", "cross_v"),
                  {"hidden": rows0, "text_mask": rows0, "cross_k": {1: "rows"}, "cross_v": {1: "rows"}},
                  cross_examples, dtype_follows_export=True),
-        GraphDef("decoder_step", DecoderStep(model).eval(), STEP_INPUTS, STEP_OUTPUTS, step_axes,
+        GraphDef("decoder_step", StepGraph(DecoderStep(model), L).eval(), step_input_names(L), STEP_OUTPUTS, step_axes,
                  step_examples, dtype_follows_export=True),
         GraphDef("encodec_decode", EncodecDecode(model).eval(), ("codes",), ("audio",),
                  {"codes": {0: "clips", 2: "frames"}, "audio": {0: "clips", 1: "samples"}},

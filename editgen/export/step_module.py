@@ -1,8 +1,8 @@
 """The decoder step that is exported: one MusicGen decoder step with explicit tensors.
 
 Weights are taken from transformers' MusicgenForConditionalGeneration. Self-attention
-reads a static-capacity KV cache and returns this position's K/V (`new_kv`) for the
-runtime to write; cross-attention is explicit (matmul, softmax, matmul) so that its
+reads a static-capacity KV cache (one K and one V tensor per layer) and returns this
+position's K/V (`new_kv`) for the runtime to write; cross-attention is explicit (matmul, softmax, matmul) so that its
 probabilities can be edited and returned. The edit formula and why it is written the
 way it is: docs/design.md, "The edit".
 """
@@ -41,7 +41,8 @@ class CrossKV(nn.Module):
 
 
 class DecoderStep(nn.Module):
-    """One decoder step for all rows. Inputs and outputs: docs/design.md, "Step contract"."""
+    """One decoder step for all rows. Inputs and outputs: docs/design.md, "Step contract"
+    (the exported graph's flat inputs: editgen.export.graphs.StepGraph)."""
 
     def __init__(self, model):
         super().__init__()
@@ -61,11 +62,16 @@ class DecoderStep(nn.Module):
         heads = torch.cat([h.weight for h in model.decoder.lm_heads])
         self.lm_head = nn.Parameter(heads.detach(), requires_grad=False)
 
-    def forward(self, codes, position, kv_cache, cross_k, cross_v, text_mask,
+    def forward(self, codes, position, past_keys, past_values, cross_keys, cross_values, text_mask,
                 edit_src_row, edit_mapper, edit_alpha, edit_weight, edit_window, edit_blend,
                 edit_use_captured, edit_captured):
+        """`past_keys`, `past_values`: one tensor per layer [rows, heads, capacity, head_dim];
+        `cross_keys`, `cross_values`: one per layer [rows, heads, T, head_dim]. Sequences, so
+        that every layer's K/V is its own graph input (`StepGraph`): ONNX Runtime has no
+        strided views, and slicing one [layers, ...] input inside the graph copies the
+        slice every step. Callers holding one buffer pass views (`kv[i, 0]`): no copy."""
         rows = codes.shape[0]
-        capacity = kv_cache.shape[4]
+        capacity = past_keys[0].shape[2]
         # codes: [rows, K] -> sum of the K codebook embeddings: [rows, hidden]
         # One flat table so the export is a single Gather.
         offsets = torch.arange(self.num_codebooks, device=codes.device) * self.embed.shape[1]
@@ -78,20 +84,16 @@ class DecoderStep(nn.Module):
         cross_bias = (1.0 - text_mask.to(x.dtype)) * NEG  # [rows, T]
         cross_bias = cross_bias[:, None, None, :]
 
-        # [layers * 2, rows, heads, capacity, head_dim]: one Gather per K or V in the graph.
-        # ONNX Runtime has no strided views, so each gather copies its block; with
-        # kv_cache[i, 0] it would copy layer i whole first, then K or V (2x the cache).
-        kv_flat = kv_cache.reshape(-1, *kv_cache.shape[2:])
         new_kv, probs = [], []
         for i, layer in enumerate(self.layers):
             h = layer.self_attn_layer_norm(x)
-            attn, k_new, v_new = self._self_attention(layer.self_attn, h, kv_flat[2 * i], kv_flat[2 * i + 1], self_bias)
+            attn, k_new, v_new = self._self_attention(layer.self_attn, h, past_keys[i], past_values[i], self_bias)
             x = x + attn
             new_kv.append(torch.stack([k_new, v_new]))
 
             h = layer.encoder_attn_layer_norm(x)
             attn, p = self._cross_attention(
-                layer.encoder_attn, h, cross_k[i], cross_v[i], cross_bias, i,
+                layer.encoder_attn, h, cross_keys[i], cross_values[i], cross_bias, i,
                 edit_src_row, edit_mapper, edit_alpha, edit_weight, edit_window, edit_blend,
                 edit_use_captured, edit_captured)
             x = x + attn

@@ -3,12 +3,16 @@ only (no torch). CUDAExecutionProvider when onnxruntime has it, else CPU.
 
 The decoder step runs through one IOBinding:
 - inputs are bound to the caller's numpy buffers by pointer (no copy on CPU), and
-  rebound only when a buffer's address, shape or dtype changes. The generation loop
-  reuses its buffers (KV cache, frame codes, edit tensors, cross K/V), so in steady state
-  a step binds nothing and the runtime copies nothing: the graph reads the KV cache where
-  it lies and returns only this position's K/V (`new_kv`), which the loop writes
-  (O(new) bytes). Inside the graph, ONNX Runtime (which has no strided views) gathers
-  each layer's K and V block once per step; see editgen.export.step_module.
+  rebound only when a buffer's address, shape or dtype changes. The graph takes one
+  K/V tensor per layer (past_key_i, past_value_i, cross_key_i, cross_value_i:
+  editgen.engine.backend.step_kv_names); the runtime keeps its single buffers
+  (KVCache.array [layers, 2, rows, heads, capacity, head_dim], cross K/V
+  [layers, rows, heads, T, head_dim]) and binds each input to its contiguous block
+  (kv_cache[i, 0], ...) by pointer. The generation loop reuses its buffers (KV cache,
+  frame codes, edit tensors, cross K/V), so in steady state a step binds nothing and
+  nothing is copied, neither here nor in the graph (no input is sliced there): the graph
+  reads the KV cache where it lies and returns only this position's K/V (`new_kv`),
+  which the loop writes (O(new) bytes).
 - outputs are bound to buffers preallocated for the current number of rows and reused
   while it holds. `step` returns the same StepOutputs object every time: its arrays are
   valid until the next `step` call (copy what you keep).
@@ -25,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from editgen.engine.backend import StepOutputs
+from editgen.engine.backend import StepOutputs, step_kv_names, step_kv_views
 from editgen.engine.manifest import GraphInfo, Manifest, load_manifest
 from editgen.engine.tokenizer import TextTokenizer
 from editgen.errors import AudioError, ExportDirError
@@ -74,6 +78,13 @@ class OrtBackend:
         self._on_cuda = self._step.get_providers()[0] == "CUDAExecutionProvider"
         self._step_info = self.manifest.graphs["decoder_step"]
         self._step_dtypes = {t.name: t.np_dtype for t in self._step_info.inputs}
+        self._kv_names = step_kv_names(self.shapes.num_layers)
+        missing = [n for n in self._kv_names if n not in self._step_dtypes]
+        if missing:
+            raise ExportDirError(f"{self.manifest.root}: decoder_step has no input {missing[0]!r}: "
+                                 "re-export the model with this version of `editgen export`")
+        self._kv_dtype = self._step_dtypes[self._kv_names[0]]
+        self._kv_key: tuple | None = None  # (ptr, shape, dtype) of the K/V buffers last bound
         self._binding = self._step.io_binding()
         self._bound: dict[str, _Binding] = {}
         self.binds = 0  # bind_input calls so far (0 per step in steady state)
@@ -130,19 +141,21 @@ class OrtBackend:
         are this backend's buffers: valid until the next call."""
         if self._step is None:
             raise RuntimeError("step() on a closed OrtBackend")
-        if (kv_cache.dtype != self._step_dtypes["kv_cache"] or not kv_cache.flags.c_contiguous):
+        L = self.shapes.num_layers
+        if (kv_cache.dtype != self._kv_dtype or not kv_cache.flags.c_contiguous or kv_cache.ndim != 6
+                or kv_cache.shape[:2] != (L, 2)):
             # A converted copy would move O(cache) bytes every step: refuse instead.
-            raise TypeError(f"kv_cache must be a C-contiguous {self._step_dtypes['kv_cache']} array, got "
-                            f"{kv_cache.dtype} (contiguous: {kv_cache.flags.c_contiguous})")
+            raise TypeError(f"kv_cache must be a C-contiguous {self._kv_dtype} array [{L}, 2, rows, heads, "
+                            f"capacity, head_dim], got {kv_cache.dtype} {kv_cache.shape} "
+                            f"(contiguous: {kv_cache.flags.c_contiguous})")
         rows = codes.shape[0]
         if rows != self._out_rows:
             self._allocate_outputs(rows)
         self._position[()] = position
         keep = [  # converted inputs must outlive the run
-            self._bind("codes", codes), self._bind("position", self._position),
-            self._bind("kv_cache", kv_cache), self._bind("cross_k", cross_k), self._bind("cross_v", cross_v),
-            self._bind("text_mask", text_mask),
+            self._bind("codes", codes), self._bind("position", self._position), self._bind("text_mask", text_mask),
         ]
+        keep += self._bind_kv(kv_cache, cross_k, cross_v)
         for name, field in _EDIT_INPUTS:
             keep.append(self._bind(name, getattr(edit, field)))
         if self._on_cuda:
@@ -152,6 +165,22 @@ class OrtBackend:
             self._binding.synchronize_outputs()
         del keep
         return self._out
+
+    def _bind_kv(self, kv_cache, cross_k, cross_v) -> list[np.ndarray]:
+        """Bind every per-layer K/V input to its block of the caller's buffers. Skipped
+        (no view made, nothing bound) while the three buffers are the ones last bound."""
+        key = tuple((a.__array_interface__["data"][0], a.shape, a.dtype.str) for a in (kv_cache, cross_k, cross_v))
+        if key == self._kv_key:
+            return []
+        converted = []
+        for a in (cross_k, cross_v):  # small (once per request): converted if need be, never cached then
+            ok = a.dtype == self._kv_dtype and a.flags.c_contiguous
+            converted.append(a if ok else np.ascontiguousarray(a, dtype=self._kv_dtype))
+        views = step_kv_views(kv_cache, *converted)
+        keep = [self._bind(name, views[name]) for name in self._kv_names]
+        same = all(c is a for c, a in zip(converted, (cross_k, cross_v)))
+        self._kv_key = key if same else None
+        return keep
 
     def _bind(self, name: str, array: np.ndarray) -> np.ndarray:
         dtype = self._step_dtypes[name]
@@ -199,6 +228,7 @@ class OrtBackend:
         self._binding = None
         self._out = None
         self._bound.clear()
+        self._kv_key = None
 
     def __enter__(self):
         return self

@@ -40,10 +40,12 @@ class TorchBackend:
     def step(self, codes, position, kv_cache, cross_k, cross_v, text_mask, edit) -> StepOutputs:
         t = self._t
         with self._torch.inference_mode():
+            # Per-layer views of the runtime's buffers (kv[i, 0] is contiguous): no copy on CPU.
+            kv, ck, cv = t(kv_cache), t(cross_k), t(cross_v)
             logits, new_kv, probs = self._step(
-                t(codes), self._torch.tensor(position, device=self.device), t(kv_cache), t(cross_k), t(cross_v),
-                t(text_mask), t(edit.src_row), t(edit.mapper), t(edit.alpha), t(edit.weight), t(edit.window),
-                t(edit.blend), t(edit.use_captured), t(edit.captured))
+                t(codes), self._torch.tensor(position, device=self.device), kv[:, 0].unbind(0),
+                kv[:, 1].unbind(0), ck.unbind(0), cv.unbind(0), t(text_mask), t(edit.src_row), t(edit.mapper),
+                t(edit.alpha), t(edit.weight), t(edit.window), t(edit.blend), t(edit.use_captured), t(edit.captured))
         return StepOutputs(logits.cpu().numpy(), new_kv.cpu().numpy(), probs.cpu().numpy())
 
     def decode_audio(self, codes):
