@@ -10,7 +10,7 @@ import sys
 
 from editgen.cli.common import add_generation_args, add_model_args, generation_options, open_from_args
 from editgen.cli.outputs import atomic_dir, check_writable_dir
-from editgen.errors import AudioError, InvalidRequestError, OutputPathError
+from editgen.errors import AudioError, InvalidRequestError
 
 OUTPUT_FILES = ("source.wav", "edited.wav", "edit.json", "attention.png")
 
@@ -128,7 +128,7 @@ def run(args) -> int:
         source_wav = backend.decode_audio(result.source_codes[None])[0]  # [samples]
         edited_wav = backend.decode_audio(result.edited_codes)[0]  # [samples]
         shapes = backend.shapes
-    _write_outputs(out, args, result, mode, source_wav, edited_wav, shapes, region)
+    _write_outputs(out, args, spec, result, mode, source_wav, edited_wav, shapes, region)
     print(f"wrote {out}/{{{','.join(OUTPUT_FILES)}}} ({len(edited_wav) / shapes.sample_rate:.2f} s, "
           f"{result.edited_codes.shape[-1]} frames)")
     return 0
@@ -149,7 +149,7 @@ def _run_edit(backend, args, spec, options, capture, region):
     return edit(backend, [spec], options, region=region, progress=progress), "paired"
 
 
-def _write_outputs(out, args, result, mode, source_wav, edited_wav, shapes, region) -> None:
+def _write_outputs(out, args, spec, result, mode, source_wav, edited_wav, shapes, region) -> None:
     from editgen.engine.audio import write_wav
     from editgen.engine.plots import plot_edit_attention
 
@@ -158,9 +158,9 @@ def _write_outputs(out, args, result, mode, source_wav, edited_wav, shapes, regi
         "mode": mode,
         "model": args.model, "engine": args.engine, "backend": args.backend,
         "op": plan.op, "source": plan.source.text, "target": plan.target.text,
-        "word_weights": parse_assignments(args.word, "--word", "C"),
-        "windows": parse_assignments(args.window, "--window", "F"),
-        "blend": args.blend,
+        "word_weights": dict(spec.word_weights),
+        "windows": dict(spec.windows),
+        "blend": spec.blend,
         "region": None if region is None else [region.start, region.end],
         "capture": args.capture, "audio": args.audio,
         "options": dataclasses.asdict(result.options),

@@ -11,6 +11,7 @@ import numpy as np
 
 from editgen.engine.backend import Backend
 from editgen.engine.capture import SourceCapture
+from editgen.engine.delay import DelayPattern
 from editgen.engine.edit import EditBatch, EditPlan, EditSpec, compile_edit
 from editgen.engine.generate import generate_codes
 from editgen.engine.hooks import ForceFrames, MeanMaps, RowMaps
@@ -134,7 +135,6 @@ def capture_source(backend: Backend, source: str, options: GenerationOptions, *,
                          shapes=shapes)
 
 
-def _pattern(shapes, steps):
-    from editgen.engine.delay import DelayPattern
-
+def _pattern(shapes, steps: int) -> DelayPattern:
+    """The pattern generate_codes uses for `steps` steps (overrides need it up front)."""
     return DelayPattern(shapes.num_codebooks, steps + 1, shapes.pad_token_id)
