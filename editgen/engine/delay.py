@@ -22,6 +22,11 @@ class DelayPattern:
     def frames(self) -> int:
         return self.length - self.K
 
+    @property
+    def steps(self) -> int:
+        """Decoder steps that fill the sequence (position 0 is given)."""
+        return self.length - 1
+
     def apply(self, column: np.ndarray, position: int) -> np.ndarray:
         """column: [rows, K] codes at `position`, with forced entries set to pad (in place)."""
         column[:, self.forced[:, position]] = self.pad_id

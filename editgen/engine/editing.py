@@ -75,14 +75,12 @@ def edit(backend: Backend, specs: Sequence[EditSpec], options: GenerationOptions
     plans = compile_specs(backend, specs)
     if audio_codes is not None:
         options = options_for_audio(options, audio_codes, shapes.frame_rate)
-    frames = options.frames(shapes)
-    steps = shapes.steps_for_frames(frames)
+    pattern = _pattern(shapes, options)
+    frames, steps = pattern.frames, pattern.steps
     n = len(plans)
     batch = EditBatch(plans, cfg=options.cfg, num_heads=shapes.num_heads)
     prompts = [plans[0].source] + [p.target for p in plans]
-    overrides, pattern = [], _pattern(shapes, steps)
-    if audio_codes is not None:
-        overrides.append(ForceFrames(pattern, [0], np.ones(frames, bool), source_codes=audio_codes))
+    overrides = [] if audio_codes is None else [_teacher_force_source(pattern, audio_codes)]
     if region is not None:
         outside = ~region.frame_mask(frames, shapes.frame_rate)
         overrides.append(ForceFrames(pattern, range(1, 1 + n), outside, from_row=0))
@@ -99,14 +97,14 @@ def edit_from_capture(backend: Backend, capture: SourceCapture, specs: Sequence[
     capture.check_compatible(backend, specs)
     plans = compile_specs(backend, specs)
     options = capture.options
-    frames = options.frames(shapes)
-    steps = shapes.steps_for_frames(frames)
+    pattern = _pattern(shapes, options)
+    frames, steps = pattern.frames, pattern.steps
     n = len(plans)
     batch = EditBatch(plans, cfg=options.cfg, num_heads=shapes.num_heads, captured_maps=capture.maps)
     overrides = []
     if region is not None:
         outside = ~region.frame_mask(frames, shapes.frame_rate)
-        overrides.append(ForceFrames(_pattern(shapes, steps), range(n), outside, source_codes=capture.codes))
+        overrides.append(ForceFrames(pattern, range(n), outside, source_codes=capture.codes))
     maps = MeanMaps(steps, n, shapes.max_text_tokens)
     result = generate_codes(backend, [p.target for p in plans], options, edits=batch, overrides=overrides,
                             recorders=[maps], progress=progress)
@@ -124,17 +122,22 @@ def capture_source(backend: Backend, source: str, options: GenerationOptions, *,
     prompt = backend.tokenizer.encode(source)
     if audio_codes is not None:
         options = options_for_audio(options, audio_codes, shapes.frame_rate)
-    frames = options.frames(shapes)
-    steps = shapes.steps_for_frames(frames)
-    overrides = []
-    if audio_codes is not None:
-        overrides.append(ForceFrames(_pattern(shapes, steps), [0], np.ones(frames, bool), source_codes=audio_codes))
+    pattern = _pattern(shapes, options)
+    steps = pattern.steps
+    overrides = [] if audio_codes is None else [_teacher_force_source(pattern, audio_codes)]
     maps = RowMaps(steps, 0, shapes.num_layers, shapes.num_heads, shapes.max_text_tokens, dtype=dtype)
     result = generate_codes(backend, [prompt], options, overrides=overrides, recorders=[maps], progress=progress)
     return SourceCapture(prompt=source, codes=result.codes[0], maps=maps.maps, options=options,
                          shapes=shapes)
 
 
-def _pattern(shapes, steps: int) -> DelayPattern:
-    """The pattern generate_codes uses for `steps` steps (overrides need it up front)."""
+def _pattern(shapes, options: GenerationOptions) -> DelayPattern:
+    """The delay pattern generate_codes will use for `options` (overrides need it up
+    front); validates the duration."""
+    steps = shapes.steps_for_frames(options.frames(shapes))
     return DelayPattern(shapes.num_codebooks, steps + 1, shapes.pad_token_id)
+
+
+def _teacher_force_source(pattern: DelayPattern, audio_codes: np.ndarray) -> ForceFrames:
+    """Row 0 (the source) follows the audio's codes [K, frames] at every frame."""
+    return ForceFrames(pattern, [0], np.ones(pattern.frames, bool), source_codes=audio_codes)

@@ -44,7 +44,6 @@ class Generated:
 
 def generate(backend: Backend, prompt: str, options: GenerationOptions, *, progress: bool = True) -> Generated:
     tokenized = backend.tokenizer.encode(prompt)
-    options.frames(backend.shapes)  # validate before any model work
     result = generate_codes(backend, [tokenized], options, progress=progress)
     wav = backend.decode_audio(result.codes)[0]
     return Generated(wav, result.codes[0], backend.shapes.sample_rate)
