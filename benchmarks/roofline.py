@@ -102,7 +102,6 @@ def onnx_weight_bytes(path) -> WeightBytes:
     as stored), except tables that only feed Gather as data (embeddings, positions):
     those count as gathered rows."""
     import onnx
-    from onnx import numpy_helper  # noqa: F401  (ensures onnx is importable with helpers)
 
     model = onnx.load(str(path), load_external_data=False)
     graph = model.graph

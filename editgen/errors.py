@@ -36,3 +36,9 @@ class OutputPathError(EditGenError):
     """An output path cannot be written."""
 
     code = "bad_output_path"
+
+
+def first_line(exc: BaseException) -> str:
+    """A library exception's first line (or its type name): enough for a one-line message."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

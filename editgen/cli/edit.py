@@ -10,7 +10,7 @@ import sys
 
 from editgen.cli.common import add_generation_args, add_model_args, generation_options, open_from_args
 from editgen.cli.outputs import atomic_dir, check_writable_dir
-from editgen.errors import AudioError, InvalidRequestError
+from editgen.errors import AudioError, InvalidRequestError, first_line
 
 OUTPUT_FILES = ("source.wav", "edited.wav", "edit.json", "attention.png")
 
@@ -67,8 +67,7 @@ def check_audio_readable(path: str) -> None:
     try:
         sf.info(str(path))
     except Exception as exc:  # LibsndfileError / RuntimeError / OSError, depending on version
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise AudioError(f"cannot read audio {path}: {first}") from None
+        raise AudioError(f"cannot read audio {path}: {first_line(exc)}") from None
 
 
 def audio_codes(backend, path: str):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from editgen.engine.audio import read_mono
 from editgen.errors import AudioError
 
 # A file whose loudest frame is below this is treated as silent (metrics on it would
@@ -36,23 +37,7 @@ class Audio:
 
 def load_audio(path: str | Path) -> Audio:
     """Mono float32 at the file's own rate; raises AudioError for anything unusable."""
-    import soundfile as sf
-
-    path = Path(path)
-    if not path.is_file():
-        what = "is a directory" if path.is_dir() else "does not exist"
-        raise AudioError(f"cannot read audio {path}: the file {what}")
-    try:
-        data, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.SoundFileError, RuntimeError) as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise AudioError(f"cannot read audio {path}: {detail} (give a WAV, FLAC or OGG file)") from exc
-    # data: [n, channels]; a plain mean keeps the level of a centred stereo mix.
-    samples = np.ascontiguousarray(data.mean(axis=1), dtype=np.float32)
-    if samples.size == 0:
-        raise AudioError(f"audio {path} has no samples")
-    if not np.all(np.isfinite(samples)):
-        raise AudioError(f"audio {path} contains NaN or infinite samples")
+    samples, sample_rate = read_mono(path)
     loudest = max_frame_dbfs(samples)
     if loudest < SILENCE_DBFS:
         raise AudioError(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from editgen.engine.config import ModelShapes
 from editgen.engine.tokenizer import TextTokenizer, build_preset_tokenizer
-from editgen.errors import CheckpointError
+from editgen.errors import CheckpointError, first_line
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
@@ -85,7 +85,7 @@ def _load_dir(path: Path) -> LoadedMusicgen:
         json.loads((path / "config.json").read_text())
         tokenizer = TextTokenizer.from_file(tok_file)
     except Exception as exc:  # tokenizers raises a bare Exception on a broken file
-        raise CheckpointError(f"checkpoint {path} is corrupt: {_first_line(exc)}") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt: {first_line(exc)}") from None
     model = _from_pretrained(str(path), local_files_only=True)
     return _loaded(model, tokenizer, str(path), False, tok_file.read_text())
 
@@ -113,10 +113,5 @@ def _from_pretrained(name: str, **kwargs):
     try:
         model = MusicgenForConditionalGeneration.from_pretrained(name, torch_dtype="float32", **kwargs)
     except Exception as exc:
-        raise CheckpointError(f"cannot load MusicGen weights from {name}: {_first_line(exc)}") from None
+        raise CheckpointError(f"cannot load MusicGen weights from {name}: {first_line(exc)}") from None
     return model.eval()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -33,7 +33,7 @@ import onnx
 import torch
 
 from editgen.engine.manifest import FORMAT_VERSION, MANIFEST_FILE, TensorSpec
-from editgen.errors import InvalidRequestError
+from editgen.errors import InvalidRequestError, first_line
 from editgen.export.graphs import DYNAMIC_AXES, GraphDef, encodec_min_samples, graph_defs
 from editgen.export.validate import TOLERANCE, check, cpu_session, max_errors
 from editgen.version import __version__
@@ -133,13 +133,13 @@ def validate_graph(gd: GraphDef, path: Path, dtype: str, examples) -> dict:
         session = cpu_session(path)
     except Exception as exc:  # fp16 graphs may need kernels the CPU provider lacks
         if dtype == "fp16":
-            return {"skipped": f"not runnable on the CPU provider: {_first_line(exc)}", "tolerance": tolerance}
+            return {"skipped": f"not runnable on the CPU provider: {first_line(exc)}", "tolerance": tolerance}
         raise
     try:
         errors = max_errors(session, gd.module, examples, gd.inputs, gd.outputs)
     except Exception as exc:
         if dtype == "fp16":
-            return {"skipped": f"CPU provider failed: {_first_line(exc)}", "tolerance": tolerance}
+            return {"skipped": f"CPU provider failed: {first_line(exc)}", "tolerance": tolerance}
         raise
     check(gd.name, errors, tolerance)
     return {"errors": errors, "tolerance": tolerance, "examples": len(examples), "provider": "CPUExecutionProvider"}
@@ -234,9 +234,3 @@ def _ort_version() -> str:
     import onnxruntime
 
     return onnxruntime.__version__
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
-

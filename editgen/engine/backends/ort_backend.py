@@ -32,7 +32,7 @@ import onnxruntime as ort
 from editgen.engine.backend import StepOutputs, step_kv_names, step_kv_views
 from editgen.engine.manifest import GraphInfo, Manifest, load_manifest
 from editgen.engine.tokenizer import TextTokenizer
-from editgen.errors import AudioError, ExportDirError
+from editgen.errors import AudioError, ExportDirError, first_line
 
 # Edit tensors: graph input name -> EditStepInputs field.
 _EDIT_INPUTS = (("edit_src_row", "src_row"), ("edit_mapper", "mapper"), ("edit_alpha", "alpha"),
@@ -105,8 +105,7 @@ class OrtBackend:
         try:
             session = ort.InferenceSession(str(path), options, providers=self.providers)
         except Exception as exc:  # onnxruntime raises its own Fail / InvalidProtobuf / ...
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ExportDirError(f"{path} cannot be loaded by onnxruntime: {first}") from None
+            raise ExportDirError(f"{path} cannot be loaded by onnxruntime: {first_line(exc)}") from None
         want = [t.name for t in info.inputs], [t.name for t in info.outputs]
         have = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
         if want != have:
