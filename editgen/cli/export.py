@@ -36,6 +36,8 @@ def run(args) -> int:
 
 def validation_table(manifest: dict) -> str:
     """One line per graph output: ORT vs torch max abs error (or code mismatch)."""
+    from editgen.export.onnx_export import format_error
+
     lines = [f"{'graph':<15} {'dtype':<6} {'output':<11} {'max abs error':>14} {'tolerance':>10}"]
     for name, graph in manifest["graphs"].items():
         v = graph["validation"]
@@ -44,11 +46,7 @@ def validation_table(manifest: dict) -> str:
             lines.append(f"{name:<15} {dtype:<6} {'-':<11} {'skipped':>14}   {v['skipped']}")
             continue
         for out, e in v["errors"].items():
-            if "mismatch_fraction" in e:
-                value = f"{e['mismatch_fraction']:.2g} differ"
-            else:
-                value = f"{e['max_abs_error']:.3g}"
-            lines.append(f"{name:<15} {dtype:<6} {out:<11} {value:>14} {v['tolerance']:>10g}")
+            lines.append(f"{name:<15} {dtype:<6} {out:<11} {format_error(e):>14} {v['tolerance']:>10g}")
     int8 = manifest.get("int8")
     if int8:
         lines.append(f"int8 decoder_step ({int8['method']}): token agreement with fp32 "

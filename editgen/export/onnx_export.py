@@ -221,13 +221,14 @@ def _describe(entry: dict) -> str:
     v = entry["validation"]
     if "skipped" in v:
         return f"validation skipped: {v['skipped']}"
-    parts = []
-    for name, e in v["errors"].items():
-        if "mismatch_fraction" in e:
-            parts.append(f"{name} mismatch {e['mismatch_fraction']:.2g}")
-        else:
-            parts.append(f"{name} {e['max_abs_error']:.2e}")
-    return "max abs error: " + ", ".join(parts)
+    return "max abs error: " + ", ".join(f"{name} {format_error(e)}" for name, e in v["errors"].items())
+
+
+def format_error(e: dict) -> str:
+    """One output's validation entry: `3.1e-06`, or `0.01 differ` for integer codes."""
+    if "mismatch_fraction" in e:
+        return f"{e['mismatch_fraction']:.2g} differ"
+    return f"{e['max_abs_error']:.3g}"
 
 
 def _ort_version() -> str:
