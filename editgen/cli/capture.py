@@ -27,12 +27,12 @@ def register(sub) -> None:
 def run(args) -> int:
     from editgen.cli.edit import audio_codes, check_audio_readable
     from editgen.engine.editing import capture_source
+    from editgen.engine.tokenizer import check_prompt
 
     out = check_writable_file(args.output)
     if out.suffix != ".npz":
         raise InvalidRequestError(f"capture file {out} must end in .npz")
-    if not args.source.strip():
-        raise InvalidRequestError("source prompt is empty: give a text description")
+    check_prompt(args.source, "source prompt")  # before the model loads
     options = generation_options(args)  # validated before the model loads
     if args.audio is not None:
         check_audio_readable(args.audio)

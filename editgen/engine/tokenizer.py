@@ -84,6 +84,14 @@ class TokenizedPrompt:
         return tuple(t for t, w in enumerate(self.word_of_token) if w == word)
 
 
+def check_prompt(prompt: str, name: str = "prompt") -> None:
+    """The checks that need no tokenizer, so callers can run them before a model loads."""
+    if not isinstance(prompt, str):
+        raise InvalidRequestError(f"{name} must be text, got {type(prompt).__name__}")
+    if not prompt.strip():
+        raise InvalidRequestError(f"{name} is empty: give a text description")
+
+
 class TextTokenizer:
     """Encodes prompts to fixed-length [T] ids; T = ModelShapes.max_text_tokens."""
 
@@ -126,10 +134,7 @@ class TextTokenizer:
         return text if norm is None else norm.normalize_str(text)
 
     def encode(self, prompt: str) -> TokenizedPrompt:
-        if not isinstance(prompt, str):
-            raise InvalidRequestError(f"prompt must be text, got {type(prompt).__name__}")
-        if not prompt.strip():
-            raise InvalidRequestError("prompt is empty: give a text description")
+        check_prompt(prompt)
         enc = self._tok.encode(prompt)
         n = len(enc.ids)
         if n > self.max_tokens:

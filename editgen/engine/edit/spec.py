@@ -10,7 +10,7 @@ from types import MappingProxyType
 from typing import Literal, Mapping
 
 from editgen.engine.edit.blend import BlendSchedule
-from editgen.engine.tokenizer import split_words
+from editgen.engine.tokenizer import check_prompt, split_words
 from editgen.errors import InvalidRequestError
 
 OPS = ("replace", "refine", "reweight")
@@ -45,8 +45,7 @@ class EditSpec:
     blend: str = "soft"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.source, str) or not self.source.strip():
-            raise InvalidRequestError("source prompt is empty: give a text description")
+        check_prompt(self.source, "source prompt")
         if self.op not in OPS:
             raise InvalidRequestError(f"op {self.op!r} is not one of {', '.join(OPS)}")
         target = self._checked_target()
