@@ -98,7 +98,7 @@ def our_e2e(backend, workload: str, batch: int, seconds: float) -> float:
 
 @functools.lru_cache(maxsize=1)
 def _load(model: str):
-    from editgen.export.loading import load_musicgen
+    from editgen.model.loading import load_musicgen
 
     return load_musicgen(model)
 

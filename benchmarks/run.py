@@ -117,7 +117,7 @@ def ensure_export(preset: str, variant: str, exports: Path) -> Path:
     exports.mkdir(parents=True, exist_ok=True)
     tmp = exports / f".{preset}_{variant}.partial"
     quantize = "'int8'" if variant == "int8" else "None"
-    code = ("from editgen.export.loading import load_musicgen\n"
+    code = ("from editgen.model.loading import load_musicgen\n"
             "from editgen.export.onnx_export import export_engine\n"
             f"export_engine(load_musicgen('random:{preset}'), {str(tmp)!r}, quantize={quantize})\n")
     print(f"exporting random:{preset} {variant} to {path} ...", file=sys.stderr, flush=True)

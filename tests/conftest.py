@@ -9,7 +9,7 @@ import pytest
 
 @functools.lru_cache(maxsize=None)
 def loaded_model(spec: str):
-    from editgen.export.loading import load_musicgen
+    from editgen.model.loading import load_musicgen
 
     loaded = load_musicgen(spec)
     loaded.model.config.decoder._attn_implementation = "eager"  # explicit attention, as our step

@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 import editgen.cli
-import editgen.export.loading
+import editgen.model.loading
 from tests.conftest import loaded_model
 
 SOURCE = "lofi piano with soft drums"
@@ -27,8 +27,8 @@ def cli(monkeypatch):
     present = tuple(n for n in editgen.cli.SUBCOMMANDS if importlib.util.find_spec(f"editgen.cli.{n}"))
     monkeypatch.setattr(editgen.cli, "SUBCOMMANDS", present)
     tiny = loaded_model("random:tiny")  # built (once) before load_musicgen is patched
-    real = editgen.export.loading.load_musicgen
-    monkeypatch.setattr(editgen.export.loading, "load_musicgen",
+    real = editgen.model.loading.load_musicgen
+    monkeypatch.setattr(editgen.model.loading, "load_musicgen",
                         lambda spec: tiny if spec == "random:tiny" else real(spec))
 
 
@@ -61,7 +61,7 @@ def made_wav(tmp_path_factory):
         present = tuple(n for n in editgen.cli.SUBCOMMANDS if importlib.util.find_spec(f"editgen.cli.{n}"))
         mp.setattr(editgen.cli, "SUBCOMMANDS", present)
         tiny = loaded_model("random:tiny")
-        mp.setattr(editgen.export.loading, "load_musicgen", lambda spec: tiny)
+        mp.setattr(editgen.model.loading, "load_musicgen", lambda spec: tiny)
         assert run("generate", *MODEL, "--prompt", SOURCE, "--seconds", "0.6", "--no-progress", "-o", path) == 0
     return path
 

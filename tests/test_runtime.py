@@ -107,7 +107,7 @@ def test_seconds_beyond_positions_is_rejected(tiny):
 
 
 def test_hub_id_offline_says_to_pass_a_directory():
-    code = ("from editgen.export.loading import load_musicgen\n"
+    code = ("from editgen.model.loading import load_musicgen\n"
             "load_musicgen('facebook/musicgen-small')\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
@@ -115,7 +115,7 @@ def test_hub_id_offline_says_to_pass_a_directory():
 
 
 def test_unknown_preset():
-    from editgen.export.loading import load_musicgen
+    from editgen.model.loading import load_musicgen
 
     with pytest.raises(CheckpointError, match="choose one of tiny"):
         load_musicgen("random:huge")

@@ -19,7 +19,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from editgen.export.loading import load_musicgen
+    from editgen.model.loading import load_musicgen
     from editgen.export.onnx_export import check_options, export_engine
 
     check_options(args.dtype, args.quantize)  # before the model loads

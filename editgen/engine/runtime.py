@@ -30,7 +30,7 @@ def open_backend(*, model: str | None = None, engine: str | None = None, backend
     if kind != "torch":
         raise InvalidRequestError(f"backend {kind!r} needs an exported directory: run `editgen export` and pass --engine")
     from editgen.engine.backends.torch_backend import TorchBackend
-    from editgen.export.loading import load_musicgen
+    from editgen.model.loading import load_musicgen
 
     return TorchBackend(load_musicgen(model))
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from editgen.engine.backend import step_kv_names
 from editgen.engine.config import ModelShapes
-from editgen.export.step_module import CrossKV, DecoderStep
+from editgen.model.step_module import CrossKV, DecoderStep
 
 DYNAMIC_AXES = {
     "prompts": "prompts encoded at once",

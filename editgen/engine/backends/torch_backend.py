@@ -13,7 +13,7 @@ class TorchBackend:
     def __init__(self, loaded, device: str = "cpu"):
         import torch
 
-        from editgen.export.step_module import CrossKV, DecoderStep
+        from editgen.model.step_module import CrossKV, DecoderStep
 
         self._torch = torch
         self.loaded = loaded

@@ -62,7 +62,7 @@ def _quiet_transformers():
 
 
 def _load_random(preset: str) -> LoadedMusicgen:
-    from editgen.export.presets import build_random_musicgen, get_preset
+    from editgen.model.presets import build_random_musicgen, get_preset
 
     get_preset(preset)  # validates the name before the slow part
     _quiet_transformers()
