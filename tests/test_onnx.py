@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from editgen.engine.backends.ort_backend import OrtBackend
+from editgen.engine.contract import StepBatch
 from editgen.engine.edit import EditBatch, EditSpec, EditStepInputs
 from editgen.engine.editing import capture_source, compile_specs, edit, edit_from_capture
 from editgen.engine.generate import generate_codes
@@ -97,81 +98,107 @@ class FullMaps:
 # -- step level -----------------------------------------------------------------------
 
 
-def _step_inputs(shapes, rows, capacity, rng, *, edited):
-    """Random step inputs; rows = 2 * rows_cond (CFG layout)."""
-    L, H, D, T, K = shapes.num_layers, shapes.num_heads, shapes.head_dim, shapes.max_text_tokens, shapes.num_codebooks
+def _random_edit(shapes, rows, rng, *, edited) -> EditStepInputs:
+    """Edit tensors of one request's rows (CFG layout: conditional half first)."""
+    L, H, T = shapes.num_layers, shapes.num_heads, shapes.max_text_tokens
+    if not edited:
+        return EditStepInputs.identity(rows, T, L, H)
     rows_cond = rows // 2
-    codes = rng.integers(0, shapes.vocab_size + 1, (rows, K))
-    kv = rng.standard_normal((L, 2, rows, H, capacity, D), dtype=np.float32)
-    ck = rng.standard_normal((L, rows, H, T, D), dtype=np.float32)
-    cv = rng.standard_normal((L, rows, H, T, D), dtype=np.float32)
-    mask = np.zeros((rows, T), np.int64)
-    for r in range(rows_cond):
-        mask[r, : rng.integers(2, 20)] = 1
-    edit_in = EditStepInputs.identity(rows, T, L, H)
-    if edited:
-        src = np.arange(rows)
-        src[1:rows_cond] = rng.integers(0, rows_cond, rows_cond - 1)  # any conditional row
-        mapper = rng.random((rows, T, T), dtype=np.float32)
-        mapper /= mapper.sum(-1, keepdims=True)  # row-stochastic
-        use_captured = np.zeros(rows, np.float32)
-        use_captured[rows_cond - 1] = 1.0  # one row reads injected maps
-        captured = rng.random((L, rows, H, T), dtype=np.float32)
-        captured /= captured.sum(-1, keepdims=True)
-        edit_in = EditStepInputs(
-            src_row=src, mapper=mapper, alpha=(rng.random((rows, T)) > 0.5).astype(np.float32),
-            weight=rng.uniform(-2, 2, (rows, T)).astype(np.float32),
-            window=(rng.random((rows, T)) > 0.5).astype(np.float32),
-            blend=rng.random((rows, L), dtype=np.float32), use_captured=use_captured, captured=captured)
-    return codes, kv, ck, cv, mask, edit_in
+    src = np.arange(rows)
+    src[1:rows_cond] = rng.integers(0, rows_cond, rows_cond - 1)  # any conditional row
+    mapper = rng.random((rows, T, T), dtype=np.float32)
+    mapper /= mapper.sum(-1, keepdims=True)  # row-stochastic
+    use_captured = np.zeros(rows, np.float32)
+    use_captured[rows_cond - 1] = 1.0  # one row reads injected maps
+    captured = rng.random((L, rows, H, T), dtype=np.float32)
+    captured /= captured.sum(-1, keepdims=True)
+    return EditStepInputs(
+        src_row=src, mapper=mapper, alpha=(rng.random((rows, T)) > 0.5).astype(np.float32),
+        weight=rng.uniform(-2, 2, (rows, T)).astype(np.float32),
+        window=(rng.random((rows, T)) > 0.5).astype(np.float32),
+        blend=rng.random((rows, L), dtype=np.float32), use_captured=use_captured, captured=captured)
+
+
+def _concat_edits(parts) -> EditStepInputs:
+    """Requests' edit tensors -> one batch's (src_row shifted to batch rows)."""
+    fields = {}
+    offsets = np.cumsum([0] + [e.src_row.shape[0] for e in parts])[:-1]
+    for name in EditStepInputs.__dataclass_fields__:
+        arrays = [getattr(e, name) + o if name == "src_row" else getattr(e, name) for e, o in zip(parts, offsets)]
+        fields[name] = np.concatenate(arrays, axis=1 if name == "captured" else 0)
+    return EditStepInputs(**fields)
+
+
+def scripted_steps(backend, shapes, seed, *, edited, steps=5):
+    """Two requests through the contract by hand: B (2 rows, slots 2 and 6) runs 3 steps
+    alone, then A (4 rows, slots 0, 1, 4, 5) joins; rows sit at different positions,
+    slot 3 is a padding row. Returns per step (logits, maps) copies (all rows want maps)."""
+    rng = np.random.default_rng(seed)
+    T, K = shapes.max_text_tokens, shapes.num_codebooks
+    backend.open(8)
+    out = []
+    slots_a, slots_b = np.array([0, 1, 4, 5]), np.array([2, 6])
+
+    def admit(slots):
+        mask = np.zeros((len(slots), T), np.int64)
+        for r in range(len(slots) // 2):
+            mask[r, : rng.integers(2, 20)] = 1
+        hidden = rng.standard_normal((len(slots), T, shapes.text_hidden_size), dtype=np.float32) * mask[..., None].astype(np.float32)
+        backend.admit(slots, hidden, mask)
+
+    admit(slots_b)
+    for t in range(3 + steps):
+        if t == 3:
+            admit(slots_a)
+        rows = [(slots_b, t)] + ([(slots_a, t - 3)] if t >= 3 else [])
+        slots = np.concatenate([s for s, _ in rows])
+        edit = _concat_edits([_random_edit(shapes, len(s), rng, edited=edited) for s, _ in rows])
+        batch = StepBatch(slots=slots, positions=np.concatenate([np.full(len(s), p) for s, p in rows]),
+                          codes=rng.integers(0, shapes.vocab_size + 1, (len(slots), K)), edit=edit,
+                          want_maps=np.ones(len(slots), bool))
+        got = backend.step(batch)
+        out.append((got.logits.copy(), got.cross_attn.copy()))
+    return out
 
 
 @pytest.mark.parametrize("spec", CONFIGS)
 @pytest.mark.parametrize("edited", [False, True], ids=["identity", "edited"])
 def test_step_matches_torch(spec, edited, ort_backend):
+    """The contract by hand on both backends: logits and maps within 1e-4 at every step
+    (later steps read the K/V each backend wrote into its own pool)."""
     ort_b, ref = ort_backend(spec), torch_backend(spec)
-    rng = np.random.default_rng(1 if edited else 0)
-    for rows, capacity, positions in ((6, 9, (0, 4, 8)), (2, 5, (3,))):
-        codes, kv, ck, cv, mask, edit_in = _step_inputs(ref.shapes, rows, capacity, rng, edited=edited)
-        for position in positions:
-            want = ref.step(codes, position, kv, ck, cv, mask, edit_in)
-            got = ort_b.step(codes, position, kv, ck, cv, mask, edit_in)
-            for name in ("logits", "new_kv", "cross_attn"):
-                np.testing.assert_allclose(getattr(got, name), getattr(want, name), atol=ATOL, rtol=0, err_msg=name)
+    want = scripted_steps(ref, ref.shapes, 1, edited=edited)
+    got = scripted_steps(ort_b, ref.shapes, 1, edited=edited)
+    for (gl, gm), (wl, wm) in zip(got, want):
+        np.testing.assert_allclose(gl, wl, atol=ATOL, rtol=0)
+        np.testing.assert_allclose(gm, wm, atol=ATOL, rtol=0)
 
 
-def test_step_binds_once_and_reuses_output_buffers(ort_backend):
-    """Steady state: no rebinding, outputs in the same buffers, and the KV cache is read
-    in place (a write between steps, without rebinding, changes the next step)."""
-    backend, ref = ort_backend("random:tiny2"), torch_backend("random:tiny2")
-    codes, kv, ck, cv, mask, edit_in = _step_inputs(ref.shapes, 4, 7, np.random.default_rng(2), edited=False)
-    first = backend.step(codes, 3, kv, ck, cv, mask, edit_in)
-    logits = first.logits.copy()
+def test_step_binds_once_and_reads_the_pool_in_place(ort_backend):
+    """Steady state: no rebinding; every K/V input is bound by pointer to its block of the
+    backend's pool, and a step's K/V lands in the pool at (slot, position)."""
+    backend = ort_backend("random:tiny2")
+    shapes = backend.shapes
+    scripted_steps(backend, shapes, 2, edited=False, steps=3)
     binds = backend.binds
-    kv[:, :, :, :, :3] *= 0.5  # positions < 3 are the ones the step reads
-    second = backend.step(codes, 3, kv, ck, cv, mask, edit_in)
-    assert backend.binds == binds  # nothing rebound...
-    assert second is first  # same StepOutputs, same buffers
-    assert second.logits.__array_interface__["data"][0] == first.logits.__array_interface__["data"][0]
-    assert not np.allclose(second.logits, logits)  # ...yet the write to the cache is seen
-    np.testing.assert_allclose(second.logits, ref.step(codes, 3, kv, ck, cv, mask, edit_in).logits,
-                               atol=ATOL, rtol=0)
-    backend.step(codes, 4, kv, ck, cv, mask, edit_in)  # a new position is a write, not a bind
-    assert backend.binds == binds
-    # Each per-layer input is bound by pointer to its block of the one cache buffer.
-    L = ref.shapes.num_layers
-    for i in range(L):
-        assert backend._bound[f"past_key_{i}"].ptr == kv[i, 0].__array_interface__["data"][0]
-        assert backend._bound[f"past_value_{i}"].ptr == kv[i, 1].__array_interface__["data"][0]
-        assert backend._bound[f"cross_value_{i}"].ptr == cv[i].__array_interface__["data"][0]
-    # A new cache buffer (next request) rebinds the K/V inputs once, then nothing again.
-    kv2 = kv.copy()
-    backend.step(codes, 4, kv2, ck, cv, mask, edit_in)
-    assert backend.binds == binds + 2 * L
-    backend.step(codes, 5, kv2, ck, cv, mask, edit_in)
-    assert backend.binds == binds + 2 * L
-    with pytest.raises(TypeError, match="C-contiguous"):
-        backend.step(codes, 4, kv[:, :, :, :, :5], ck, cv, mask, edit_in)  # a copy would cost O(cache): refused
+    rng = np.random.default_rng(0)
+    slots = np.array([2, 6, 0, 1, 4, 5])
+    positions = backend.slots.length[slots].copy()
+    for _ in range(3):
+        batch = StepBatch(slots=slots, positions=positions, codes=rng.integers(0, 2048, (6, shapes.num_codebooks)),
+                          edit=EditStepInputs.identity(6, shapes.max_text_tokens, shapes.num_layers, shapes.num_heads),
+                          want_maps=np.zeros(6, bool))
+        before = backend.pool.kv[:, :, slots, :, positions].copy()  # [6, layers, 2, heads, head_dim]
+        backend.step(batch)
+        after = backend.pool.kv[:, :, slots, :, positions]
+        assert not np.any(np.all(after == before, axis=(1, 2, 3, 4)))  # every row's K/V was written
+        positions = positions + 1
+    assert backend.binds == binds  # nothing rebound
+    kv, n = backend.pool.kv, 7
+    for i in range(shapes.num_layers):
+        assert backend._bound[f"past_key_{i}"].ptr == kv[i, 0, :n].__array_interface__["data"][0]
+        assert backend._bound[f"past_value_{i}"].ptr == kv[i, 1, :n].__array_interface__["data"][0]
+        assert backend._bound[f"cross_value_{i}"].ptr == backend.pool.cross_v[i, :n].__array_interface__["data"][0]
 
 
 def _kv_consumers(model) -> dict[str, set[str]]:
@@ -301,6 +328,7 @@ def test_runs_without_torch_in_a_fresh_process(exported):
     code = f"""
 import sys
 from editgen.engine.backends.ort_backend import OrtBackend
+from editgen.engine.contract import StepBatch
 from editgen.engine.options import GenerationOptions
 from editgen.engine.runtime import generate
 with OrtBackend({str(engine)!r}) as b:
@@ -343,11 +371,11 @@ def test_manifest_contents(exported):
     kv = [f"{kind}_{i}" for i in range(s.num_layers) for kind in ("past_key", "past_value")]
     kv += [f"{kind}_{i}" for i in range(s.num_layers) for kind in ("cross_key", "cross_value")]
     assert [t.name for t in step.inputs] == [
-        "codes", "position", *kv, "text_mask", "edit_src_row", "edit_mapper",
+        "codes", "positions", *kv, "text_mask", "edit_src_row", "edit_mapper",
         "edit_alpha", "edit_weight", "edit_window", "edit_blend", "edit_use_captured", "edit_captured"]
     for i in range(s.num_layers):
         for name in (f"past_key_{i}", f"past_value_{i}"):
-            assert step.input(name).shape == ("rows", s.num_heads, "capacity", s.head_dim)
+            assert step.input(name).shape == ("rows", s.num_heads, "positions", s.head_dim)
             assert step.input(name).dtype == "float32"
         for name in (f"cross_key_{i}", f"cross_value_{i}"):
             assert step.input(name).shape == ("rows", s.num_heads, s.max_text_tokens, s.head_dim)
@@ -437,14 +465,12 @@ def test_fp16_export_runs_close_to_fp32(exported, ort_backend):
     assert data["graphs"]["decoder_step"]["inputs"][2] == {
         "name": "past_key_0", "dtype": "float32", "shape": data["graphs"]["decoder_step"]["inputs"][2]["shape"]}
     ref = torch_backend("random:tiny")
-    codes, kv, ck, cv, mask, edit_in = _step_inputs(ref.shapes, 4, 6, np.random.default_rng(3), edited=True)
-    keep = mask[None, :, None, :, None].astype(np.float32)  # masked text positions are zeros, as CrossKV gives them
-    ck, cv = ck * keep, cv * keep
-    want = ref.step(codes, 5, kv, ck, cv, mask, edit_in)
+    want = scripted_steps(ref, ref.shapes, 3, edited=True)
     with OrtBackend(engine, providers=["CPUExecutionProvider"]) as half:
-        got = half.step(codes, 5, kv, ck, cv, mask, edit_in)
-        np.testing.assert_allclose(got.logits, want.logits, atol=1e-2, rtol=0)
-        np.testing.assert_allclose(got.cross_attn, want.cross_attn, atol=1e-2, rtol=0)
+        got = scripted_steps(half, ref.shapes, 3, edited=True)
+    for (gl, gm), (wl, wm) in zip(got, want):
+        np.testing.assert_allclose(gl, wl, atol=1e-2, rtol=0)
+        np.testing.assert_allclose(gm, wm, atol=1e-2, rtol=0)
 
 
 def test_external_data_layout(exported):
@@ -454,9 +480,9 @@ def test_external_data_layout(exported):
     assert (engine / "decoder_step.onnx.data").stat().st_size > (engine / "decoder_step.onnx").stat().st_size
     ref = torch_backend("random:tiny")
     with OrtBackend(engine) as backend:
-        codes, kv, ck, cv, mask, edit_in = _step_inputs(ref.shapes, 2, 4, np.random.default_rng(4), edited=False)
-        np.testing.assert_allclose(backend.step(codes, 2, kv, ck, cv, mask, edit_in).logits,
-                                   ref.step(codes, 2, kv, ck, cv, mask, edit_in).logits, atol=ATOL, rtol=0)
+        got = scripted_steps(backend, ref.shapes, 4, edited=False, steps=2)
+    for (gl, _), (wl, _) in zip(got, scripted_steps(ref, ref.shapes, 4, edited=False, steps=2)):
+        np.testing.assert_allclose(gl, wl, atol=ATOL, rtol=0)
     (engine / "decoder_step.onnx.data").rename(engine / "moved.data")
     try:
         with pytest.raises(ExportDirError, match=r"decoder_step\.onnx\.data"):

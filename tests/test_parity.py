@@ -40,19 +40,21 @@ def test_step_logits_match_transformers_forward(spec):
             decoder_input_ids=torch.tensor(seq).reshape(-1, steps),
         ).logits.reshape(2 * n, K, steps, -1).numpy()
 
-    # ours: text padded to T, one step at a time through the static KV cache.
-    from editgen.engine.backend import KVCache
+    # ours: text padded to T, one step at a time through the backend's slot pool.
+    from editgen.engine.contract import StepBatch
 
     pids = np.stack([t.ids for t in toks])
     pmask = np.stack([t.mask for t in toks])
     h = backend.encode_text(pids, pmask)
-    full_mask = np.concatenate([pmask, np.zeros_like(pmask)])
-    ck, cv = backend.cross_kv(np.concatenate([h, np.zeros_like(h)]), full_mask)
-    cache = KVCache(shapes, 2 * n, capacity=steps)
+    rows = 2 * n
+    slots = np.arange(rows)
+    backend.open(rows)
+    backend.admit(slots, np.concatenate([h, np.zeros_like(h)]), np.concatenate([pmask, np.zeros_like(pmask)]))
     edits = EditBatch.plain(rows_cond=n, cfg=True, shapes=shapes)
     for t in range(steps):
-        out = backend.step(np.ascontiguousarray(seq[:, :, t]), t, cache.array, ck, cv, full_mask, edits.inputs(t, steps))
-        cache.write(t, out.new_kv)
+        batch = StepBatch(slots=slots, positions=np.full(rows, t), codes=np.ascontiguousarray(seq[:, :, t]),
+                          edit=edits.inputs(t, steps), want_maps=np.zeros(rows, bool))
+        out = backend.step(batch)
         np.testing.assert_allclose(out.logits, ref[:, :, t], atol=1e-4, rtol=0)
 
 

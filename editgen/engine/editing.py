@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from editgen.engine.backend import Backend
+from editgen.engine.contract import Backend
 from editgen.engine.capture import SourceCapture
 from editgen.engine.delay import DelayPattern
 from editgen.engine.edit import EditBatch, EditPlan, EditSpec, compile_edit

@@ -3,13 +3,13 @@
 Torch-free: the ORT backend opens a directory with `load_manifest(dir)`, which checks the
 format and editgen versions and that every file the manifest names is present, raising
 ExportDirError naming the file. Tensor shapes use named dynamic axes (`"rows"`,
-`"capacity"`, ...) that the runtime resolves with `TensorSpec.resolve(axes)` to size its
+`"positions"`, ...) that the runtime resolves with `TensorSpec.resolve(axes)` to size its
 buffers: plain dictionary lookups, never `eval`.
 
-Layout of manifest.json (format_version 2):
+Layout of manifest.json (format_version 3):
 
     {
-      "format_version": 2, "editgen_version": "0.1.0", "model": "random:tiny",
+      "format_version": 3, "editgen_version": "0.1.0", "model": "random:tiny",
       "dtype": "fp32" | "fp16", "quantize": null | "int8", "opset": 17,
       "shapes": {ModelShapes.to_dict()},
       "tokenizer": "tokenizer.json",
@@ -19,7 +19,7 @@ Layout of manifest.json (format_version 2):
           "file": "decoder_step.onnx", "data_file": null | "decoder_step.onnx.data",
           "dtype": "fp32", "quantize": null,
           "inputs":  [{"name": "codes", "dtype": "int64", "shape": ["rows", 4]}, ...,
-                      {"name": "past_key_0", "dtype": "float32", "shape": ["rows", 16, "capacity", 64]},
+                      {"name": "past_key_0", "dtype": "float32", "shape": ["rows", 16, "positions", 64]},
                       ...],
           "outputs": [...],
           "validation": {"max_abs_error": {"logits": 1e-7, ...}, "tolerance": 1e-3}
@@ -44,7 +44,8 @@ from editgen.errors import ExportDirError
 from editgen.version import __version__
 
 # 2: decoder_step takes one K/V input per layer (past_key_0, ...) instead of kv_cache/cross_k/cross_v.
-FORMAT_VERSION = 2
+# 3: per-row `positions` [rows] instead of one `position`; the K/V axis is named "positions".
+FORMAT_VERSION = 3
 MANIFEST_FILE = "manifest.json"
 GRAPHS = ("text_encoder", "cross_kv", "decoder_step", "encodec_decode", "encodec_encode")
 DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32,

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from editgen.engine.backend import Backend
+from editgen.engine.contract import Backend
 from editgen.engine.generate import generate_codes
 from editgen.engine.options import GenerationOptions
 from editgen.errors import InvalidRequestError

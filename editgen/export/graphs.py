@@ -2,12 +2,7 @@
 inputs for export and validation.
 
 Every graph has static `T` (ModelShapes.max_text_tokens: prompts are padded to it) and
-named dynamic axes for what changes per request:
-
-- `prompts`: prompts encoded at once (text_encoder)
-- `rows`: decoder rows, conditional then unconditional (cross_kv, decoder_step)
-- `capacity`: positions the self-attention KV cache holds (decoder_step)
-- `clips`, `frames`, `samples`: EnCodec batch, frames and audio samples
+the named dynamic axes of editgen.engine.contract.DYNAMIC_AXES (rows, positions, ...).
 """
 
 from __future__ import annotations
@@ -19,26 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from editgen.engine.backend import step_kv_names
 from editgen.engine.config import ModelShapes
+from editgen.engine.contract import DYNAMIC_AXES, STEP_EDIT_INPUTS, STEP_OUTPUTS, step_input_names, step_kv_names
 from editgen.model.step_module import CrossKV, DecoderStep
 
-DYNAMIC_AXES = {
-    "prompts": "prompts encoded at once",
-    "rows": "decoder rows: [source, targets] conditional, then the same rows unconditional with CFG",
-    "capacity": "positions the self-attention KV cache holds (>= decoder steps of the request)",
-    "clips": "code sequences decoded at once",
-    "frames": "EnCodec frames (frame_rate per second)",
-    "samples": "audio samples (sample_rate per second)",
-}
-
-STEP_EDIT_INPUTS = ("edit_src_row", "edit_mapper", "edit_alpha", "edit_weight", "edit_window",
-                    "edit_blend", "edit_use_captured", "edit_captured")
-STEP_OUTPUTS = ("logits", "new_kv", "cross_attn")
-
-
-def step_input_names(num_layers: int) -> tuple[str, ...]:
-    return ("codes", "position", *step_kv_names(num_layers), "text_mask", *STEP_EDIT_INPUTS)
+__all__ = ["DYNAMIC_AXES", "GraphDef", "graph_defs", "step_input_names"]
 
 
 class TextEncoder(nn.Module):
@@ -85,7 +65,7 @@ def encodec_min_samples(shapes: ModelShapes) -> int:
 
 class StepGraph(nn.Module):
     """The exported decoder step: DecoderStep with flat inputs (step_input_names): codes,
-    position, 2 * layers self-attention K/V tensors [rows, heads, capacity, head_dim]
+    positions, 2 * layers self-attention K/V tensors [rows, heads, positions, head_dim]
     (K, V per layer), 2 * layers cross K/V tensors [rows, heads, T, head_dim], text_mask,
     the edit tensors. No input is sliced in the graph: every consumer of a K/V input is
     the attention's matmul (tests/test_onnx.py checks the graph)."""
@@ -95,10 +75,10 @@ class StepGraph(nn.Module):
         self.step = step
         self.num_layers = num_layers
 
-    def forward(self, codes, position, *rest):
+    def forward(self, codes, positions, *rest):
         n = 2 * self.num_layers
         past, cross, (text_mask, *edit) = rest[:n], rest[n:2 * n], rest[2 * n:]
-        return self.step(codes, position, past[0::2], past[1::2], cross[0::2], cross[1::2], text_mask, *edit)
+        return self.step(codes, positions, past[0::2], past[1::2], cross[0::2], cross[1::2], text_mask, *edit)
 
 
 @dataclasses.dataclass
@@ -149,7 +129,8 @@ def graph_defs(model, shapes: ModelShapes, prompts: tuple[tuple, ...]) -> list[G
             out.append((randn(rows, T, s.text_hidden_size) * mask[..., None], mask))
         return out
 
-    def step_example(rows, capacity, position, edited):
+    def step_example(rows, capacity, positions, edited):
+        positions = torch.tensor(positions)  # [rows]: rows of one step sit at different positions
         rows_cond = rows // 2
         codes = torch.randint(0, s.vocab_size + 1, (rows, K), generator=gen)
         past = tuple(randn(rows, H, capacity, D) for _ in range(2 * L))  # K, V per layer
@@ -159,7 +140,7 @@ def graph_defs(model, shapes: ModelShapes, prompts: tuple[tuple, ...]) -> list[G
         cross = tuple(randn(rows, H, T, D) * keep for _ in range(2 * L))
         kv = (*past, *cross)
         if not edited:  # identity edit inputs (plain generation)
-            return (codes, torch.tensor(position), *kv, mask, torch.arange(rows),
+            return (codes, positions, *kv, mask, torch.arange(rows),
                     torch.eye(T).repeat(rows, 1, 1), torch.ones(rows, T), torch.ones(rows, T),
                     torch.zeros(rows, T), torch.ones(rows, L), torch.zeros(rows), torch.zeros(L, rows, H, T))
         src = torch.arange(rows)
@@ -168,13 +149,13 @@ def graph_defs(model, shapes: ModelShapes, prompts: tuple[tuple, ...]) -> list[G
         use_captured = torch.zeros(rows)
         use_captured[rows_cond - 1] = 1.0
         captured = torch.softmax(randn(L, rows, H, T), dim=-1)
-        return (codes, torch.tensor(position), *kv, mask, src, mapper,
+        return (codes, positions, *kv, mask, src, mapper,
                 (rand(rows, T) > 0.5).float(), rand(rows, T) * 4 - 2, (rand(rows, T) > 0.5).float(),
                 rand(rows, L), use_captured, captured)
 
     def step_examples():
-        return [step_example(4, 12, 7, edited=True), step_example(6, 5, 0, edited=False),
-                step_example(2, 9, 8, edited=True)]
+        return [step_example(4, 12, (7, 7, 3, 11), edited=True),
+                step_example(6, 5, (0, 0, 4, 2, 0, 1), edited=False), step_example(2, 9, (8, 8), edited=True)]
 
     hop = s.sample_rate // s.frame_rate
 
@@ -186,10 +167,10 @@ def graph_defs(model, shapes: ModelShapes, prompts: tuple[tuple, ...]) -> list[G
         return [(randn(12 * hop + 17) * 0.1,), (randn(encodec_min_samples(s)) * 0.1,)]
 
     rows0 = {0: "rows"}  # axis 0 is rows
-    step_axes = {"codes": rows0, "text_mask": rows0, "edit_captured": {1: "rows"},
+    step_axes = {"codes": rows0, "positions": rows0, "text_mask": rows0, "edit_captured": {1: "rows"},
                  "logits": rows0, "new_kv": {2: "rows"}, "cross_attn": {1: "rows"}}
     for name in step_kv_names(L):
-        step_axes[name] = {0: "rows", 2: "capacity"} if name.startswith("past_") else rows0
+        step_axes[name] = {0: "rows", 2: "positions"} if name.startswith("past_") else rows0
     for name in STEP_EDIT_INPUTS[:-1]:
         step_axes[name] = rows0
     return [

@@ -26,8 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-from editgen.engine.backend import KVCache
-from editgen.engine.edit import EditStepInputs
 from editgen.engine.generate import generate_codes
 from editgen.engine.options import GenerationOptions
 from editgen.engine.sampling import classifier_free_guidance
@@ -99,32 +97,36 @@ def _rename_external_data(model_path: Path, old: str, new: str) -> None:
 
 
 class _Paired:
-    """A backend that runs the int8 step (`test`) on the loop's cache and, beside it, the
-    fp32 step (`ref`) on a cache of its own; records the max logit error and fp32's
-    greedy choice, which `force` then writes over int8's (teacher forcing)."""
+    """A backend that runs the int8 step (`test`) and, on the same batches, the fp32 step
+    (`ref`), each on its own slot pool; records the max logit error and fp32's greedy
+    choice, which `force` then writes over int8's (teacher forcing)."""
 
     def __init__(self, ref, test, guidance: float):
         self.ref, self.test, self.guidance = ref, test, guidance
         self.name, self.shapes, self.tokenizer = "paired", test.shapes, test.tokenizer
-        self.cache: KVCache | None = None
         self.max_error = 0.0
         self.agree = self.total = 0
         self._ref_choice = None
 
+    def open(self, max_slots):
+        self.ref.open(max_slots)
+        self.test.open(max_slots)
+
     def encode_text(self, ids, mask):
         return self.test.encode_text(ids, mask)
 
-    def cross_kv(self, hidden, mask):
-        return self.test.cross_kv(hidden, mask)
+    def admit(self, slots, hidden, mask):
+        self.ref.admit(slots, hidden, mask)
+        self.test.admit(slots, hidden, mask)
 
-    def step(self, codes, position, kv_cache, cross_k, cross_v, text_mask, edit):
-        if self.cache is None or self.cache.array.shape != kv_cache.shape:
-            self.cache = KVCache(self.shapes, kv_cache.shape[2], kv_cache.shape[4])
-        ref = self.ref.step(codes, position, self.cache.array, cross_k, cross_v, text_mask, edit)
-        self.cache.write(position, ref.new_kv)
-        self._ref_choice = classifier_free_guidance(ref.logits, self.guidance).argmax(-1)
-        ref_logits = ref.logits.copy()  # the ref backend reuses its buffers
-        out = self.test.step(codes, position, kv_cache, cross_k, cross_v, text_mask, edit)
+    def release(self, slots):
+        self.ref.release(slots)
+        self.test.release(slots)
+
+    def step(self, batch):
+        ref_logits = self.ref.step(batch).logits.copy()  # the ref backend reuses its buffers
+        self._ref_choice = classifier_free_guidance(ref_logits, self.guidance).argmax(-1)
+        out = self.test.step(batch)
         self.max_error = max(self.max_error, float(np.abs(out.logits - ref_logits).max()))
         return out
 
@@ -132,16 +134,6 @@ class _Paired:
         self.agree += int((codes == self._ref_choice).sum())
         self.total += codes.size
         codes[...] = self._ref_choice
-
-
-class _Plain:
-    """Identity edit inputs for every step (plain generation)."""
-
-    def __init__(self, rows: int, shapes):
-        self._inputs = EditStepInputs.identity(rows, shapes.max_text_tokens, shapes.num_layers, shapes.num_heads)
-
-    def inputs(self, step: int, num_steps: int):
-        return self._inputs
 
 
 def agreement(engine_dir: Path, int8_file: str, steps: int = AGREEMENT_STEPS, guidance: float = 3.0) -> dict:
@@ -155,11 +147,10 @@ def agreement(engine_dir: Path, int8_file: str, steps: int = AGREEMENT_STEPS, gu
         frames = steps - shapes.num_codebooks + 1
         options = GenerationOptions(seconds=frames / shapes.frame_rate, guidance_scale=guidance, greedy=True)
         prompt = ref.tokenizer.encode(AGREEMENT_PROMPT)
-        edits = _Plain(2, shapes)
         paired = _Paired(ref, test, guidance)
-        generate_codes(paired, [prompt], options, edits=edits, overrides=[paired.force], progress=False)
-        free_ref = generate_codes(ref, [prompt], options, edits=edits, progress=False).codes
-        free_test = generate_codes(test, [prompt], options, edits=edits, progress=False).codes
+        generate_codes(paired, [prompt], options, overrides=[paired.force], progress=False)
+        free_ref = generate_codes(ref, [prompt], options, progress=False).codes
+        free_test = generate_codes(test, [prompt], options, progress=False).codes
     return {
         "steps": steps, "guidance_scale": guidance, "prompt": AGREEMENT_PROMPT,
         "teacher_forced_token_agreement": paired.agree / paired.total,

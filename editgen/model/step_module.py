@@ -46,7 +46,7 @@ class DecoderStep(nn.Module):
     """One decoder step for all rows. Inputs and outputs: docs/design.md, "Step contract"
     (the exported graph's flat inputs: editgen.export.graphs.StepGraph)."""
 
-    def __init__(self, model, fused: bool = False):
+    def __init__(self, model, fused: bool = False, row_invariant: bool = False):
         super().__init__()
         dec = model.decoder.model.decoder
         cfg = model.config.decoder
@@ -75,6 +75,12 @@ class DecoderStep(nn.Module):
         #   differs slightly (~1e-6 on the scores, within the export tolerance).
         # Copies of those weights, so the torch backend (which keeps the model) leaves it off.
         self.fused = fused
+        # row_invariant (the torch backend sets it): every weight matmul runs one row at a
+        # time. torch's CPU GEMM picks its kernel (and so its rounding) by the number of rows
+        # (measured: 4 rows vs 2 differ in the last bit at hidden 64), so a row's numbers
+        # would depend on which rows share its step. onnxruntime's MLAS does not (measured
+        # for 1..64 rows), so the export leaves it off. The price: one GEMV per row.
+        self.row_invariant = row_invariant
         self.q_scale = 1.0 if fused else self.scaling  # what the scores are still multiplied by
         if fused:
             attns = [layer.self_attn for layer in dec.layers]
@@ -87,7 +93,7 @@ class DecoderStep(nn.Module):
                 nn.Parameter((layer.encoder_attn.q_proj.weight * self.scaling).detach(), requires_grad=False)
                 for layer in dec.layers)
 
-    def forward(self, codes, position, past_keys, past_values, cross_keys, cross_values, text_mask,
+    def forward(self, codes, positions, past_keys, past_values, cross_keys, cross_values, text_mask,
                 edit_src_row, edit_mapper, edit_alpha, edit_weight, edit_window, edit_blend,
                 edit_use_captured, edit_captured):
         """`past_keys`, `past_values`: one tensor per layer [rows, heads, capacity, head_dim];
@@ -96,18 +102,18 @@ class DecoderStep(nn.Module):
         strided views, and slicing one [layers, ...] input inside the graph copies the
         slice every step. Callers holding one buffer pass views (`kv[i, 0]`): no copy."""
         rows = codes.shape[0]
-        capacity = past_keys[0].shape[2]
+        capacity = past_keys[0].shape[2]  # cache positions read (the "positions" axis)
         # codes: [rows, K] -> sum of the K codebook embeddings: [rows, hidden]
         # One flat table so the export is a single Gather.
         offsets = torch.arange(self.num_codebooks, device=codes.device) * self.embed.shape[1]
         x = self.embed.reshape(-1, self.embed.shape[2])[codes + offsets].sum(dim=1)
-        x = x + self.positions[position]
+        x = x + self.positions[positions]  # positions: [rows], one per row
         x = x[:, None, :]  # [rows, 1, hidden]
 
         # Everything that does not depend on the layer is computed once here, in the shapes
         # the layers broadcast it to (one node each in the graph, not one per layer).
-        past_valid = torch.arange(capacity, device=codes.device) < position  # [capacity]
-        self_bias = torch.where(past_valid, 0.0, NEG)  # [capacity]
+        past_valid = torch.arange(capacity, device=codes.device)[None, :] < positions[:, None]  # [rows, capacity]
+        self_bias = torch.where(past_valid, 0.0, NEG)[:, None, None, :]  # [rows, 1, 1, capacity]
         cross_bias = (1.0 - text_mask.to(x.dtype)) * NEG  # [rows, T]
         cross_bias = cross_bias[:, None, None, :]
         edit = _EditTerms(
@@ -134,15 +140,22 @@ class DecoderStep(nn.Module):
             probs.append(p)
 
             h = layer.final_layer_norm(x)
-            x = x + layer.fc2(layer.activation_fn(layer.fc1(h)))
+            x = x + self._linear(layer.fc2, layer.activation_fn(self._linear(layer.fc1, h)))
 
-        x = self.final_norm(x[:, 0])  # [rows, hidden]
-        logits = (x @ self.lm_head.T).view(rows, self.num_codebooks, self.vocab)
+        x = self.final_norm(x)  # [rows, 1, hidden]: 3-D, so the export's LM head is a MatMul (int8 quantizes it)
+        logits = self._linear(self.lm_head, x).view(rows, self.num_codebooks, self.vocab)
         # Stacked once here, not reshaped per layer: [layers, rows, 2, heads, head_dim] ->
         # [layers, 2, rows, heads, head_dim]; [layers, rows, heads, 1, T] -> [layers, rows, heads, T].
         new_kv = torch.stack(new_kv).transpose(1, 2)
         probs = torch.stack(probs).flatten(3)
         return logits, new_kv, probs
+
+    def _linear(self, layer, x):
+        """x @ W^T (+ b) for an nn.Linear or a weight [out, in]; x: [rows, ...]."""
+        weight, bias = (layer.weight, layer.bias) if isinstance(layer, nn.Linear) else (layer, None)
+        if not self.row_invariant:
+            return nn.functional.linear(x, weight, bias)
+        return torch.cat([nn.functional.linear(row, weight, bias) for row in x.split(1)])
 
     # One query position: [rows, 1, hidden] and [rows, heads, 1, head_dim] have the same
     # memory order, so splitting into / merging heads is a reshape (no Transpose in the graph).
@@ -157,32 +170,33 @@ class DecoderStep(nn.Module):
         return s if self.q_scale == 1.0 else s * self.q_scale
 
     def _self_attention(self, attn, h, k_cache, v_cache, bias, layer_index):
-        """k_cache, v_cache: [rows, heads, capacity, head_dim]; bias: [capacity]. Returns the
+        """k_cache, v_cache: [rows, heads, capacity, head_dim]; bias: [rows, 1, 1, capacity]. Returns the
         output and this position's K, V: [rows, 2, heads, head_dim]."""
         rows = h.shape[0]
         if self.fused:
-            qkv = nn.functional.linear(h, self.qkv[layer_index])  # [rows, 1, 3 * hidden]: q, k, v
+            qkv = self._linear(self.qkv[layer_index], h)  # [rows, 1, 3 * hidden]: q, k, v
         else:
-            qkv = torch.cat([attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)], dim=-1)
+            qkv = torch.cat([self._linear(attn.q_proj, h), self._linear(attn.k_proj, h),
+                             self._linear(attn.v_proj, h)], dim=-1)
         q, k_new, v_new = qkv.view(rows, 3 * self.heads, 1, self.head_dim).split(self.heads, dim=1)
         scores_past = self._scores(q, k_cache) + bias  # [rows, heads, 1, capacity]
         score_new = self._scores(q, k_new)  # [rows, heads, 1, 1]
         p = torch.softmax(torch.cat([scores_past, score_new], dim=-1), dim=-1)
         out = p[..., :-1] @ v_cache + p[..., -1:] * v_new
         kv = qkv.view(rows, 3, self.heads, self.head_dim)[:, 1:]
-        return attn.out_proj(self._merge(out)), kv
+        return self._linear(attn.out_proj, self._merge(out)), kv
 
     def _cross_attention(self, attn, h, k, v, bias, layer_index, e: "_EditTerms"):
         # k, v: [rows, heads, T, head_dim]; returns the output and P: [rows, heads, 1, T].
         # The edit exactly as docs/design.md writes it ("The edit"), on the hoisted terms.
-        q = self._split(nn.functional.linear(h, self.cross_q[layer_index]) if self.fused else attn.q_proj(h))
+        q = self._split(self._linear(self.cross_q[layer_index] if self.fused else attn.q_proj, h))
         p_own = torch.softmax(self._scores(q, k) + bias, dim=-1)  # [rows, heads, 1, T]
         p_src = torch.where(e.use_captured, e.captured[layer_index], p_own[e.src_row])
         base = p_src @ e.mapper  # [rows, heads, 1, T] @ [rows, 1, T, T]
         inj = (e.alpha * base + e.one_minus_alpha * p_own) * e.weight
         inj = e.window * inj + e.one_minus_window * p_own
         p = p_own - e.one_minus_blend[layer_index] * (p_own - inj)
-        return attn.out_proj(self._merge(p @ v)), p
+        return self._linear(attn.out_proj, self._merge(p @ v)), p
 
 
 class _EditTerms(NamedTuple):

@@ -1,24 +1,21 @@
 """ONNX Runtime backend: runs an `editgen export` directory with onnxruntime and numpy
 only (no torch). CUDAExecutionProvider when onnxruntime has it, else CPU.
 
-The decoder step runs through one IOBinding:
-- inputs are bound to the caller's numpy buffers by pointer (no copy on CPU), and
-  rebound only when a buffer's address, shape or dtype changes. The graph takes one
-  K/V tensor per layer (past_key_i, past_value_i, cross_key_i, cross_value_i:
-  editgen.engine.backend.step_kv_names); the runtime keeps its single buffers
-  (KVCache.array [layers, 2, rows, heads, capacity, head_dim], cross K/V
-  [layers, rows, heads, T, head_dim]) and binds each input to its contiguous block
-  (kv_cache[i, 0], ...) by pointer. The generation loop reuses its buffers (KV cache,
-  frame codes, edit tensors, cross K/V), so in steady state a step binds nothing and
-  nothing is copied, neither here nor in the graph (no input is sliced there): the graph
-  reads the KV cache where it lies and returns only this position's K/V (`new_kv`),
-  which the loop writes (O(new) bytes).
-- outputs are bound to buffers preallocated for the current number of rows and reused
-  while it holds. `step` returns the same StepOutputs object every time: its arrays are
-  valid until the next `step` call (copy what you keep).
+Backend contract v3 (editgen.engine.contract): the backend owns the slot pool in host
+memory (editgen.engine.backends.slots.HostKVPool). The decoder step runs rows 0..n-1 of
+the pool through one IOBinding:
+- every per-layer K/V input (past_key_i, past_value_i, cross_key_i, cross_value_i) is
+  bound by pointer to its contiguous block of the pool (`kv[i, 0, :n]`, ...): nothing is
+  copied, in the runtime or in the graph, and the graph reads `positions` = the pool's
+  current length, a multiple of POSITION_BUCKET that follows the longest live row;
+- the graph returns this position's K/V (`new_kv`) and the backend writes the batch's
+  rows at (slot, position) right after the run (O(new) bytes);
+- small inputs (codes, positions, text mask, edit tensors) live in SlotTable buffers and
+  outputs in buffers kept per row count: in steady state a step binds nothing.
 
 On CUDA the bound host buffers are copied to and from the device by onnxruntime on every
-run (correct, not the fast path: a device-resident cache needs a device-side KV write).
+run (correct, not the fast path: a device-resident pool needs the device-side write of
+the CUDA engine).
 """
 
 from __future__ import annotations
@@ -29,15 +26,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from editgen.engine.backend import StepOutputs, step_kv_names, step_kv_views
+from editgen.engine.backends.slots import HostKVPool, SlotTable
+from editgen.engine.contract import STEP_EDIT_INPUTS, StepBatch, StepOutputs, step_kv_names
 from editgen.engine.manifest import GraphInfo, Manifest, load_manifest
 from editgen.engine.tokenizer import TextTokenizer
 from editgen.errors import AudioError, ExportDirError, first_line
 
-# Edit tensors: graph input name -> EditStepInputs field.
-_EDIT_INPUTS = (("edit_src_row", "src_row"), ("edit_mapper", "mapper"), ("edit_alpha", "alpha"),
-                ("edit_weight", "weight"), ("edit_window", "window"), ("edit_blend", "blend"),
-                ("edit_use_captured", "use_captured"), ("edit_captured", "captured"))
 
 
 def default_providers() -> list[str]:
@@ -58,19 +52,21 @@ class OrtBackend:
     """Backend protocol (editgen.engine.backend) over an exported directory.
 
     `providers`: onnxruntime execution providers (default: CUDA if present, then CPU).
+    `threads`: intra-op threads of every session (default: onnxruntime's, one per core).
     `step_file`: run another decoder-step graph of the same directory (export uses it to
     compare the int8 graph with fp32)."""
 
     name = "ort"
 
     def __init__(self, engine_dir: str | Path, *, providers: list[str] | None = None,
-                 step_file: str | None = None):
+                 step_file: str | None = None, threads: int | None = None):
         self.manifest: Manifest = load_manifest(engine_dir)
         self.shapes = self.manifest.shapes
         self.is_random = bool(self.manifest.data.get("is_random", False))
         self.tokenizer = TextTokenizer.from_file(self.manifest.tokenizer_file,
                                                  max_tokens=self.shapes.max_text_tokens)
         self.providers = list(providers) if providers is not None else default_providers()
+        self.threads = threads
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._text = self._session("text_encoder")
         self._cross = self._session("cross_kv")
@@ -84,13 +80,14 @@ class OrtBackend:
             raise ExportDirError(f"{self.manifest.root}: decoder_step has no input {missing[0]!r}: "
                                  "re-export the model with this version of `editgen export`")
         self._kv_dtype = self._step_dtypes[self._kv_names[0]]
-        self._kv_key: tuple | None = None  # (ptr, shape, dtype) of the K/V buffers last bound
+        self._kv_key: tuple | None = None  # (pool array, rows) last bound
         self._binding = self._step.io_binding()
         self._bound: dict[str, _Binding] = {}
         self.binds = 0  # bind_input calls so far (0 per step in steady state)
-        self._position = np.zeros((), dtype=np.int64)  # bound once; written each step
-        self._out: StepOutputs | None = None
+        self._outputs: dict[str, np.ndarray] = {}
         self._out_rows = -1
+        self.slots: SlotTable | None = None
+        self.pool: HostKVPool | None = None
 
     # -- sessions -----------------------------------------------------------------------
 
@@ -102,6 +99,8 @@ class OrtBackend:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        if self.threads:
+            options.intra_op_num_threads = self.threads
         try:
             session = ort.InferenceSession(str(path), options, providers=self.providers)
         except Exception as exc:  # onnxruntime raises its own Fail / InvalidProtobuf / ...
@@ -118,7 +117,25 @@ class OrtBackend:
         session = self._sessions.get(graph)
         return session if session is not None else self._session(graph)
 
-    # -- per request --------------------------------------------------------------------
+    # -- slots ------------------------------------------------------------------------
+
+    def open(self, max_slots: int) -> None:
+        self.slots = SlotTable(self.shapes, max_slots)
+        self.pool = HostKVPool(self.shapes, self._kv_dtype)
+        self._kv_key = None
+
+    def admit(self, slots: np.ndarray, hidden: np.ndarray, mask: np.ndarray) -> None:
+        """hidden [R, T, text_hidden], mask [R, T] -> cross K/V of rows `slots`, kept in the pool."""
+        self.slots.admit(slots, mask)
+        feed = {"hidden": np.ascontiguousarray(hidden, dtype=np.float32),
+                "text_mask": np.ascontiguousarray(mask, dtype=np.int64)}
+        k, v = self._cross.run(["cross_k", "cross_v"], feed)  # [layers, R, heads, T, head_dim]
+        self.pool.ensure(int(np.max(slots)) + 1, self.pool.positions, self.slots.needed_positions())
+        self.pool.cross_k[:, slots] = k
+        self.pool.cross_v[:, slots] = v
+
+    def release(self, slots: np.ndarray) -> None:
+        self.slots.release(slots)
 
     def encode_text(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """ids, mask: [n, T] int64 -> hidden [n, T, text_hidden] float32."""
@@ -126,60 +143,50 @@ class OrtBackend:
                 "attention_mask": np.ascontiguousarray(mask, dtype=np.int64)}
         return self._text.run(["hidden"], feed)[0]
 
-    def cross_kv(self, hidden: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """hidden [rows, T, text_hidden], mask [rows, T] -> K, V [layers, rows, heads, T, head_dim]."""
-        feed = {"hidden": np.ascontiguousarray(hidden, dtype=np.float32),
-                "text_mask": np.ascontiguousarray(mask, dtype=np.int64)}
-        k, v = self._cross.run(["cross_k", "cross_v"], feed)
-        return k, v
-
     # -- the step -----------------------------------------------------------------------
 
-    def step(self, codes, position, kv_cache, cross_k, cross_v, text_mask, edit) -> StepOutputs:
-        """One decoder step (docs/design.md). Does not write kv_cache. The returned arrays
-        are this backend's buffers: valid until the next call."""
+    def step(self, batch: StepBatch) -> StepOutputs:
+        """One decoder step (editgen.engine.contract)."""
         if self._step is None:
             raise RuntimeError("step() on a closed OrtBackend")
-        L = self.shapes.num_layers
-        if (kv_cache.dtype != self._kv_dtype or not kv_cache.flags.c_contiguous or kv_cache.ndim != 6
-                or kv_cache.shape[:2] != (L, 2)):
-            # A converted copy would move O(cache) bytes every step: refuse instead.
-            raise TypeError(f"kv_cache must be a C-contiguous {self._kv_dtype} array [{L}, 2, rows, heads, "
-                            f"capacity, head_dim], got {kv_cache.dtype} {kv_cache.shape} "
-                            f"(contiguous: {kv_cache.flags.c_contiguous})")
-        rows = codes.shape[0]
-        if rows != self._out_rows:
-            self._allocate_outputs(rows)
-        self._position[()] = position
-        keep = [  # converted inputs must outlive the run
-            self._bind("codes", codes), self._bind("position", self._position), self._bind("text_mask", text_mask),
-        ]
-        keep += self._bind_kv(kv_cache, cross_k, cross_v)
-        for name, field in _EDIT_INPUTS:
-            keep.append(self._bind(name, getattr(edit, field)))
+        phys = self.slots.expand(batch)
+        n = phys.rows
+        self.pool.ensure(n, phys.attended, self.slots.needed_positions())
+        if n != self._out_rows:
+            self._allocate_outputs(n)
+        self._bind("codes", phys.codes)
+        self._bind("positions", phys.positions)
+        self._bind("text_mask", phys.text_mask)
+        self._bind_kv(n)
+        for name in STEP_EDIT_INPUTS:
+            self._bind(name, getattr(phys.edit, name.removeprefix("edit_")))
         if self._on_cuda:
             self._binding.synchronize_inputs()
         self._step.run_with_iobinding(self._binding)
         if self._on_cuda:
             self._binding.synchronize_outputs()
-        del keep
-        return self._out
+        out = self._outputs
+        self.pool.write(batch.slots, batch.positions, out["new_kv"])
+        self.slots.written(batch)
+        return StepOutputs(logits=out["logits"][batch.slots],
+                           cross_attn=out["cross_attn"][:, batch.slots[batch.want_maps]])
 
-    def _bind_kv(self, kv_cache, cross_k, cross_v) -> list[np.ndarray]:
-        """Bind every per-layer K/V input to its block of the caller's buffers. Skipped
-        (no view made, nothing bound) while the three buffers are the ones last bound."""
-        key = tuple((a.__array_interface__["data"][0], a.shape, a.dtype.str) for a in (kv_cache, cross_k, cross_v))
+    def _bind_kv(self, rows: int) -> None:
+        """Bind every per-layer K/V input to its block of the pool (rows 0..rows-1).
+        Skipped while the pool and the row count are the ones last bound."""
+        key = tuple((a.__array_interface__["data"][0], a.shape) for a in (self.pool.kv, self.pool.cross_k,
+                                                                         self.pool.cross_v)) + (rows,)
         if key == self._kv_key:
-            return []
-        converted = []
-        for a in (cross_k, cross_v):  # small (once per request): converted if need be, never cached then
-            ok = a.dtype == self._kv_dtype and a.flags.c_contiguous
-            converted.append(a if ok else np.ascontiguousarray(a, dtype=self._kv_dtype))
-        views = step_kv_views(kv_cache, *converted)
-        keep = [self._bind(name, views[name]) for name in self._kv_names]
-        same = all(c is a for c, a in zip(converted, (cross_k, cross_v)))
-        self._kv_key = key if same else None
-        return keep
+            return
+        kv, ck, cv = self.pool.kv, self.pool.cross_k, self.pool.cross_v
+        L = self.shapes.num_layers
+        views = [v for i in range(L) for v in (kv[i, 0, :rows], kv[i, 1, :rows])]
+        views += [v for i in range(L) for v in (ck[i, :rows], cv[i, :rows])]
+        for name, view in zip(self._kv_names, views):
+            if view.dtype != self._kv_dtype or not view.flags.c_contiguous:
+                raise AssertionError(f"pool view {name} is not a contiguous {self._kv_dtype} block")
+            self._bind(name, view)
+        self._kv_key = key
 
     def _bind(self, name: str, array: np.ndarray) -> np.ndarray:
         dtype = self._step_dtypes[name]
@@ -195,12 +202,11 @@ class OrtBackend:
 
     def _allocate_outputs(self, rows: int) -> None:
         axes = {"rows": rows}
-        buffers = {}
+        self._outputs = {}
         for spec in self._step_info.outputs:
             buf = np.empty(spec.resolve(axes), dtype=spec.np_dtype)
             self._binding.bind_output(spec.name, "cpu", 0, buf.dtype, buf.shape, buf.__array_interface__["data"][0])
-            buffers[spec.name] = buf
-        self._out = StepOutputs(logits=buffers["logits"], new_kv=buffers["new_kv"], cross_attn=buffers["cross_attn"])
+            self._outputs[spec.name] = buf
         self._out_rows = rows
 
     # -- audio --------------------------------------------------------------------------
@@ -225,9 +231,10 @@ class OrtBackend:
         self._sessions.clear()
         self._text = self._cross = self._step = None
         self._binding = None
-        self._out = None
+        self._outputs = {}
         self._bound.clear()
         self._kv_key = None
+        self.slots = self.pool = None
 
     def __enter__(self):
         return self

@@ -1,0 +1,119 @@
+"""The backend contract (v3), torch-free: the decoder step's tensor names and named axes,
+the per-step batch the engine core hands a backend, and what a backend returns.
+
+The export (editgen.export.graphs), every backend and the tests read names and axes from
+here. A backend owns every device buffer: a pool of KV slots
+`[layers, 2, slots, heads, positions, head_dim]` and the cross K/V of admitted rows. The
+engine core passes only small per-step arrays (StepBatch) and gets logits and the maps of
+the rows that asked for them (StepOutputs): nothing O(cache) crosses this boundary.
+
+    open(max_slots)                      size the pools (allocated on the backend's device)
+    admit(slots, hidden, text_mask)      cross K/V of these rows, written once
+    step(batch) -> StepOutputs           reads its cache, writes this position's K/V at
+                                         (slot, position) of every batch row
+    release(slots)                       the slots are free for the next admit
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol
+
+import numpy as np
+
+from editgen.engine.config import ModelShapes
+from editgen.engine.edit.step_inputs import EditStepInputs
+from editgen.engine.tokenizer import TextTokenizer
+
+# The attention of a row at position p reads `attended_positions(p)` cache positions: a
+# multiple of POSITION_BUCKET. Measured on ONNX Runtime (MLAS) and torch CPU kernels: with
+# the read length a multiple of 16, a row's attention output is bit-identical whatever the
+# length (tests/test_batch_invariance.py); 64 also bounds how often a pool re-strides.
+POSITION_BUCKET = 64
+
+DYNAMIC_AXES = {
+    "prompts": "prompts encoded at once",
+    "rows": "decoder rows of one step: slots 0..rows-1 of the backend's pool",
+    "positions": "cache positions the step reads (a multiple of POSITION_BUCKET)",
+    "clips": "code sequences decoded at once",
+    "frames": "EnCodec frames (frame_rate per second)",
+    "samples": "audio samples (sample_rate per second)",
+}
+
+STEP_EDIT_INPUTS = tuple(f"edit_{f.name}" for f in dataclasses.fields(EditStepInputs))
+STEP_OUTPUTS = ("logits", "new_kv", "cross_attn")
+
+
+def step_kv_names(num_layers: int) -> tuple[str, ...]:
+    """The decoder-step graph's per-layer K/V inputs, in graph order: past_key_0,
+    past_value_0, ..., past_value_{L-1} [rows, heads, positions, head_dim], then
+    cross_key_0, cross_value_0, ... [rows, heads, T, head_dim]. That is the memory order
+    of a pool [layers, 2, slots, ...] and of cross K/V [layers, slots, ...]: each input is
+    one contiguous block of a backend buffer. Plain identifiers (valid as ONNX, ONNX
+    Runtime, TensorRT and Python names)."""
+    past = [f"past_{kind}_{i}" for i in range(num_layers) for kind in ("key", "value")]
+    cross = [f"cross_{kind}_{i}" for i in range(num_layers) for kind in ("key", "value")]
+    return tuple(past + cross)
+
+
+def step_input_names(num_layers: int) -> tuple[str, ...]:
+    return ("codes", "positions", *step_kv_names(num_layers), "text_mask", *STEP_EDIT_INPUTS)
+
+
+def attended_positions(position: int) -> int:
+    """Cache positions a step at `position` reads and writes (the new K/V lands at
+    `position`): the smallest multiple of POSITION_BUCKET above it."""
+    return (position // POSITION_BUCKET + 1) * POSITION_BUCKET
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class StepBatch:
+    """One step's rows, from any number of requests at any positions. R = rows.
+
+    `edit.src_row` indexes rows of this batch (a target's source row shares its step)."""
+
+    slots: np.ndarray  # int64 [R] pool slot of each row (distinct)
+    positions: np.ndarray  # int64 [R] position of this step's frame; the row reads positions < it
+    codes: np.ndarray  # int64 [R, K] codes of this frame (delay pattern applied)
+    edit: EditStepInputs  # rows R
+    want_maps: np.ndarray  # bool [R] rows whose cross-attention maps are returned
+
+    @property
+    def rows(self) -> int:
+        return int(self.slots.shape[0])
+
+
+@dataclasses.dataclass
+class StepOutputs:
+    logits: np.ndarray  # float32 [R, K, vocab]
+    cross_attn: np.ndarray  # float32 [layers, M, heads, T] maps used (after the edit), M = want_maps.sum()
+
+
+class Backend(Protocol):
+    name: str
+    shapes: ModelShapes
+    tokenizer: TextTokenizer
+
+    def open(self, max_slots: int) -> None:
+        """Size the pools for slots 0..max_slots-1 (freeing any earlier ones)."""
+
+    def encode_text(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """ids, mask: [n, T] int64 -> T5 hidden states [n, T, text_hidden] float32."""
+
+    def admit(self, slots: np.ndarray, hidden: np.ndarray, mask: np.ndarray) -> None:
+        """Compute and keep the cross K/V of rows `slots` [R] from hidden [R, T, text_hidden]
+        and mask [R, T]; their self-attention caches start empty."""
+
+    def step(self, batch: StepBatch) -> StepOutputs:
+        """One decoder step of `batch`; writes each row's K/V at (slot, position). The
+        returned arrays may be the backend's buffers: valid until the next call."""
+
+    def release(self, slots: np.ndarray) -> None: ...
+
+    def decode_audio(self, codes: np.ndarray) -> np.ndarray:
+        """codes: [n, K, frames] -> waveforms [n, samples] float32 at shapes.sample_rate."""
+
+    def encode_audio(self, wav: np.ndarray) -> np.ndarray:
+        """wav: [samples] mono float32 at shapes.sample_rate -> codes [K, frames] int64."""
+
+    def close(self) -> None: ...

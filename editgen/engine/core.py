@@ -1,0 +1,170 @@
+"""The engine core: requests join and leave between steps, and every running request's
+rows share each backend step (continuous batching). One loop for every backend and every
+kind of request; `step()` is three calls: schedule, execute, update.
+
+A request's codes do not depend on which requests share its steps: each row has its own
+sampler stream, rows never read each other except a target reading its own request's
+source row, and the backends compute a row the same way whatever the other rows
+(README, "Batch invariance"; tests/test_batch_invariance.py)."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+
+from editgen.engine.backends.slots import MIN_ROWS
+from editgen.engine.contract import Backend, StepBatch
+from editgen.engine.edit.step_inputs import EditStepInputs
+from editgen.engine.requests import Request, State
+from editgen.errors import InvalidRequestError
+
+_EDIT_FIELDS = tuple(EditStepInputs.__dataclass_fields__)
+
+
+class EngineCore:
+    """Owns the backend's slots: `max_rows` rows may run at once (over all requests)."""
+
+    def __init__(self, backend: Backend, *, max_rows: int = 64):
+        if max_rows < MIN_ROWS:
+            raise InvalidRequestError(f"max_rows is {max_rows}, must be at least {MIN_ROWS}")
+        self.backend, self.max_rows = backend, max_rows
+        backend.open(max_rows)
+        self.waiting: collections.deque[Request] = collections.deque()
+        self.running: list[Request] = []
+        self._free = np.ones(max_rows, dtype=bool)  # slot -> free
+        self.steps_run = 0
+
+    # -- requests -----------------------------------------------------------------------
+
+    def submit(self, request: Request) -> Request:
+        if request.rows > self.max_rows:
+            raise InvalidRequestError(f"the request needs {request.rows} rows, this engine runs at most "
+                                      f"{self.max_rows} at once: use fewer targets or a larger max_rows")
+        if request.state is not State.WAITING or request in self.waiting or request in self.running:
+            raise RuntimeError("a request is submitted once")
+        self.waiting.append(request)
+        return request
+
+    def cancel(self, request: Request) -> None:
+        """Drop a request; its slots are free before the next step."""
+        if request in self.waiting:
+            self.waiting.remove(request)
+        elif request in self.running:
+            self._retire(request)
+        if not request.done:
+            request.state = State.CANCELLED
+
+    @property
+    def active_rows(self) -> int:
+        return sum(r.rows for r in self.running)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def step(self) -> list[Request]:
+        """Admit what fits, run one step of every running request, advance them. Returns
+        the requests that ended in this call (finished or failed)."""
+        ended = self._schedule()
+        if not self.running:
+            return ended
+        batch, spans = self._batch()
+        try:
+            out = self.backend.step(batch)
+        except Exception as exc:  # fails the requests of this step only; the engine goes on
+            for request in list(self.running):
+                self._fail(request, exc)
+                ended.append(request)
+            return ended
+        self.steps_run += 1
+        for request, (row, map_row) in zip(list(self.running), spans):
+            maps = out.cross_attn[:, map_row: map_row + request.rows_cond] if request.wants_maps else None
+            try:
+                request.advance(out.logits[row: row + request.rows], maps)
+            except Exception as exc:  # a hook's error is that request's
+                self._fail(request, exc)
+            if request.done:
+                if request in self.running:
+                    self._retire(request)
+                ended.append(request)
+        return ended
+
+    def run(self, request: Request, progress: bool = False) -> Request:
+        """Submit one request and step until it ends; raises its error if it failed."""
+        from editgen.engine.progress import progress_bar
+
+        self.submit(request)
+        with progress_bar(request.steps, enabled=progress) as bar:
+            while not request.done:
+                before = request.step
+                self.step()
+                bar.update(request.step - before)
+        if request.state is State.FAILED:
+            raise request.error
+        return request
+
+    # -- schedule, execute, update --------------------------------------------------------
+
+    def _schedule(self) -> list[Request]:
+        """First come, first served: the head of the queue waits until its rows fit."""
+        failed = []
+        while self.waiting and self.waiting[0].rows <= int(self._free.sum()):
+            request = self.waiting.popleft()
+            slots = np.flatnonzero(self._free)[: request.rows]  # lowest free slots: few padding rows
+            try:
+                self._admit(request, slots)
+            except Exception as exc:
+                self._fail(request, exc)
+                failed.append(request)
+                continue
+            self._free[slots] = False
+            request.slots = slots
+            request.state = State.RUNNING
+            self.running.append(request)
+        return failed
+
+    def _admit(self, request: Request, slots: np.ndarray) -> None:
+        ids = np.stack([p.ids for p in request.prompts])  # [rows_cond, T]
+        mask = np.stack([p.mask for p in request.prompts])
+        hidden = self.backend.encode_text(ids, mask)  # [rows_cond, T, text_hidden]
+        if request.options.cfg:  # null conditioning: zero states, zero mask (as transformers)
+            hidden = np.concatenate([hidden, np.zeros_like(hidden)])
+            mask = np.concatenate([mask, np.zeros_like(mask)])
+        self.backend.admit(slots, hidden, mask)
+
+    def _batch(self) -> tuple[StepBatch, list[tuple[int, int]]]:
+        """The running requests' rows, in order. spans: (first row, first map row) per request."""
+        slots, positions, codes, edits, want, spans = [], [], [], [], [], []
+        row = map_row = 0
+        for request in self.running:
+            slots.append(request.slots)
+            positions.append(np.full(request.rows, request.step, dtype=np.int64))
+            codes.append(request.frame())
+            e = request.edit_inputs()
+            edits.append((e, row))
+            wants = np.zeros(request.rows, dtype=bool)
+            wants[: request.rows_cond] = request.wants_maps
+            want.append(wants)
+            spans.append((row, map_row))
+            row += request.rows
+            map_row += request.rows_cond if request.wants_maps else 0
+        fields = {}
+        for name in _EDIT_FIELDS:
+            parts = [getattr(e, name) + offset if name == "src_row" else getattr(e, name) for e, offset in edits]
+            fields[name] = np.concatenate(parts, axis=1 if name == "captured" else 0)
+        batch = StepBatch(slots=np.concatenate(slots), positions=np.concatenate(positions),
+                          codes=np.concatenate(codes), edit=EditStepInputs(**fields), want_maps=np.concatenate(want))
+        return batch, spans
+
+    def _retire(self, request: Request) -> None:
+        self.running.remove(request)
+        self.backend.release(request.slots)
+        self._free[request.slots] = True
+
+    def _fail(self, request: Request, exc: BaseException) -> None:
+        if request in self.running:
+            self._retire(request)
+        request.state, request.error = State.FAILED, exc

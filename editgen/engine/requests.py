@@ -1,0 +1,110 @@
+"""A request's rows and the state it carries between steps (the engine core steps it).
+
+Rows are the request's conditional prompts, then, with classifier-free guidance, the
+same rows with null text. A request owns its delay pattern, code sequence, sampler, edit
+tensors and hooks; the backend only holds its slots' caches."""
+
+from __future__ import annotations
+
+import enum
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+from editgen.engine.config import ModelShapes
+from editgen.engine.delay import DelayPattern
+from editgen.engine.edit.step_inputs import EditBatch, EditStepInputs
+from editgen.engine.options import GenerationOptions
+from editgen.engine.sampling import Sampler, classifier_free_guidance
+from editgen.engine.tokenizer import TokenizedPrompt
+
+
+class StepEdits(Protocol):
+    """Edit tensors for each step of one request (an EditBatch)."""
+
+    rows: int
+
+    def inputs(self, step: int, num_steps: int) -> EditStepInputs: ...
+
+
+# Called with (position, codes [rows_cond, K]) after sampling; may overwrite rows in place.
+CodeOverride = Callable[[int, np.ndarray], None]
+# Called with (step, cross_attn [layers, rows_cond, heads, T]) after each step.
+MapRecorder = Callable[[int, np.ndarray], None]
+
+
+class State(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+class Request:
+    """One generation (plain, any edit mode, capture): `prompts` are its conditional rows."""
+
+    def __init__(self, shapes: ModelShapes, prompts: Sequence[TokenizedPrompt], options: GenerationOptions, *,
+                 edits: StepEdits | None = None, overrides: Sequence[CodeOverride] = (),
+                 recorders: Sequence[MapRecorder] = ()):
+        if not prompts:
+            raise ValueError("a request needs at least one prompt")
+        self.options = options
+        self.prompts = tuple(prompts)
+        self.rows_cond = len(prompts)
+        self.rows = 2 * self.rows_cond if options.cfg else self.rows_cond
+        self.steps = shapes.steps_for_frames(options.frames(shapes))
+        self.pattern = DelayPattern(shapes.num_codebooks, self.steps + 1, shapes.pad_token_id)
+        self.edits = edits if edits is not None else EditBatch.plain(self.rows_cond, cfg=options.cfg, shapes=shapes)
+        if self.edits.rows != self.rows:
+            raise ValueError(f"edit tensors cover {self.edits.rows} rows, the request has {self.rows}")
+        self.overrides, self.recorders = tuple(overrides), tuple(recorders)
+        self.sampler = Sampler(self.rows_cond, seed=options.seed, top_k=options.top_k,
+                               temperature=options.temperature, greedy=options.greedy)
+        # [rows_cond, K, steps + 1]: position 0 is the BOS frame (pad id)
+        self.sequence = np.full((self.rows_cond, shapes.num_codebooks, self.steps + 1), shapes.pad_token_id,
+                                dtype=np.int64)
+        self._frame = np.empty((self.rows, shapes.num_codebooks), dtype=np.int64)
+        self.step = 0  # the next position to run
+        self.slots: np.ndarray | None = None  # [rows] while admitted
+        self.state = State.WAITING
+        self.error: BaseException | None = None
+
+    @property
+    def wants_maps(self) -> bool:
+        return bool(self.recorders)
+
+    @property
+    def done(self) -> bool:
+        return self.state in (State.FINISHED, State.CANCELLED, State.FAILED)
+
+    def frame(self) -> np.ndarray:
+        """Codes [rows, K] of this step's frame, the delay pattern applied."""
+        t = self.step
+        self._frame[: self.rows_cond] = self.pattern.apply(self.sequence[:, :, t], t)
+        self._frame[self.rows_cond:] = self._frame[: self.rows_cond]
+        return self._frame
+
+    def edit_inputs(self) -> EditStepInputs:
+        return self.edits.inputs(self.step, self.steps)
+
+    def advance(self, logits: np.ndarray, maps: np.ndarray | None) -> None:
+        """logits [rows, K, vocab]; maps [layers, rows_cond, heads, T] when it wants them."""
+        t = self.step
+        if self.options.cfg:
+            logits = classifier_free_guidance(logits, self.options.guidance_scale)
+        codes = self.sampler(logits)  # [rows_cond, K]
+        for override in self.overrides:
+            override(t + 1, codes)
+        self.sequence[:, :, t + 1] = codes
+        for record in self.recorders:
+            record(t, maps)
+        self.step = t + 1
+        if self.step == self.steps:
+            self.state = State.FINISHED
+
+    def codes(self) -> np.ndarray:
+        """[rows_cond, K, frames] int64, the delay pattern removed (once finished)."""
+        if self.state is not State.FINISHED:
+            raise RuntimeError(f"request is {self.state.value}, its codes are not complete")
+        return self.pattern.to_frames(self.sequence)
