@@ -32,18 +32,6 @@ STEPS = 60  # >= 50 decoder steps per generation
 ATOL = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and torch's OpenMP workers busy-wait: on a
-    shared 2-core machine that made this file 10x slower."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
     from editgen.export.onnx_export import export_engine
