@@ -303,6 +303,7 @@ print("ok")
     assert proc.stdout.strip() == "ok"
 
 
+@pytest.mark.slow
 def test_cli_export_then_generate_in_fresh_shells(tmp_path):
     engine, wav = tmp_path / "engine", tmp_path / "out.wav"
     cli = [sys.executable, "-m", "editgen.cli"]

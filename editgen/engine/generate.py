@@ -12,11 +12,11 @@ import dataclasses
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from editgen.engine.backend import Backend, KVCache
 from editgen.engine.delay import DelayPattern
 from editgen.engine.options import GenerationOptions
+from editgen.engine.progress import progress as progress_bar
 from editgen.engine.sampling import Sampler, classifier_free_guidance
 from editgen.engine.tokenizer import TokenizedPrompt
 
@@ -74,7 +74,7 @@ def generate_codes(
     sequence = np.full((n, shapes.num_codebooks, steps + 1), shapes.pad_token_id, dtype=np.int64)
     frame = np.empty((rows, shapes.num_codebooks), dtype=np.int64)  # step input, reused
 
-    for t in tqdm(range(steps), desc="decoding", unit="step", disable=not progress, leave=False):
+    for t in progress_bar(range(steps), enabled=progress, desc="decoding", unit="step"):
         frame[:n] = pattern.apply(sequence[:, :, t], t)
         frame[n:] = frame[:n]
         out = backend.step(frame, t, cache.array, cross_k, cross_v, mask, edits.inputs(t, steps))
