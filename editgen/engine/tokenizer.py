@@ -131,6 +131,17 @@ class TextTokenizer:
             words=tuple(self.normalize(w) for w in words),
         )
 
+    def unknown_words(self, prompt: str) -> tuple[str, ...]:
+        """Words of `prompt` with a piece the vocabulary lacks (encoded as <unk>), in order."""
+        unk = self._tok.token_to_id(UNK)
+        if unk is None:
+            return ()
+        enc = self._tok.encode(prompt)
+        word_of = _word_of_token(prompt, enc.offsets, enc.special_tokens_mask)
+        bad = sorted({w for i, w in zip(enc.ids, word_of) if i == unk and w is not None})
+        words = split_words(prompt)
+        return tuple(words[w] for w in bad)
+
     def encode_batch(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """ids, mask: int64 [n, T]."""
         encoded = [self.encode(p) for p in prompts]
