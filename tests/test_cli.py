@@ -263,3 +263,22 @@ def test_without_matplotlib_and_tqdm_edit_skips_the_png_with_notes(tmp_path, cap
     assert "no progress bar: tqdm is not installed (pip install 'editgen[cli]')" in said
     assert "attention.png" not in printed
     assert json.loads((out / "edit.json").read_text())["frames"] == 10
+
+
+def test_core_imports_without_the_optional_extras():
+    """`import editgen` and the CLI's parser need only the core dependencies."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys\n"
+            "for m in ('onnxruntime', 'tqdm', 'matplotlib', 'torch', 'transformers', 'librosa'):\n"
+            "    sys.modules[m] = None  # importing it raises ImportError\n"
+            "import editgen, editgen.cli\n"
+            "editgen.cli.build_parser()\n"
+            "print(editgen.__version__)\n")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == editgen.__version__

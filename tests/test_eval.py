@@ -312,8 +312,15 @@ def test_clap_scorer_end_to_end(tiny_clap_dir):
     assert scorer.sample_rate == 48_000
     y = music()
     assert scorer.audio_audio(y, y, SR) == pytest.approx(1.0, abs=1e-5)
+    # The text score is the cosine of two unit embeddings, computed the same way each time,
+    # and it depends on the text.
+    text_emb, audio_emb = scorer.text_embedding("a piano tune"), scorer.audio_embedding(y, SR)
+    assert np.linalg.norm(text_emb) == pytest.approx(1.0, abs=1e-6)
+    assert np.linalg.norm(audio_emb) == pytest.approx(1.0, abs=1e-6)
     text = scorer.text_audio("a piano tune", y, SR)
-    assert -1.0 <= text <= 1.0 and text == scorer.text_audio("a piano tune", y, SR)  # deterministic
+    assert text == pytest.approx(float(text_emb @ audio_emb), abs=1e-6)
+    assert text == scorer.text_audio("a piano tune", y, SR)  # deterministic
+    assert abs(scorer.text_audio("drums", y, SR) - text) > 1e-4
     # 12 s at 48 kHz = one 10 s window + a 2 s tail, dropped (under half a window).
     long = np.tile(y, 2)[: 12 * SR]
     assert [len(w) for w in scorer._windows(scorer._resample(long, SR))] == [480_000]
@@ -328,7 +335,11 @@ def test_cli_with_clap(tiny_clap_dir, tmp_path, monkeypatch, capsys):
     assert run_main(monkeypatch, argv) == 0
     assert "CLAP text" in capsys.readouterr().out
     pair = json.loads(out.read_text())["pairs"][0]
-    assert -1.0 <= pair["clap_text"] <= 1.0
+    from editgen.eval.clap import ClapScorer
+
+    # The report holds the scorer's cosine for the edited file as read back (16-bit WAV).
+    scorer, edited = ClapScorer(tiny_clap_dir), load_audio(edit).samples
+    assert pair["clap_text"] == pytest.approx(scorer.text_audio("jazz piano", edited, SR), abs=1e-6)
     assert pair["clap_audio"] == pytest.approx(1.0, abs=0.05)  # same audio at -6 dB
 
 

@@ -69,7 +69,11 @@ def run(args: argparse.Namespace) -> int:
     from editgen.eval import check_pairs
 
     check_pairs(pairs)
-    results = [evaluate_pair(pair, scorer) for pair in _progress(pairs)]
+    bar = _progress(pairs)
+    try:
+        results = [evaluate_pair(pair, scorer) for pair in bar]
+    finally:  # ends the bar's line, so an error is printed on a line of its own
+        getattr(bar, "close", lambda: None)()
 
     batch = args.batch is not None
     notes = [] if scorer else [CLAP_OMITTED]
