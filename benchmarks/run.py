@@ -1,11 +1,16 @@
-"""Benchmark runner: `python -m benchmarks.run` or `editgen bench`.
+"""Benchmark runner: `python -m benchmarks.run`, from a source checkout (the package
+does not install `benchmarks/`, and the `editgen` CLI does not import it).
 
 Times transformers (plain `generate`, and a hook-based Prompt-to-Prompt edit) against our
 torch backend and ORT engine (fp32, int8) on random weights of real shapes, next to the
 memory-bandwidth roofline measured in the same run. Method: docs/benchmarks.md.
 
-    python -m benchmarks.run                      # full run, random:small -> docs/bench/
+    python -m benchmarks.run                      # full run, random:small -> ./bench-results/
     python -m benchmarks.run --quick --out /tmp/b # random:tiny, seconds; checks the runner works
+
+Arguments and the output directory are checked before any work: a bad one is one line
+on stderr and exit code 2. Results go to ./bench-results/ unless --out says otherwise;
+the published numbers in docs/bench/ are only replaced by passing --out docs/bench.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor
@@ -26,6 +32,8 @@ from benchmarks.common import rows_for
 from benchmarks.engines import ENGINES, WORKLOADS
 
 REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = Path("bench-results")  # relative to the current directory
+PROG = "python -m benchmarks.run"
 
 FULL = dict(preset="small", frames=[250, 500, 1500], batches=[1, 4, 8], burst=4, warmup=1, repeats=3,
             e2e_seconds=0.5, e2e_repeats=3, bandwidth_mb=1024)
@@ -57,7 +65,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help="random:tiny, tiny sweeps, in-process: checks the runner works (CI, < 1 min)")
     p.add_argument("--preset", help="random:<preset> model (default small; tiny with --quick)")
-    p.add_argument("--out", type=Path, help="output directory for results.json and the PNG (default docs/bench)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                   help="output directory for results.json and the PNG (created; files in it are replaced)")
     p.add_argument("--frames", type=_ints, help="frames of past to sweep at the first batch (default 250,500,1500)")
     p.add_argument("--batches", type=_ints, help="batches to sweep at the middle frames (default 1,4,8)")
     p.add_argument("--engines", type=_names(ENGINES), default=list(ENGINES), help=",".join(ENGINES))
@@ -215,20 +224,81 @@ def _write(results: dict, runs: list, bw: dict, out: Path, started: float, *, co
     report.plot(results, out / "steps_per_second.png")
 
 
+class UsageError(Exception):
+    """Bad arguments or output path: one line, exit code 2, before any work."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints usage + message and exits; we want one line
+        raise UsageError(message)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
+    parser = _Parser(prog=PROG, description=__doc__.split("\n")[0],
+                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    try:
+        args = parser.parse_args(argv)
+        settings(args)  # every check, before the first measurement
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    return run(args)
 
 
-def run(args: argparse.Namespace) -> int:
+def settings(args: argparse.Namespace) -> dict:
+    """The run's settings (--quick or full defaults, overridden by the arguments), checked
+    against the model before anything runs; raises UsageError."""
+    from editgen.model.presets import PRESETS
+
     d = dict(QUICK if args.quick else FULL)
     for key in ("preset", "frames", "batches", "burst", "repeats", "warmup", "e2e_seconds"):
         if getattr(args, key) is not None:
             d[key] = getattr(args, key)
+    if d["preset"] not in PRESETS:
+        raise UsageError(f"--preset {d['preset']!r} is not a preset: choose one of {', '.join(PRESETS)}")
+    for key in ("burst", "repeats"):
+        if d[key] < 1:
+            raise UsageError(f"--{key} is {d[key]}, must be at least 1")
+    if d["warmup"] < 0 or d["e2e_seconds"] < 0:
+        raise UsageError("--warmup and --e2e-seconds must be >= 0")
+    # Presets keep MusicGen's 2048 positions (editgen.model.presets); a point at F frames
+    # of past needs F + burst of them.
+    positions = 2048
+    if max(d["frames"]) + d["burst"] > positions:
+        raise UsageError(f"--frames {max(d['frames'])}: the model has {positions} positions and a point needs "
+                         f"frames + burst ({d['burst']}) of them: use at most {positions - d['burst']}")
+    max_e2e = (positions - 3) / 50  # 4 codebooks at 50 frames/s
+    if d["e2e_seconds"] > max_e2e:
+        raise UsageError(f"--e2e-seconds {d['e2e_seconds']:g} is longer than the model's {max_e2e:.2f} s")
+    if args.threads < 1:
+        raise UsageError(f"--threads is {args.threads}, must be at least 1")
+    check_output_dir(args.out)
+    return d
+
+
+def check_output_dir(out: Path) -> None:
+    """The output directory exists and takes files, or can be created: checked by writing
+    a probe file (os.access says yes to everything when running as root)."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file: give a directory")
+    target = out if out.is_dir() else out.parent if str(out.parent) else Path(".")
+    if not target.is_dir():
+        why = "is not a directory" if target.exists() else "does not exist (create it first)"
+        raise UsageError(f"cannot write to --out {out}: {target} {why}")
+    try:
+        with tempfile.NamedTemporaryFile(dir=target, prefix=".probe."):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write to --out {out}: {target} is not writable") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    d = settings(args)
     if d["repeats"] < 3 and not args.quick:
         print("note: fewer than 3 repeats: min/median are not meaningful", file=sys.stderr)
-    out = args.out or (REPO / "docs" / "bench")
+    out = args.out
+    out.mkdir(exist_ok=True)
     in_process = args.in_process or args.quick
     model = f"random:{d['preset']}"
     points, batch0, frames0 = points_for(d["frames"], d["batches"])

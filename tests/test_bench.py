@@ -1,57 +1,115 @@
-"""The benchmark runner works (`--quick`: random:tiny, small sweeps); the numbers are not checked."""
+"""The benchmark runner (`python -m benchmarks.run`, from a checkout): `--quick` works
+(random:tiny, small sweeps; the numbers are not checked), writes to the current
+directory by default, and refuses bad arguments in one line before any work."""
 
 from __future__ import annotations
 
+import hashlib
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
+import pytest
+
+from benchmarks import run as bench
+
 REPO = Path(__file__).resolve().parent.parent
+PUBLISHED = REPO / "docs" / "bench"
 
 
-def test_quick_bench_writes_results_and_plot(tmp_path):
-    start = time.perf_counter()
+def digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.slow
+def test_quick_bench_writes_results_and_plot_in_the_current_directory(tmp_path, monkeypatch, capsys):
+    published = digest(PUBLISHED)
+    monkeypatch.chdir(tmp_path)
     # transformers + torch only: ORT needs an export (minutes of its own), run in the full bench.
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(tmp_path),
-         "--engines", "transformers,torch", "--exports", str(tmp_path / "exports")],
-        cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    elapsed = time.perf_counter() - start
-    results = json.loads((tmp_path / "results.json").read_text())
+    code = bench.main(["--quick", "--engines", "transformers,torch", "--exports", str(tmp_path / "exports"),
+                       "--threads", "1"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err[-3000:]
+    assert digest(PUBLISHED) == published  # the committed results and chart are untouched
+    out = tmp_path / "bench-results"
+    results = json.loads((out / "results.json").read_text())
     for key in ("config", "machine", "bandwidth", "runs", "summary", "roofline_lines"):
         assert key in results, key
     for key in ("cpu", "cores", "ram_gb", "torch", "onnxruntime", "transformers"):
         assert key in results["machine"], key
-    assert results["bandwidth"]["limit_gb_s"] > 0
+    assert results["complete"] is True and results["bandwidth"]["limit_gb_s"] > 0
     labels = {(r["engine"], r["workload"]) for r in results["runs"]}
     assert labels == {("transformers", "generate"), ("transformers", "edit"), ("torch", "generate"),
                       ("torch", "edit")}
+    repeats = results["config"]["repeats"]
     for run in results["runs"]:
         assert "skipped" not in run, run.get("skipped")
-        assert len(run["points"]) == len(results["config"]["points"])
+        assert [[p["frames"], p["batch"]] for p in run["points"]] == results["config"]["points"]
         for p in run["points"]:
-            for key in ("frames", "batch", "rows", "steps_s", "step_s", "peak_rss_mb", "roofline_steps_s",
-                        "roofline_fraction", "bytes_per_step"):
-                assert key in p, key
-            assert len(p["step_s"]["all"]) >= 3
-            assert p["step_s"]["min"] <= p["step_s"]["median"]
+            for key in ("rows", "steps_s", "peak_rss_mb", "roofline_steps_s", "roofline_fraction", "bytes_per_step"):
+                assert p[key] > 0, (key, p)
+            times = p["step_s"]["all"]
+            # min and median are those of the recorded repeats, and steps/s is the min's.
+            assert len(times) == repeats and p["step_s"]["min"] == min(times)
+            assert p["step_s"]["median"] == sorted(times)[len(times) // 2]
+            assert p["steps_s"] == pytest.approx(1 / p["step_s"]["min"])
         e = run["e2e"]
         for key in ("rtf", "ttff_s", "steps_s", "peak_rss_mb"):
             assert key in e, (key, e)
-    png = tmp_path / "steps_per_second.png"
-    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "steps/s" in proc.stdout
-    assert elapsed < 90, f"--quick took {elapsed:.0f} s"
+    png = out / "steps_per_second.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "steps/s" in printed.out
 
 
-def test_cli_bench_is_registered():
-    from editgen.cli.bench import register
-    import argparse
+def run_bad(capsys, argv) -> str:
+    assert bench.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("python -m benchmarks.run: error: "), err
+    return err[0]
 
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["bench", "--quick", "--out", "x", "--frames", "8,16"])
-    assert args.quick and str(args.out) == "x" and args.frames == [8, 16]
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Any measurement or export would fail the test: arguments are checked first."""
+    def forbidden(*args, **kwargs):
+        pytest.fail("the benchmark started before its arguments were checked")
+
+    monkeypatch.setattr(bench.roofline, "measure_bandwidth", forbidden)
+    monkeypatch.setattr(bench, "ensure_export", forbidden)
+    monkeypatch.setattr(bench, "run_config", forbidden)
+    monkeypatch.setattr(bench, "machine_info", forbidden)
+
+
+@pytest.mark.parametrize("case, argv, message", [
+    ("preset", ["--preset", "huge"], r"--preset 'huge' is not a preset: choose one of tiny, tiny2, small"),
+    ("frames", ["--frames", "5000"], r"--frames 5000: the model has 2048 positions .* use at most 2046"),
+    ("frames syntax", ["--frames", "a,b"], r"'a,b' is not a comma-separated list of integers"),
+    ("burst", ["--burst", "0"], r"--burst is 0, must be at least 1"),
+])
+def test_bad_arguments_one_line_before_any_work(case, argv, message, tmp_path, capsys, no_work):
+    import re
+
+    out = tmp_path / "out"
+    line = run_bad(capsys, ["--quick", "--out", str(out), *argv])
+    assert re.search(message, line), line
+    assert not out.exists()
+
+
+def test_output_path_is_checked_before_any_work(tmp_path, capsys, no_work):
+    existing = tmp_path / "results.json"
+    existing.write_text("{}")
+    assert "is a file: give a directory" in run_bad(capsys, ["--quick", "--out", str(existing)])
+    assert existing.read_text() == "{}"
+    missing_parent = tmp_path / "missing" / "out"
+    assert "does not exist" in run_bad(capsys, ["--quick", "--out", str(missing_parent)])
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc (read-only even for root)")
+def test_read_only_output_directory_is_refused(capsys, no_work):
+    # /proc takes no new files, even as root, where os.access would say it is writable.
+    assert "is not writable" in run_bad(capsys, ["--quick", "--out", "/proc/editgen-bench"])
+
+
+def test_default_output_is_in_the_current_directory():
+    args = bench._Parser()
+    bench.add_arguments(args)
+    assert args.parse_args([]).out == Path("bench-results")  # relative: the current directory

@@ -33,18 +33,6 @@ STEPS = 60  # >= 50 decoder steps per generation
 ATOL = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and torch's OpenMP workers busy-wait: on a
-    shared 2-core machine that made this file 10x slower."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
     from editgen.export.onnx_export import export_engine
@@ -343,6 +331,7 @@ print("ok")
     assert proc.stdout.strip() == "ok"
 
 
+@pytest.mark.slow
 def test_cli_export_then_generate_in_fresh_shells(tmp_path):
     engine, wav = tmp_path / "engine", tmp_path / "out.wav"
     cli = [sys.executable, "-m", "editgen.cli"]
@@ -382,7 +371,13 @@ def test_manifest_contents(exported):
     assert step.output("cross_attn").resolve({"rows": 6}) == (s.num_layers, 6, s.num_heads, s.max_text_tokens)
     for name, graph in data["graphs"].items():
         errors = graph["validation"]["errors"]
-        assert errors and all(e.get("max_abs_error", e.get("mismatch_fraction")) <= 1e-3 for e in errors.values())
+        assert errors and graph["validation"]["tolerance"] == 1e-4, name
+        for output, e in errors.items():
+            # fp32 ORT vs torch: measured <= 1e-6 (relative to max(1, |ref|)); codes identical.
+            if "mismatch_fraction" in e:
+                assert e["mismatch_fraction"] == 0.0, (name, output, e)
+            else:
+                assert e["max_abs_error"] <= 1e-5 * max(1.0, e["max_abs_ref"]), (name, output, e)
     assert (engine / data["tokenizer"]).is_file()
 
 
@@ -449,8 +444,13 @@ def test_int8_export_reports_agreement(exported):
     data = json.loads((engine / MANIFEST_FILE).read_text())
     report = data["int8"]
     assert data["quantize"] == "int8" and data["graphs"]["decoder_step"]["quantize"] == "int8"
-    assert report["steps"] >= 50 and 0.5 < report["teacher_forced_token_agreement"] <= 1.0
-    assert 0 <= report["free_running_token_agreement"] <= 1.0 and 0 < report["max_logit_error"] < 1.0
+    assert report["steps"] == 50
+    # Weight-only int8 keeps the logits (std 0.16 on random:tiny) within 0.02 (measured
+    # 0.008), so nearly every teacher-forced token agrees (measured 0.97) and free-running
+    # generation stays on the fp32 path for most steps (measured 0.93).
+    assert 0 < report["max_logit_error"] <= 0.02
+    assert report["teacher_forced_token_agreement"] >= 0.9
+    assert report["free_running_token_agreement"] >= 0.85
     assert not (engine / "decoder_step.int8.onnx").exists()
     with OrtBackend(engine) as backend:
         codes = generate_codes(backend, [backend.tokenizer.encode(SRC)], options(backend.shapes), progress=False).codes
@@ -468,9 +468,11 @@ def test_fp16_export_runs_close_to_fp32(exported, ort_backend):
     want = scripted_steps(ref, ref.shapes, 3, edited=True)
     with OrtBackend(engine, providers=["CPUExecutionProvider"]) as half:
         got = scripted_steps(half, ref.shapes, 3, edited=True)
+    # fp16 keeps ~3 decimal digits: measured 4.3e-4 on logits of |x| <= 0.63 and 4e-5 on
+    # the attention maps (one step); 4x that is the bound, over every scripted step.
     for (gl, gm), (wl, wm) in zip(got, want):
-        np.testing.assert_allclose(gl, wl, atol=1e-2, rtol=0)
-        np.testing.assert_allclose(gm, wm, atol=1e-2, rtol=0)
+        np.testing.assert_allclose(gl, wl, atol=2e-3, rtol=0)
+        np.testing.assert_allclose(gm, wm, atol=2e-4, rtol=0)
 
 
 def test_external_data_layout(exported):

@@ -58,6 +58,7 @@ def test_step_logits_match_transformers_forward(spec):
         np.testing.assert_allclose(out.logits, ref[:, :, t], atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", CONFIGS)
 def test_greedy_codes_match_transformers_generate(spec):
     """Greedy with guidance 3.0: identical codes to MusicgenForConditionalGeneration.generate."""

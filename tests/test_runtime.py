@@ -106,12 +106,49 @@ def test_seconds_beyond_positions_is_rejected(tiny):
         editgen.GenerationOptions(seconds=0.05).frames(tiny.shapes)
 
 
-def test_hub_id_offline_says_to_pass_a_directory():
-    code = ("from editgen.model.loading import load_musicgen\n"
-            "load_musicgen('facebook/musicgen-small')\n")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert "CheckpointError" in out.stderr and "pass a local checkpoint directory" in out.stderr
+@pytest.fixture
+def downloads(monkeypatch):
+    """Records every hub download loading.py starts (each may retry for seconds offline)."""
+    import huggingface_hub
+
+    calls, real = [], huggingface_hub.hf_hub_download
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: calls.append(k) or real(*a, **k))
+    return calls
+
+
+def test_hub_id_without_network_fails_fast(monkeypatch, downloads):
+    """No network: one failed connect (no download retries), then one line saying what to do."""
+    import socket
+
+    from editgen.model.loading import load_musicgen
+
+    connects = []
+
+    def unreachable(address, timeout=None, *args, **kwargs):
+        connects.append(timeout)
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    with pytest.raises(CheckpointError, match=r"no network, and it is not in the local cache\): when offline, "
+                                              r"pass a local checkpoint directory") as info:
+        load_musicgen("editgen-tests/not-a-model")
+    assert "\n" not in str(info.value)
+    assert connects == [2.0]  # one connect, 2 s timeout, then nothing: no download retries
+    assert downloads == []
+
+
+def test_hub_id_with_hf_hub_offline_does_not_touch_the_network(monkeypatch, downloads):
+    import socket
+
+    from huggingface_hub import constants
+
+    from editgen.model.loading import load_musicgen
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("connected while offline"))
+    with pytest.raises(CheckpointError, match="pass a local checkpoint directory"):
+        load_musicgen("editgen-tests/not-a-model")
+    assert downloads == []
 
 
 def test_unknown_preset():

@@ -14,6 +14,7 @@ from editgen.engine.tokenizer import TextTokenizer, build_preset_tokenizer
 from editgen.errors import CheckpointError, InvalidRequestError
 
 ROOT = Path(__file__).resolve().parents[1]
+PINNED_IDS = [433, 146, 63, 277, 229, 1]  # "lofi piano with warm drums" + </s>
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +27,26 @@ def test_preset_special_tokens_and_size():
     assert [t.token_to_id(s) for s in ("<pad>", "</s>", "<unk>")] == [0, 1, 2]
     assert t.get_vocab_size() == 600
     assert build_preset_tokenizer() is t  # cached in-process
+
+
+def test_shipped_preset_tokenizer_is_what_the_builder_trains():
+    """The runtime loads data/preset_tokenizer.json; if a `tokenizers` upgrade trains other
+    merges, this fails instead of every token id changing silently (then keep the file, or
+    regenerate it on purpose with `python -m editgen.engine.tokenizer_build`)."""
+    import json
+
+    from editgen.engine.tokenizer import PRESET_TOKENIZER_FILE
+    from editgen.engine.tokenizer_build import train_preset_tokenizer
+
+    shipped = json.loads(PRESET_TOKENIZER_FILE.read_text(encoding="utf-8"))
+    trained = json.loads(train_preset_tokenizer().to_str())
+    for part in ("model", "normalizer", "pre_tokenizer", "post_processor", "added_tokens"):
+        assert shipped[part] == trained[part], part
+
+
+def test_preset_token_ids_are_pinned(tok):
+    # Pinned ids of the shipped file: any change to it shows up here first.
+    assert tok.encode("lofi piano with warm drums").ids[:6].tolist() == PINNED_IDS
 
 
 def test_preset_splits_are_pinned(tok):

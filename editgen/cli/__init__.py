@@ -1,7 +1,10 @@
 """`editgen` command line. Each subcommand lives in its own module exposing
 `register(subparsers)` (adds its parser and sets `func`). User errors (EditGenError)
 become one line on stderr and exit code 2; output files are written atomically by the
-commands themselves (see editgen.cli.outputs), so a failure leaves none behind."""
+commands themselves (see editgen.cli.outputs), so a failure leaves none behind.
+
+Benchmarks are not a subcommand: they run from a source checkout with
+`python -m benchmarks.run` (the installed package does not ship them)."""
 
 from __future__ import annotations
 
@@ -10,13 +13,22 @@ import importlib
 import sys
 
 from editgen.errors import EditGenError
+from editgen.version import __version__
 
-SUBCOMMANDS = ("generate", "edit", "capture", "export", "eval", "bench")
+SUBCOMMANDS = ("generate", "edit", "capture", "export", "eval")
+
+DESCRIPTION = (
+    "Generate music from a text prompt with MusicGen, and edit it by editing the prompt "
+    "(Prompt-to-Prompt: swap, add or reweight words) while keeping the rest of the music. "
+    "Runs a checkpoint with torch (--model) or an exported engine with ONNX Runtime (--engine)."
+)
+EPILOG = "Run `editgen COMMAND --help` for a command's options. Bad input exits with code 2 and one line."
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="editgen", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="editgen", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"editgen {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:
         importlib.import_module(f"editgen.cli.{name}").register(sub)
     return parser

@@ -1,4 +1,5 @@
-"""Arguments shared by subcommands, and turning them into validated options."""
+"""Arguments shared by subcommands, turning them into validated options, and the
+one-line notes a command prints when it changes or ignores something the user gave."""
 
 from __future__ import annotations
 
@@ -6,22 +7,49 @@ import argparse
 import sys
 
 from editgen.engine.options import GenerationOptions
+from editgen.model.presets import PRESETS  # torch-free: names only
+
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option shows its default in --help (help texts do not repeat it), except
+    options without one (None): "(default: None)" would say nothing."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
+FORMATTER = _DefaultsFormatter
+MODEL_HELP = ("MusicGen checkpoint directory (Hugging Face layout), hub id (e.g. facebook/musicgen-small; "
+              "needs network), or random:PRESET with PRESET one of " + ", ".join(PRESETS)
+              + " (seeded random weights with real shapes: timings are real, the audio is not music)")
+
+
+def note(message: str) -> None:
+    """One line on stderr for something done silently otherwise (a conversion, an ignored option)."""
+    print(f"editgen: note: {message}", file=sys.stderr)
+
+
+def add_parser(sub, name: str, *, help: str, description: str | None = None) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=description or help[:1].upper() + help[1:] + ".",
+                          formatter_class=FORMATTER)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--model", help="checkpoint directory, hub id, or random:<tiny|small|medium|large>")
-    g.add_argument("--engine", help="directory written by `editgen export`")
-    p.add_argument("--backend", choices=("torch", "ort"), help="default: torch for --model, ort for --engine")
+    g.add_argument("--model", help=MODEL_HELP)
+    g.add_argument("--engine", help="engine directory written by `editgen export` (runs on ONNX Runtime)")
+    p.add_argument("--backend", choices=("torch", "ort"), help="torch for --model, ort for --engine when not given")
 
 
 def add_generation_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seconds", type=float, default=8.0, help="duration of the audio (default 8)")
-    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (default 3)")
-    p.add_argument("--top-k", type=int, default=250)
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seconds", type=float, default=8.0,
+                   help="duration of the audio; rounded to the nearest frame (20 ms), at least 0.08 s")
+    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (<= 1: off)")
+    p.add_argument("--top-k", type=int, default=250, help="sample from the K most likely codes of each codebook")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (> 0)")
     p.add_argument("--greedy", action="store_true", help="argmax instead of sampling")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed; each row has its own stream from it")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -31,9 +59,27 @@ def generation_options(args: argparse.Namespace) -> GenerationOptions:
 
 
 def open_from_args(args: argparse.Namespace):
+    from editgen.engine.progress import tqdm_available
     from editgen.engine.runtime import open_backend
 
     backend = open_backend(model=args.model, engine=args.engine, backend=args.backend)
     if getattr(backend, "is_random", False) or (args.model or "").startswith("random:"):
-        print("note: this model has random weights: timings are real, the audio is not music", file=sys.stderr)
+        note("this model has random weights: timings are real, the audio is not music")
+    if not getattr(args, "no_progress", True) and not tqdm_available():
+        note("no progress bar: tqdm is not installed (pip install 'editgen[cli]')")
     return backend
+
+
+def note_request(backend, options: GenerationOptions, prompts: dict[str, str]) -> None:
+    """Notes for what the model will quietly do with this request: `--top-k` above the
+    vocabulary samples from every code, and words the tokenizer does not know become
+    <unk> (a prompt of emoji or CJK text with the preset tokenizer is all <unk>)."""
+    vocab = backend.shapes.vocab_size
+    if not options.greedy and options.top_k > vocab:
+        note(f"--top-k {options.top_k} is above the {vocab} codes of each codebook: sampling from all {vocab}")
+    for name, prompt in prompts.items():
+        unknown = backend.tokenizer.unknown_words(prompt)
+        if unknown:
+            what = "every word" if len(unknown) == len(prompt.split()) else ", ".join(repr(w) for w in unknown)
+            note(f"{name} {prompt!r}: the tokenizer does not know {what} (encoded as <unk>): "
+                 "the model hears no description there")

@@ -6,19 +6,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
 
-from editgen.cli.common import add_generation_args, add_model_args, generation_options, open_from_args
+from editgen.cli.common import (
+    add_generation_args,
+    add_model_args,
+    add_parser,
+    generation_options,
+    note,
+    note_request,
+    open_from_args,
+)
 from editgen.cli.outputs import atomic_dir, check_writable_dir
-from editgen.errors import AudioError, InvalidRequestError, first_line
+from editgen.errors import AudioError, InvalidRequestError
 
 OUTPUT_FILES = ("source.wav", "edited.wav", "edit.json", "attention.png")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("edit", help="edit music by editing its prompt (Prompt-to-Prompt)",
-                       description="Edit a source prompt into a target prompt. Writes source.wav, edited.wav, "
-                                   "edit.json and attention.png into the output directory.")
+    p = add_parser(sub, "edit", help="edit music by editing its prompt (Prompt-to-Prompt)",
+                   description="Edit a source prompt into a target prompt. Writes source.wav, edited.wav, "
+                               "edit.json and attention.png into the output directory.")
     add_model_args(p)
     src = p.add_argument_group("source (one of: --source alone, --capture, --audio with --source)")
     src.add_argument("--source", help="source prompt (with --capture: defaults to the captured prompt; "
@@ -28,14 +35,15 @@ def register(sub) -> None:
     p.add_argument("--target", help="edited prompt (optional for --op reweight)")
     p.add_argument("--op", choices=("replace", "refine", "reweight"), default="replace",
                    help="replace: same word count, words swapped; refine: words added/removed; "
-                        "reweight: same prompt, word weights (default replace)")
+                        "reweight: same prompt, word weights")
     p.add_argument("--word", action="append", default=[], metavar="WORD=C",
                    help="reweight target word WORD by C in [-2, 2] (repeatable)")
     p.add_argument("--window", action="append", default=[], metavar="WORD=F",
                    help="inject the edit during the first fraction F in [0, 1] of the steps; "
                         "WORD may be `default` (repeatable)")
-    p.add_argument("--blend", default="soft", help="layer blend: soft, hard, reversed or constant:X (default soft)")
-    p.add_argument("--region", metavar="START:END", help="edit only these seconds, e.g. 2.0:5.0")
+    p.add_argument("--blend", default="soft", help="layer blend: soft, hard, reversed or constant:X")
+    p.add_argument("--region", metavar="START:END",
+                   help="edit only these seconds, e.g. 2.0:5.0 (outside it the edit copies the source)")
     add_generation_args(p)
     p.add_argument("-o", "--output", required=True, help="output directory")
     p.set_defaults(func=run)
@@ -60,35 +68,47 @@ def parse_assignments(items: list[str], flag: str, value_name: str) -> dict[str,
     return out
 
 
-def check_audio_readable(path: str) -> None:
-    """Cheap header check so an unreadable file fails before the model loads."""
-    import soundfile as sf
+def read_source_audio(path: str):
+    """The --audio file, read and checked before the model loads: missing, unreadable
+    and silent files are AudioErrors (a silent source gives the edit nothing to keep)."""
+    from editgen.engine.audio import check_not_silent, read_clip
 
-    try:
-        sf.info(str(path))
-    except Exception as exc:  # LibsndfileError / RuntimeError / OSError, depending on version
-        raise AudioError(f"cannot read audio {path}: {first_line(exc)}") from None
+    clip = read_clip(path)
+    check_not_silent(clip, "give a recording with sound in it")
+    return clip
 
 
-def audio_codes(backend, path: str):
-    """WAV -> EnCodec codes int64 [K, frames] at the model's rate; checks the length."""
-    from editgen.engine.audio import read_wav
+def audio_codes(backend, clip):
+    """The --audio clip -> EnCodec codes int64 [K, frames] at the model's rate; checks the
+    length and says what was converted."""
+    from editgen.engine.audio import resample
 
     shapes = backend.shapes
-    wav = read_wav(path, shapes.sample_rate)  # [samples] mono float32
-    too_long = AudioError(f"audio {path} is {len(wav) / shapes.sample_rate:.2f} s, the model takes at most "
+    if clip.channels > 1:
+        note(f"audio {clip.path} has {clip.channels} channels: mixed down to mono (the model is mono)")
+    if clip.sample_rate != shapes.sample_rate:
+        note(f"audio {clip.path} is {clip.sample_rate} Hz: resampled to the model's {shapes.sample_rate} Hz")
+    wav = resample(clip.samples, clip.sample_rate, shapes.sample_rate)  # [samples] mono float32
+    too_long = AudioError(f"audio {clip.path} is {len(wav) / shapes.sample_rate:.2f} s, the model takes at most "
                           f"{shapes.max_seconds:.2f} s: trim it")
     if math.ceil(len(wav) * shapes.frame_rate / shapes.sample_rate) > shapes.max_frames:
         raise too_long  # before encoding: EnCodec on a long file is slow
     codes = backend.encode_audio(wav)  # [K, frames]
     frames = codes.shape[-1]
     if frames < 1:
-        raise AudioError(f"audio {path} is too short: it gives no frame at {shapes.frame_rate} frames/s")
+        raise AudioError(f"audio {clip.path} is too short: it gives no frame at {shapes.frame_rate} frames/s")
     if frames > shapes.max_frames:
         raise too_long
-    print(f"note: the duration comes from the audio ({frames / shapes.frame_rate:.2f} s, {frames} frames); "
-          "--seconds is ignored", file=sys.stderr)
+    note(f"the duration comes from the audio ({frames / shapes.frame_rate:.2f} s, {frames} frames); "
+         "--seconds is ignored")
     return codes
+
+
+def note_region(region, frames: int, frame_rate: int) -> None:
+    seconds = frames / frame_rate
+    if region is not None and region.end > seconds and region.start < seconds:
+        note(f"region {region.start:g}:{region.end:g} ends after the audio ({seconds:.2f} s): "
+             f"edited from {region.start:g} s to the end")
 
 
 def build_spec(args, source: str):
@@ -119,38 +139,43 @@ def run(args) -> int:
         options = generation_options(args)
     spec = build_spec(args, source)
     region = Region.parse(args.region) if args.region is not None else None
-    if args.audio is not None:
-        check_audio_readable(args.audio)
+    clip = read_source_audio(args.audio) if args.audio is not None else None
 
     with open_from_args(args) as backend:
-        result, mode = _run_edit(backend, args, spec, options, capture, region)
+        note_request(backend, options, {"source prompt": spec.source, "target prompt": spec.target})
+        result, mode = _run_edit(backend, args, spec, options, capture, region, clip)
         source_wav = backend.decode_audio(result.source_codes[None])[0]  # [samples]
         edited_wav = backend.decode_audio(result.edited_codes)[0]  # [samples]
         shapes = backend.shapes
-    _write_outputs(out, args, spec, result, mode, source_wav, edited_wav, shapes, region)
-    print(f"wrote {out}/{{{','.join(OUTPUT_FILES)}}} ({len(edited_wav) / shapes.sample_rate:.2f} s, "
+    written = _write_outputs(out, args, spec, result, mode, source_wav, edited_wav, shapes, region)
+    print(f"wrote {out}/{{{','.join(written)}}} ({len(edited_wav) / shapes.sample_rate:.2f} s, "
           f"{result.edited_codes.shape[-1]} frames)")
     return 0
 
 
-def _run_edit(backend, args, spec, options, capture, region):
+def _run_edit(backend, args, spec, options, capture, region, clip):
     from editgen.engine.editing import edit, edit_from_capture
 
     progress = not args.no_progress
+    rate = backend.shapes.frame_rate
     if capture is not None:
         o = capture.options
-        print(f"note: seconds, seed and sampling come from the capture ({o.seconds:g} s, seed {o.seed}, "
-              f"guidance {o.guidance_scale:g}); --seconds/--seed/--guidance/... are ignored", file=sys.stderr)
+        note(f"seconds, seed and sampling come from the capture ({o.seconds:g} s, seed {o.seed}, "
+             f"guidance {o.guidance_scale:g}); --seconds/--seed/--guidance/... are ignored")
+        note_region(region, capture.codes.shape[-1], rate)
         return edit_from_capture(backend, capture, [spec], region=region, progress=progress), "captured"
-    if args.audio is not None:
-        codes = audio_codes(backend, args.audio)
+    if clip is not None:
+        codes = audio_codes(backend, clip)
+        note_region(region, codes.shape[-1], rate)
         return edit(backend, [spec], options, region=region, audio_codes=codes, progress=progress), "audio"
+    note_region(region, options.frames(backend.shapes), rate)
     return edit(backend, [spec], options, region=region, progress=progress), "paired"
 
 
-def _write_outputs(out, args, spec, result, mode, source_wav, edited_wav, shapes, region) -> None:
+def _write_outputs(out, args, spec, result, mode, source_wav, edited_wav, shapes, region) -> tuple[str, ...]:
+    """Writes the output directory; returns the names of the files written."""
     from editgen.engine.audio import write_wav
-    from editgen.engine.plots import plot_edit_attention
+    from editgen.engine.plots import matplotlib_available, plot_edit_attention
 
     plan = result.plans[0]
     settings = {
@@ -173,6 +198,10 @@ def _write_outputs(out, args, spec, result, mode, source_wav, edited_wav, shapes
         write_wav(tmp / "source.wav", source_wav, shapes.sample_rate)
         write_wav(tmp / "edited.wav", edited_wav, shapes.sample_rate)
         (tmp / "edit.json").write_text(json.dumps(settings, indent=1) + "\n")
+        if not matplotlib_available():
+            note("no attention.png: matplotlib is not installed (pip install 'editgen[cli]')")
+            return OUTPUT_FILES[:-1]
         plot_edit_attention(tmp / "attention.png", result.mean_maps, result.plans, frame_rate=shapes.frame_rate,
                             audio_seconds=result.edited_codes.shape[-1] / shapes.frame_rate,
                             title=f"Cross-attention per target token ({mode} {plan.op} edit)")
+    return OUTPUT_FILES

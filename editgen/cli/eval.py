@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
 from pathlib import Path
 
+from editgen.cli.common import FORMATTER, note
 from editgen.cli.outputs import atomic_file, check_writable_file
 from editgen.errors import EditGenError, InvalidRequestError
 
@@ -33,6 +33,7 @@ def register(subparsers) -> None:
         help="score edits: melody, dynamics, rhythm (and CLAP with --clap)",
         description="Compare edited audio with its source: melody accuracy (chroma argmax), "
         "dynamics correlation (RMS dB), rhythm F1 (beats, 70 ms), CLAP similarity.",
+        formatter_class=FORMATTER,
     )
     p.add_argument("--source", type=Path, help="source (unedited) audio file")
     p.add_argument("--edited", type=Path, help="edited audio file, same sample rate as the source")
@@ -44,7 +45,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--clap", type=Path, metavar="DIR", help="local CLAP checkpoint directory (no download)")
     p.add_argument("-o", "--output", type=Path, default=Path("eval.json"),
-                   help="JSON report (default: eval.json)")
+                   help="JSON report")
     p.set_defaults(func=run)
 
 
@@ -63,7 +64,16 @@ def run(args: argparse.Namespace) -> int:
         from editgen.eval.clap import ClapScorer
 
         scorer = ClapScorer(args.clap)  # a broken directory fails here, before any scoring
-    results = [evaluate_pair(pair, scorer) for pair in _progress(pairs)]
+    # Every file is read and checked before the first pair is scored: a bad row 2 must
+    # not cost the minutes of row 1, nor print its error over a progress bar.
+    from editgen.eval import check_pairs
+
+    check_pairs(pairs)
+    bar = _progress(pairs)
+    try:
+        results = [evaluate_pair(pair, scorer) for pair in bar]
+    finally:  # ends the bar's line, so an error is printed on a line of its own
+        getattr(bar, "close", lambda: None)()
 
     batch = args.batch is not None
     notes = [] if scorer else [CLAP_OMITTED]
@@ -73,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(report.format_pair_table(results[0]))
         notes += list(results[0].notes)
-    for note in notes:
-        print(f"note: {note}")
+    for line in notes:
+        note(line)
 
     settings = {
         "hop_length": metrics.HOP_LENGTH, "frame_length": metrics.FRAME_LENGTH,
@@ -153,6 +163,6 @@ def _check_header(path: Path, header: list[str]) -> None:
 
 
 def _progress(pairs: list):
-    from tqdm import tqdm
+    from editgen.engine.progress import progress
 
-    return tqdm(pairs, desc="eval", unit="pair", file=sys.stderr, disable=len(pairs) < 2)
+    return progress(pairs, enabled=len(pairs) > 1, desc="eval", unit="pair", leave=True)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import sys
 
+from editgen.cli.common import MODEL_HELP, add_parser
 from editgen.cli.outputs import atomic_dir, check_writable_dir
 
 
 def register(sub) -> None:
-    p = sub.add_parser("export", help="export a model to ONNX graphs for the ORT backend")
-    p.add_argument("--model", required=True, help="checkpoint directory, hub id, or random:<tiny|small|medium|large>")
+    p = add_parser(sub, "export", help="export a model to ONNX graphs for the ORT backend (--engine)")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("-o", "--output", required=True, help="engine directory to write (files in it are replaced)")
     p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
-                   help="weights and compute of the decoder graphs: fp32 (default), fp16 (for GPU)")
+                   help="weights and compute of the decoder graphs: fp32, or fp16 (for GPU)")
     p.add_argument("--quantize", choices=("int8",), default=None,
                    help="int8: weight-only 8-bit decoder step (for CPU); agreement with fp32 goes in the manifest")
     p.set_defaults(func=run)

@@ -41,6 +41,13 @@ def check_writable_dir(path: str | os.PathLike) -> Path:
     return path
 
 
+def current_umask() -> int:
+    """The process umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike):
     """Yields a temporary path next to `path`; renamed onto `path` only on success."""
@@ -48,6 +55,8 @@ def atomic_file(path: str | os.PathLike):
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent or ".")
     os.close(fd)
     try:
+        # mkstemp creates the file 0600; give it the mode open() would (0666 less the umask).
+        os.chmod(tmp, 0o666 & ~current_umask())
         yield Path(tmp)
         os.replace(tmp, path)
     finally:

@@ -14,7 +14,7 @@ import numpy as np
 
 from editgen.engine.config import ModelShapes
 from editgen.engine.options import GenerationOptions
-from editgen.errors import InvalidRequestError
+from editgen.errors import InvalidRequestError, first_line
 
 FORMAT_VERSION = 1
 
@@ -36,12 +36,35 @@ class SourceCapture:
 
     @classmethod
     def load(cls, path: str | Path) -> "SourceCapture":
+        path = Path(path)
+        if not path.is_file():
+            what = "is a directory" if path.is_dir() else "does not exist"
+            raise InvalidRequestError(f"capture file {path} {what}: make one with `editgen capture`")
+        if not zipfile.is_zipfile(path):
+            raise InvalidRequestError(f"{path} is not an editgen capture (not an .npz archive): "
+                                      "make one with `editgen capture`")
         try:
             with np.load(path, allow_pickle=False) as data:
+                # Any .npz opens; only ours has these arrays. Checked before reading, so an
+                # npz of object arrays is not answered with numpy's allow_pickle advice.
+                missing = [k for k in ("codes", "maps", "meta") if k not in data.files]
+                if missing:
+                    raise InvalidRequestError(
+                        f"{path} is not an editgen capture (no {', '.join(missing)} in it): "
+                        "make one with `editgen capture`")
                 meta = json.loads(str(data["meta"]))
                 codes, maps = data["codes"], data["maps"]
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
-            raise InvalidRequestError(f"capture file {path} is unreadable ({exc}): make it with `editgen capture`") from None
+            if isinstance(exc, InvalidRequestError):
+                raise
+            if "allow_pickle" in str(exc):  # numpy's advice would be unsafe here: never unpickle
+                raise InvalidRequestError(f"{path} is not an editgen capture (it stores Python objects): "
+                                          "make one with `editgen capture`") from None
+            raise InvalidRequestError(f"capture file {path} is unreadable ({first_line(exc)}): "
+                                      "make it with `editgen capture`") from None
+        if not isinstance(meta, dict):
+            raise InvalidRequestError(f"{path} is not an editgen capture (its meta is not a settings object): "
+                                      "make one with `editgen capture`")
         if meta.get("format_version") != FORMAT_VERSION:
             raise InvalidRequestError(f"capture file {path} has format {meta.get('format_version')}, "
                                       f"this version reads {FORMAT_VERSION}: capture the source again")

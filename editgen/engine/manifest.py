@@ -156,6 +156,9 @@ class Manifest:
 def load_manifest(root: str | Path) -> Manifest:
     """Read and check `root/manifest.json`; ExportDirError naming what is wrong."""
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ExportDirError(f"--engine {root} is a file, not an engine directory: give the directory "
+                             "written by `editgen export` (a checkpoint goes to --model)")
     if not root.is_dir():
         raise ExportDirError(f"engine directory {root} does not exist: run `editgen export` first")
     path = root / MANIFEST_FILE

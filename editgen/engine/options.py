@@ -35,16 +35,19 @@ class GenerationOptions:
         return self.guidance_scale > 1.0
 
     def frames(self, shapes: ModelShapes) -> int:
-        """Audio frames for `seconds`; raises when the model's positions cannot hold them."""
-        frames = round(self.seconds * shapes.frame_rate)
-        if frames < shapes.min_frames:
+        """Audio frames for `seconds`. One rule: `seconds` must lie in [min, max] seconds
+        of the model (the codec's minimum clip, the decoder's positions); inside, it is
+        rounded to the nearest frame (1 / frame_rate s)."""
+        lo = shapes.min_frames / shapes.frame_rate
+        if self.seconds < lo:
             raise InvalidRequestError(
-                f"{self.seconds} s is {frames} frames, the audio codec needs at least {shapes.min_frames}: "
-                f"ask for at least {shapes.min_frames / shapes.frame_rate:.2f} s"
+                f"{self.seconds:g} s is shorter than the {shapes.min_frames} frames the audio codec needs: "
+                f"ask for at least {lo:.2f} s"
             )
-        if frames > shapes.max_frames:
+        if self.seconds > shapes.max_seconds:
+            frames = math.ceil(self.seconds * shapes.frame_rate)
             raise InvalidRequestError(
-                f"{self.seconds} s needs {shapes.steps_for_frames(frames)} decoder positions, the model has "
+                f"{self.seconds:g} s needs {shapes.steps_for_frames(frames)} decoder positions, the model has "
                 f"{shapes.max_positions}: ask for at most {shapes.max_seconds:.2f} s"
             )
-        return frames
+        return min(max(round(self.seconds * shapes.frame_rate), shapes.min_frames), shapes.max_frames)

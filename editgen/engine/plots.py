@@ -9,6 +9,15 @@ from typing import Sequence
 import numpy as np
 
 
+def matplotlib_available() -> bool:
+    """matplotlib comes with the `cli` extra; without it `editgen edit` skips the figure."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def attention_panels(mean_maps: np.ndarray, plan, target_index: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Source and edited maps over the target's real tokens, each float32 [length, steps].
 

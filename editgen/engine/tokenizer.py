@@ -4,7 +4,11 @@ Two sources of a tokenizer:
 - `TextTokenizer.from_file(".../tokenizer.json")`: the file Hugging Face checkpoints ship
   (facebook/musicgen-* write T5TokenizerFast's tokenizer.json).
 - `build_preset_tokenizer()`: a small T5-like tokenizer for `random:<preset>` models,
-  trained here, offline and deterministically, on `data/preset_corpus.txt`.
+  loaded from `data/preset_tokenizer.json`, which ships with the package. That file was
+  trained once by `tokenizer_build.train_preset_tokenizer()` on `data/preset_corpus.txt`; regenerate it
+  with `python -m editgen.engine.tokenizer_build` (a test checks the two agree). Shipping the
+  file rather than training at import keeps every token id fixed across `tokenizers`
+  versions.
 
 Words are whitespace-separated (`split_words`). Punctuation is not split off: it stays part
 of its word ("jazz," is one word whose pieces are "▁jazz" and ","). Edit specs match words
@@ -20,16 +24,12 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-from tokenizers import processors, trainers
+from tokenizers import Tokenizer
 
 from editgen.errors import CheckpointError, InvalidRequestError
 
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"  # ids 0, 1, 2 as in T5
-PRESET_VOCAB_SIZE = 600
-_CORPUS = Path(__file__).parent / "data" / "preset_corpus.txt"
-# Characters the preset knows even if the corpus lacks them (others become <unk>).
-_ALPHABET = list("abcdefghijklmnopqrstuvwxyz0123456789▁,.-'&!?:;()/\"+#%")
+PRESET_TOKENIZER_FILE = Path(__file__).parent / "data" / "preset_tokenizer.json"
 _WORD = re.compile(r"\S+")
 
 
@@ -40,31 +40,9 @@ def split_words(text: str) -> tuple[str, ...]:
 
 @functools.lru_cache(maxsize=1)
 def build_preset_tokenizer() -> Tokenizer:
-    """Sentencepiece-style BPE (Metaspace `▁` word prefix), lower-casing, `</s>` appended.
-
-    The BPE trainer is deterministic (merges are ranked by count, then by pair id; checked
-    across hash seeds and thread counts), so ids are the same in every process. Cached:
-    training takes a few hundred milliseconds. Callers must not mutate the result.
-    """
-    lines = [ln for ln in _CORPUS.read_text(encoding="utf-8").splitlines()
-             if ln.strip() and not ln.startswith("#")]
-    tok = Tokenizer(models.BPE(unk_token=UNK))
-    tok.normalizer = normalizers.Sequence([
-        normalizers.NFKC(), normalizers.Lowercase(),
-        normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip(),
-    ])
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    trainer = trainers.BpeTrainer(
-        vocab_size=PRESET_VOCAB_SIZE, special_tokens=[PAD, EOS, UNK],
-        initial_alphabet=_ALPHABET, show_progress=False,
-    )
-    tok.train_from_iterator(lines, trainer=trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"$A {EOS}", pair=f"$A {EOS} $B {EOS}",
-        special_tokens=[(EOS, tok.token_to_id(EOS))],
-    )
-    return tok
+    """The preset tokenizer shipped in `data/preset_tokenizer.json`. Cached: callers must
+    not mutate the result."""
+    return Tokenizer.from_file(str(PRESET_TOKENIZER_FILE))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -153,6 +131,17 @@ class TextTokenizer:
             words=tuple(self.normalize(w) for w in words),
         )
 
+    def unknown_words(self, prompt: str) -> tuple[str, ...]:
+        """Words of `prompt` with a piece the vocabulary lacks (encoded as <unk>), in order."""
+        unk = self._tok.token_to_id(UNK)
+        if unk is None:
+            return ()
+        enc = self._tok.encode(prompt)
+        word_of = _word_of_token(prompt, enc.offsets, enc.special_tokens_mask)
+        bad = sorted({w for i, w in zip(enc.ids, word_of) if i == unk and w is not None})
+        words = split_words(prompt)
+        return tuple(words[w] for w in bad)
+
     def encode_batch(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """ids, mask: int64 [n, T]."""
         encoded = [self.encode(p) for p in prompts]
@@ -179,3 +168,4 @@ def _word_of_token(text: str, offsets, special) -> tuple[int | None, ...]:
             word = next((w for w, (ws, _) in enumerate(spans) if ws >= start), len(spans) - 1)
         out.append(word)
     return tuple(out)
+

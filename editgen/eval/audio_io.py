@@ -11,15 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from editgen.engine.audio import read_mono
+from editgen.engine.audio import check_not_silent, read_clip
 from editgen.errors import AudioError
-
-# A file whose loudest frame is below this is treated as silent (metrics on it would
-# measure noise: every chroma frame is arbitrary and no beat can be found).
-SILENCE_DBFS = -60.0
-# Frame used for the silence check; the same frame/hop as the metrics (editgen.eval.metrics).
-_FRAME = 2048
-_HOP = 512
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,25 +30,9 @@ class Audio:
 
 def load_audio(path: str | Path) -> Audio:
     """Mono float32 at the file's own rate; raises AudioError for anything unusable."""
-    samples, sample_rate = read_mono(path)
-    loudest = max_frame_dbfs(samples)
-    if loudest < SILENCE_DBFS:
-        raise AudioError(
-            f"audio {path} is silent (loudest frame {loudest:.1f} dBFS, below {SILENCE_DBFS:.0f} dBFS): "
-            "nothing to evaluate"
-        )
-    return Audio(path=str(path), samples=samples, sample_rate=int(sample_rate))
-
-
-def max_frame_dbfs(samples: np.ndarray) -> float:
-    """Loudest RMS over frames of 2048 hop 512, in dBFS (-inf for digital silence)."""
-    if len(samples) <= _FRAME:
-        frames = samples[None, :]
-    else:
-        frames = np.lib.stride_tricks.sliding_window_view(samples, _FRAME)[::_HOP]
-    rms = np.sqrt(np.mean(np.square(frames, dtype=np.float64), axis=1)).max()
-    with np.errstate(divide="ignore"):
-        return float(20.0 * np.log10(rms))
+    clip = read_clip(path)
+    check_not_silent(clip, "nothing to evaluate")
+    return Audio(path=str(path), samples=clip.samples, sample_rate=clip.sample_rate)
 
 
 def check_same_rate(source: Audio, edited: Audio) -> None:

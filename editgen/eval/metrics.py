@@ -25,7 +25,7 @@ import mir_eval
 import numpy as np
 
 from editgen.errors import AudioError
-from editgen.eval.audio_io import SILENCE_DBFS
+from editgen.engine.audio import SILENCE_DBFS
 
 HOP_LENGTH = 512
 FRAME_LENGTH = 2048

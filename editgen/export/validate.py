@@ -11,8 +11,10 @@ import torch
 from editgen.errors import EditGenError
 
 # Max abs error allowed per output, by compute dtype. fp16 is checked against the fp32
-# torch module, relative to the output's scale (see `check`).
-TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2}
+# torch module, relative to the output's scale (see `check`). fp32 graphs measured
+# <= 1e-6 on the tiny presets; 1e-4 leaves room for 48-layer models, and no more: a gate
+# far above the real errors would let a broken export through.
+TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2}
 CODE_MISMATCH = 0.01
 
 

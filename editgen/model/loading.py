@@ -90,11 +90,44 @@ def _load_dir(path: Path) -> LoadedMusicgen:
     return _loaded(model, tokenizer, str(path), False, tok_file.read_text())
 
 
+HUB_CONNECT_TIMEOUT_S = 2.0
+
+
+def hub_reachable(timeout: float = HUB_CONNECT_TIMEOUT_S) -> bool:
+    """One TCP connect to the hub's host: False at once when offline, instead of the
+    download client's retries (~24 s before it gives up)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlsplit(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:  # DNS failure, refused, unreachable, timeout
+        return False
+
+
 def _load_hub(repo_id: str) -> LoadedMusicgen:
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
     from huggingface_hub.utils import logging as hub_logging
 
     hub_logging.set_verbosity_error()  # its retry warnings are not the user's message
+    if not hub_reachable():
+        # Offline: only a checkpoint already in the local cache loads, read without any
+        # network call (the download client would retry for ~24 s first).
+        tok_file = try_to_load_from_cache(repo_id, "tokenizer.json")
+        if not isinstance(tok_file, str):
+            raise CheckpointError(
+                f"could not fetch {repo_id} from the model hub (no network, and it is not in the local cache): "
+                "when offline, pass a local checkpoint directory (or random:<preset>)"
+            )
+        model = _from_pretrained(repo_id, local_files_only=True)
+        return _loaded(model, TextTokenizer.from_file(tok_file), repo_id, False, Path(tok_file).read_text())
     try:
         tok_file = hf_hub_download(repo_id, "tokenizer.json")
     except Exception as exc:

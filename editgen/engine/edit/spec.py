@@ -104,7 +104,8 @@ def _word_map(name: str, given: Mapping[str, float], words: tuple[str, ...], tar
                                       f"in [{lo:g}, {hi:g}]")
         value = float(value)
         if not (math.isfinite(value) and lo <= value <= hi):
-            raise InvalidRequestError(f"{name}[{raw!r}] is {value:g}, must be in "
+            # repr, not :g: 2.0000001 must not print as "2" next to "must be in [-2, 2]".
+            raise InvalidRequestError(f"{name}[{raw!r}] is {value!r}, must be in "
                                       f"[{lo:g}, {hi:g}]: pick a value in that range")
         out[key] = value
     return out
