@@ -1,10 +1,9 @@
 """Our engines (torch reference backend, ORT fp32 / int8) and the per-configuration worker.
 
-Steady-state step time at past length P: the generation loop's per-step work (backend
-step with the request's edit tensors, KV write, CFG, top-k sampling) over a burst of N
-steps at positions P..P+N-1, on a static KV cache of capacity P + N filled with
-constants (touched, so it is resident). End to end: `generate_codes` / `edit` plus the
-EnCodec decode, as the CLI runs them.
+Steady-state step time at past length P: a real request stepped by the engine core to
+position P, then bursts of N engine-core steps (backend step reading and writing its own
+pool, CFG, top-k sampling). End to end: `generate_codes` / `edit` plus the EnCodec
+decode, as the CLI runs them.
 
 `run_worker(spec)` runs one engine x workload in this process (the runner starts one
 process per configuration so that peak resident memory is per configuration) and returns
@@ -29,52 +28,42 @@ WORKLOADS = ("generate", "edit")
 
 
 class OurStepBench:
-    def __init__(self, backend, workload: str, batch: int, past: int, burst: int):
-        from editgen.engine.backend import KVCache
+    """Steady-state steps of one real request driven by the engine core: the request
+    (`batch` targets of an edit, or `batch` plain prompts, with CFG) is stepped `past`
+    times untimed, then each `burst(n)` is n more `EngineCore.step()` calls: schedule,
+    the backend step (reading and writing its own pool), CFG, top-k sampling, hooks.
+    `capacity` is the cache positions the timed steps read (the pool's length)."""
+
+    def __init__(self, backend, workload: str, batch: int, past: int, burst: int, timed_steps: int):
+        from editgen.engine.contract import attended_positions
+        from editgen.engine.core import EngineCore
         from editgen.engine.edit import EditBatch, EditSpec
         from editgen.engine.editing import compile_specs
-        from editgen.engine.sampling import Sampler
+        from editgen.engine.options import GenerationOptions
+        from editgen.engine.requests import Request
 
-        self.backend = backend
-        shapes = self.shapes = backend.shapes
+        shapes = backend.shapes
+        frames = past + timed_steps + 1  # the request outlives the timed steps
+        options = GenerationOptions(seconds=frames / shapes.frame_rate, guidance_scale=GUIDANCE, top_k=TOP_K)
         if workload == "edit":
             plans = compile_specs(backend, [EditSpec(source=SOURCE, target=t) for t in common.targets(batch)])
-            self.edits = EditBatch(plans, cfg=True, num_heads=shapes.num_heads)
+            edits = EditBatch(plans, cfg=True, num_heads=shapes.num_heads)
             prompts = [plans[0].source] + [p.target for p in plans]
         else:
-            self.edits = EditBatch.plain(rows_cond=batch, cfg=True, shapes=shapes)
+            edits = None
             prompts = [backend.tokenizer.encode(p) for p in common.plain_prompts(batch)]
-        n = self.n = len(prompts)
-        self.rows = 2 * n
-        ids = np.stack([p.ids for p in prompts])
-        mask = np.stack([p.mask for p in prompts])
-        hidden = backend.encode_text(ids, mask)
-        hidden = np.concatenate([hidden, np.zeros_like(hidden)])
-        self.mask = np.concatenate([mask, np.zeros_like(mask)])
-        self.cross_k, self.cross_v = backend.cross_kv(hidden, self.mask)
-        self.past, self.burst_len = past, burst
-        self.capacity = past + burst
-        self.cache = KVCache(shapes, self.rows, self.capacity)
-        # Touch every page with distinct values: untouched np.zeros pages read as the shared zero page,
-        # and identical pages may be merged by the host; either would flatter the KV reads.
-        flat = self.cache.array.reshape(-1)
-        flat[:] = np.arange(flat.size, dtype=np.float32)
-        flat *= np.float32(1e-9)
-        self.sampler = Sampler(n, seed=0, top_k=TOP_K, temperature=1.0, greedy=False)
-        rng = np.random.default_rng(0)
-        self.frame = rng.integers(0, shapes.vocab_size, (self.rows, shapes.num_codebooks), dtype=np.int64)
+        self.request = Request(shapes, prompts, options, edits=edits)
+        self.rows = self.request.rows
+        self.core = EngineCore(backend, max_rows=max(self.rows, 2))
+        self.core.submit(self.request)
+        for _ in range(past):
+            self.core.step()
+        pool = getattr(backend, "pool", None)  # ORT: the pool's current length is what a step reads
+        self.capacity = pool.positions if pool is not None else attended_positions(past + timed_steps)
 
     def burst(self, steps: int) -> None:
-        from editgen.engine.sampling import classifier_free_guidance
-
-        n, b = self.n, self.backend
-        for t in range(self.past, self.past + steps):
-            out = b.step(self.frame, t, self.cache.array, self.cross_k, self.cross_v, self.mask,
-                         self.edits.inputs(t, self.capacity))
-            self.cache.write(t, out.new_kv)
-            codes = self.sampler(classifier_free_guidance(out.logits, GUIDANCE))
-            self.frame[:n] = codes
-            self.frame[n:] = codes
+        for _ in range(steps):
+            self.core.step()
 
 
 def our_e2e(backend, workload: str, batch: int, seconds: float) -> float:
@@ -116,24 +105,9 @@ def open_engine(spec: dict):
         from editgen.engine.backends.torch_backend import TorchBackend
 
         return TorchBackend(loaded), weights
-    import onnxruntime as ort
-
     from editgen.engine.backends.ort_backend import OrtBackend
 
-    # OrtBackend has no thread option: its sessions get intra-op threads = `threads` (the
-    # onnxruntime default is one per physical core, as torch's).
-    plain = ort.SessionOptions
-
-    def options():
-        o = plain()
-        o.intra_op_num_threads = spec["threads"]
-        return o
-
-    ort.SessionOptions = options
-    try:
-        backend = OrtBackend(spec["engine_dir"])
-    finally:
-        ort.SessionOptions = plain
+    backend = OrtBackend(spec["engine_dir"], threads=spec["threads"])
     step_file = backend.manifest.root / backend.manifest.graphs["decoder_step"].file
     return backend, roofline.onnx_weight_bytes(step_file)
 
@@ -158,7 +132,8 @@ def run_worker(spec: dict) -> dict:
             bench = StepBench(obj, workload, batch, frames)
             capacity = frames + spec["burst"]
         else:
-            bench = OurStepBench(obj, workload, batch, frames, spec["burst"])
+            timed = spec["burst"] * (spec["warmup"] + spec["repeats"])
+            bench = OurStepBench(obj, workload, batch, frames, spec["burst"], timed)
             capacity = bench.capacity
         t = repeat_timing(lambda: bench.burst(spec["burst"]), warmup=spec["warmup"], repeats=spec["repeats"])
         step = {k: (v / spec["burst"] if k != "all" else [x / spec["burst"] for x in v]) for k, v in t.items()}

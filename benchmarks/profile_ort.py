@@ -2,9 +2,8 @@
 
     python -m benchmarks.profile_ort /tmp/exports/small_fp32 --past 500 --batch 1
 
-Runs the decoder_step graph of an engine directory with the same inputs as the benchmark
-(`OurStepBench`: edit of `batch` targets with CFG, static cache of capacity past + steps)
-and prints the kernel time per op type, per kind (`KINDS`: weight matmuls, self-attention
+Runs the benchmark's request (`OurStepBench`: an edit of `batch` targets with CFG, stepped
+by the engine core to `past`) on an OrtBackend whose decoder step is profiled, and prints the kernel time per op type, per kind (`KINDS`: weight matmuls, self-attention
 over the cache, cross-attention, other; classified on the graph as ONNX Runtime optimized
 it) and the slowest nodes. --threads sets the intra-op threads; --json writes the summary.
 """
@@ -23,38 +22,24 @@ import numpy as np
 
 def profile(engine_dir: str, *, past: int, batch: int, steps: int, workload: str = "edit",
             threads: int = 0) -> dict:
-    import onnxruntime as ort
-
     from benchmarks.engines import OurStepBench
-    from editgen.engine.backend import step_kv_views
     from editgen.engine.backends.ort_backend import OrtBackend
 
-    backend = OrtBackend(engine_dir)
-    bench = OurStepBench(backend, workload, batch, past, steps)
-    step_file = backend.manifest.root / backend.manifest.graphs["decoder_step"].file
     with tempfile.TemporaryDirectory() as tmp:
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.enable_profiling = True
-        opts.intra_op_num_threads = threads
-        opts.profile_file_prefix = os.path.join(tmp, "step")
-        opts.log_severity_level = 3
-        opts.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")  # node names as profiled
-        opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", "optimized.data")
-        sess = ort.InferenceSession(str(step_file), opts, providers=["CPUExecutionProvider"])
-        kinds = node_kinds(opts.optimized_model_filepath)
-        feed = {"codes": bench.frame, "position": np.array(past, dtype=np.int64), "text_mask": bench.mask,
-                **step_kv_views(bench.cache.array, bench.cross_k, bench.cross_v),  # per-layer views, no copy
-                **bench.edits.inputs(past, bench.capacity).as_feed()}
-        names = {i.name for i in sess.get_inputs()}
-        feed = {k: v for k, v in feed.items() if k in names}
-        sess.run(None, feed)  # warm
-        for _ in range(steps):
-            sess.run(None, feed)
-        events = json.loads(Path(sess.end_profiling()).read_text())
-    backend.close()
+        backend = OrtBackend(engine_dir, threads=threads or None, profile_dir=tmp)
+        kinds = node_kinds(os.path.join(tmp, "step_optimized.onnx"))
+        bench = OurStepBench(backend, workload, batch, past, 1, steps + 1)
+        bench.burst(steps + 1)  # the first of these is the warm one
+        events = json.loads(backend.end_profiling().read_text())
+        backend.close()
+    # Only the last `steps` runs count: the prefill steps and one warm step come first.
+    model_runs = sorted((e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"),
+                        key=lambda e: e["ts"])
+    start = model_runs[-steps]["ts"]
     by_op, by_node, by_kind, runs = collections.Counter(), collections.Counter(), collections.Counter(), []
     for e in events:
+        if e.get("ts", 0) < start:
+            continue
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             node = e["name"][: -len("_kernel_time")]
             by_op[e["args"].get("op_name", "?")] += e["dur"]
@@ -63,8 +48,7 @@ def profile(engine_dir: str, *, past: int, batch: int, steps: int, workload: str
         elif e.get("cat") == "Session" and e["name"] == "model_run":
             runs.append(e["dur"])
     kernel_us = sum(by_op.values())
-    timed = runs[1:] or runs  # the first model_run is the warm one
-    per_run_us = float(np.mean(timed)) if timed else 0.0
+    per_run_us = float(np.mean(runs)) if runs else 0.0
     return {
         "engine_dir": str(engine_dir), "threads": threads or "default", "past": past, "batch": batch, "rows": bench.rows, "runs": len(runs),
         "model_run_ms_mean": per_run_us / 1e3,

@@ -309,10 +309,10 @@ def run(args: argparse.Namespace) -> int:
                    "repeats": d["repeats"], "e2e_seconds": d["e2e_seconds"], "threads": args.threads,
                    "guidance": 3.0, "top_k": 250, "in_process": in_process,
                    "method": (
-                       "steps/s = 1 / (min over repeats of a burst of `burst` steady-state steps at "
-                       "positions past..past+burst-1, divided by burst); our engines: backend.step with "
-                       "the request's edit tensors + KV write + CFG + top-k sampling on a static cache of "
-                       "capacity past+burst; transformers: model forward on an EncoderDecoderCache whose "
+                       "steps/s = 1 / (min over repeats of a burst of `burst` steady-state steps after "
+                       "`past` positions, divided by burst); our engines: a real request stepped to `past` "
+                       "by the engine core, then EngineCore.step() (backend step reading and writing its "
+                       "own pool + CFG + top-k sampling), capacity = positions the steps read; transformers: model forward on an EncoderDecoderCache whose "
                        "DynamicCache holds `past` positions (grown by torch.cat, cropped back between "
                        "bursts) + CFG + top-k + multinomial. Roofline = bandwidth / (decoder weight bytes "
                        "read per step + self K/V over capacity + cross K/V). End to end: one request of "

@@ -182,6 +182,7 @@ def test_step_binds_once_and_reads_the_pool_in_place(ort_backend):
         assert not np.any(np.all(after == before, axis=(1, 2, 3, 4)))  # every row's K/V was written
         positions = positions + 1
     assert backend.binds == binds  # nothing rebound
+    assert backend.input_copies == 0  # every input is one of the backend's own buffers, bound in place
     kv, n = backend.pool.kv, 7
     for i in range(shapes.num_layers):
         assert backend._bound[f"past_key_{i}"].ptr == kv[i, 0, :n].__array_interface__["data"][0]

@@ -54,12 +54,15 @@ class OrtBackend:
     `providers`: onnxruntime execution providers (default: CUDA if present, then CPU).
     `threads`: intra-op threads of every session (default: onnxruntime's, one per core).
     `step_file`: run another decoder-step graph of the same directory (export uses it to
-    compare the int8 graph with fp32)."""
+    compare the int8 graph with fp32).
+    `profile_dir`: profile the decoder step with onnxruntime's profiler into this folder,
+    beside the graph as onnxruntime optimized it (`step_optimized.onnx`, for node names);
+    `end_profiling()` returns the trace file (benchmarks.profile_ort reads it)."""
 
     name = "ort"
 
     def __init__(self, engine_dir: str | Path, *, providers: list[str] | None = None,
-                 step_file: str | None = None, threads: int | None = None):
+                 step_file: str | None = None, threads: int | None = None, profile_dir: str | Path | None = None):
         self.manifest: Manifest = load_manifest(engine_dir)
         self.shapes = self.manifest.shapes
         self.is_random = bool(self.manifest.data.get("is_random", False))
@@ -67,6 +70,7 @@ class OrtBackend:
                                                  max_tokens=self.shapes.max_text_tokens)
         self.providers = list(providers) if providers is not None else default_providers()
         self.threads = threads
+        self.profile_dir = Path(profile_dir) if profile_dir is not None else None
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._text = self._session("text_encoder")
         self._cross = self._session("cross_kv")
@@ -84,6 +88,7 @@ class OrtBackend:
         self._binding = self._step.io_binding()
         self._bound: dict[str, _Binding] = {}
         self.binds = 0  # bind_input calls so far (0 per step in steady state)
+        self.input_copies = 0  # inputs converted or made contiguous before binding (0 in steady state)
         self._outputs: dict[str, np.ndarray] = {}
         self._out_rows = -1
         self.slots: SlotTable | None = None
@@ -101,6 +106,12 @@ class OrtBackend:
         options.log_severity_level = 3
         if self.threads:
             options.intra_op_num_threads = self.threads
+        if graph == "decoder_step" and self.profile_dir is not None:
+            options.enable_profiling = True
+            options.profile_file_prefix = str(self.profile_dir / "step")
+            options.optimized_model_filepath = str(self.profile_dir / "step_optimized.onnx")
+            options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                             "step_optimized.data")
         try:
             session = ort.InferenceSession(str(path), options, providers=self.providers)
         except Exception as exc:  # onnxruntime raises its own Fail / InvalidProtobuf / ...
@@ -154,17 +165,16 @@ class OrtBackend:
         self.pool.ensure(n, phys.attended, self.slots.needed_positions())
         if n != self._out_rows:
             self._allocate_outputs(n)
-        self._bind("codes", phys.codes)
-        self._bind("positions", phys.positions)
-        self._bind("text_mask", phys.text_mask)
+        keep = [self._bind("codes", phys.codes), self._bind("positions", phys.positions),  # converted
+                self._bind("text_mask", phys.text_mask)]  # copies must outlive the run
         self._bind_kv(n)
-        for name in STEP_EDIT_INPUTS:
-            self._bind(name, getattr(phys.edit, name.removeprefix("edit_")))
+        keep += [self._bind(name, getattr(phys.edit, name.removeprefix("edit_"))) for name in STEP_EDIT_INPUTS]
         if self._on_cuda:
             self._binding.synchronize_inputs()
         self._step.run_with_iobinding(self._binding)
         if self._on_cuda:
             self._binding.synchronize_outputs()
+        del keep
         out = self._outputs
         self.pool.write(batch.slots, batch.positions, out["new_kv"])
         self.slots.written(batch)
@@ -192,6 +202,7 @@ class OrtBackend:
         dtype = self._step_dtypes[name]
         if array.dtype != dtype or not array.flags.c_contiguous:
             array = np.ascontiguousarray(array, dtype=dtype)
+            self.input_copies += 1
         ptr = array.__array_interface__["data"][0]
         seen = self._bound.get(name)
         if seen is None or seen.ptr != ptr or seen.shape != array.shape or seen.dtype != dtype:
@@ -224,6 +235,9 @@ class OrtBackend:
             raise AudioError(f"audio is {wav.shape[-1] if wav.ndim else 0} samples, the encoder needs a mono "
                              f"clip of at least {need} ({need / self.shapes.sample_rate:.2f} s)")
         return self._lazy("encodec_encode").run(["codes"], {"wav": wav})[0]
+
+    def end_profiling(self) -> Path:
+        return Path(self._step.end_profiling())
 
     # -- lifetime -----------------------------------------------------------------------
 

@@ -49,6 +49,9 @@ class SlotTable:
         self.length = np.zeros(max_slots, dtype=np.int64)  # positions written per slot
         self._identity = EditStepInputs.identity(max_slots, T, L, H)
         self._edit = EditStepInputs.identity(max_slots, T, L, H)  # working buffers
+        # captured [layers, rows, heads, T]: a prefix of rows is not contiguous, so one
+        # buffer per row count (a step's inputs are bound by pointer, and stay put).
+        self._captured: dict[int, np.ndarray] = {}
         self._codes = np.full((max_slots, K), shapes.pad_token_id, dtype=np.int64)
         self._positions = np.zeros(max_slots, dtype=np.int64)
 
@@ -86,7 +89,10 @@ class SlotTable:
         positions.fill(0)
         codes[slots] = batch.codes
         positions[slots] = batch.positions
-        edit = EditStepInputs(**{f.name: _rows(getattr(self._edit, f.name), f.name, n)
+        if n not in self._captured:
+            s = self.shapes
+            self._captured[n] = np.zeros((s.num_layers, n, s.num_heads, s.max_text_tokens), np.float32)
+        edit = EditStepInputs(**{f.name: self._captured[n] if f.name == "captured" else getattr(self._edit, f.name)[:n]
                                  for f in dataclasses.fields(EditStepInputs)})
         for f in dataclasses.fields(EditStepInputs):
             np.copyto(getattr(edit, f.name), _rows(getattr(self._identity, f.name), f.name, n))
