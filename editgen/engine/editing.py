@@ -5,7 +5,7 @@ teacher-forced on EnCodec codes of a WAV), and time-region edits."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -13,7 +13,9 @@ from editgen.engine.contract import Backend
 from editgen.engine.capture import SourceCapture
 from editgen.engine.delay import DelayPattern
 from editgen.engine.edit import EditBatch, EditPlan, EditSpec, compile_edit
-from editgen.engine.generate import generate_codes
+from editgen.engine.backends.slots import MIN_ROWS
+from editgen.engine.core import EngineCore
+from editgen.engine.requests import Request
 from editgen.engine.hooks import ForceFrames, MeanMaps, RowMaps
 from editgen.engine.options import GenerationOptions
 from editgen.errors import InvalidRequestError
@@ -67,9 +69,26 @@ def options_for_audio(options: GenerationOptions, codes: np.ndarray, frame_rate:
     return dataclasses.replace(options, seconds=codes.shape[-1] / frame_rate)
 
 
-def edit(backend: Backend, specs: Sequence[EditSpec], options: GenerationOptions, *,
-         region: Region | None = None, audio_codes: np.ndarray | None = None,
-         progress: bool = True) -> EditResult:
+class Job:
+    """A request ready for an engine core, and how to turn its codes into a result.
+    `edit` / `edit_from_capture` / `capture_source` run one to the end; a server submits
+    `job.request` to its shared EngineCore and calls `job.result()` when it finished."""
+
+    def __init__(self, request: Request, finish: Callable[[Request], object]):
+        self.request, self._finish = request, finish
+
+    def result(self):
+        return self._finish(self.request)
+
+
+def run_job(backend: Backend, job: Job, progress: bool = True):
+    core = EngineCore(backend, max_rows=max(job.request.rows, MIN_ROWS))
+    core.run(job.request, progress=progress)
+    return job.result()
+
+
+def edit_job(backend: Backend, specs: Sequence[EditSpec], options: GenerationOptions, *,
+             region: Region | None = None, audio_codes: np.ndarray | None = None) -> Job:
     """Paired mode: rows [source, target_1..n]; `audio_codes` [K, frames] teacher-forces the source."""
     shapes = backend.shapes
     plans = compile_specs(backend, specs)
@@ -85,13 +104,17 @@ def edit(backend: Backend, specs: Sequence[EditSpec], options: GenerationOptions
         outside = ~region.frame_mask(frames, shapes.frame_rate)
         overrides.append(ForceFrames(pattern, range(1, 1 + n), outside, from_row=0))
     maps = MeanMaps(steps, 1 + n, shapes.max_text_tokens)
-    result = generate_codes(backend, prompts, options, edits=batch, overrides=overrides,
-                            recorders=[maps], progress=progress)
-    return EditResult(result.codes[0], result.codes[1:], plans, maps.maps, options)
+    request = Request(shapes, prompts, options, edits=batch, overrides=overrides, recorders=[maps])
+
+    def finish(r: Request) -> EditResult:
+        codes = r.codes()
+        return EditResult(codes[0], codes[1:], plans, maps.maps, options)
+
+    return Job(request, finish)
 
 
-def edit_from_capture(backend: Backend, capture: SourceCapture, specs: Sequence[EditSpec], *,
-                      region: Region | None = None, progress: bool = True) -> EditResult:
+def edit_from_capture_job(backend: Backend, capture: SourceCapture, specs: Sequence[EditSpec], *,
+                          region: Region | None = None) -> Job:
     """Captured mode: the source is not run; its maps and codes come from `capture`."""
     shapes = backend.shapes
     capture.check_compatible(backend, specs)
@@ -106,16 +129,18 @@ def edit_from_capture(backend: Backend, capture: SourceCapture, specs: Sequence[
         outside = ~region.frame_mask(frames, shapes.frame_rate)
         overrides.append(ForceFrames(pattern, range(n), outside, source_codes=capture.codes))
     maps = MeanMaps(steps, n, shapes.max_text_tokens)
-    result = generate_codes(backend, [p.target for p in plans], options, edits=batch, overrides=overrides,
-                            recorders=[maps], progress=progress)
-    source_mean = capture.maps.astype(np.float32).mean(axis=(1, 2))[:, None]  # [steps, 1, T]
-    return EditResult(capture.codes, result.codes, plans, np.concatenate([source_mean, maps.maps], axis=1),
-                      options)
+    request = Request(shapes, [p.target for p in plans], options, edits=batch, overrides=overrides,
+                      recorders=[maps])
+
+    def finish(r: Request) -> EditResult:
+        source_mean = capture.maps.astype(np.float32).mean(axis=(1, 2))[:, None]  # [steps, 1, T]
+        return EditResult(capture.codes, r.codes(), plans, np.concatenate([source_mean, maps.maps], axis=1), options)
+
+    return Job(request, finish)
 
 
-def capture_source(backend: Backend, source: str, options: GenerationOptions, *,
-                   audio_codes: np.ndarray | None = None, dtype=np.float16,
-                   progress: bool = True) -> SourceCapture:
+def capture_job(backend: Backend, source: str, options: GenerationOptions, *,
+                audio_codes: np.ndarray | None = None, dtype=np.float16) -> Job:
     """Generates (or, with `audio_codes`, teacher-forces) the source and records its
     conditional cross-attention maps [steps, layers, heads, T] in `dtype`."""
     shapes = backend.shapes
@@ -123,17 +148,36 @@ def capture_source(backend: Backend, source: str, options: GenerationOptions, *,
     if audio_codes is not None:
         options = options_for_audio(options, audio_codes, shapes.frame_rate)
     pattern = _pattern(shapes, options)
-    steps = pattern.steps
     overrides = [] if audio_codes is None else [_teacher_force_source(pattern, audio_codes)]
-    maps = RowMaps(steps, 0, shapes.num_layers, shapes.num_heads, shapes.max_text_tokens, dtype=dtype)
-    result = generate_codes(backend, [prompt], options, overrides=overrides, recorders=[maps], progress=progress)
-    return SourceCapture(prompt=source, codes=result.codes[0], maps=maps.maps, options=options,
-                         shapes=shapes)
+    maps = RowMaps(pattern.steps, 0, shapes.num_layers, shapes.num_heads, shapes.max_text_tokens, dtype=dtype)
+    request = Request(shapes, [prompt], options, overrides=overrides, recorders=[maps])
+
+    def finish(r: Request) -> SourceCapture:
+        return SourceCapture(prompt=source, codes=r.codes()[0], maps=maps.maps, options=options, shapes=shapes)
+
+    return Job(request, finish)
+
+
+def edit(backend: Backend, specs: Sequence[EditSpec], options: GenerationOptions, *,
+         region: Region | None = None, audio_codes: np.ndarray | None = None,
+         progress: bool = True) -> EditResult:
+    return run_job(backend, edit_job(backend, specs, options, region=region, audio_codes=audio_codes), progress)
+
+
+def edit_from_capture(backend: Backend, capture: SourceCapture, specs: Sequence[EditSpec], *,
+                      region: Region | None = None, progress: bool = True) -> EditResult:
+    return run_job(backend, edit_from_capture_job(backend, capture, specs, region=region), progress)
+
+
+def capture_source(backend: Backend, source: str, options: GenerationOptions, *,
+                   audio_codes: np.ndarray | None = None, dtype=np.float16,
+                   progress: bool = True) -> SourceCapture:
+    return run_job(backend, capture_job(backend, source, options, audio_codes=audio_codes, dtype=dtype), progress)
 
 
 def _pattern(shapes, options: GenerationOptions) -> DelayPattern:
-    """The delay pattern generate_codes will use for `options` (overrides need it up
-    front); validates the duration."""
+    """The delay pattern a Request will use for `options` (overrides need it up front);
+    validates the duration."""
     steps = shapes.steps_for_frames(options.frames(shapes))
     return DelayPattern(shapes.num_codebooks, steps + 1, shapes.pad_token_id)
 

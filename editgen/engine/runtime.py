@@ -7,7 +7,8 @@ import dataclasses
 import numpy as np
 
 from editgen.engine.contract import Backend
-from editgen.engine.generate import generate_codes
+from editgen.engine.editing import Job, run_job
+from editgen.engine.requests import Request
 from editgen.engine.options import GenerationOptions
 from editgen.errors import InvalidRequestError
 
@@ -42,8 +43,16 @@ class Generated:
     sample_rate: int
 
 
+def generate_job(backend: Backend, prompt: str, options: GenerationOptions) -> Job:
+    """Codes of one prompt; the result is Generated (decoded audio)."""
+    request = Request(backend.shapes, [backend.tokenizer.encode(prompt)], options)
+
+    def finish(r: Request) -> Generated:
+        codes = r.codes()
+        return Generated(backend.decode_audio(codes)[0], codes[0], backend.shapes.sample_rate)
+
+    return Job(request, finish)
+
+
 def generate(backend: Backend, prompt: str, options: GenerationOptions, *, progress: bool = True) -> Generated:
-    tokenized = backend.tokenizer.encode(prompt)
-    result = generate_codes(backend, [tokenized], options, progress=progress)
-    wav = backend.decode_audio(result.codes)[0]
-    return Generated(wav, result.codes[0], backend.shapes.sample_rate)
+    return run_job(backend, generate_job(backend, prompt, options), progress)
