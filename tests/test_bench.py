@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import run as bench
+from tests.test_onnx import exported  # noqa: F401  (session fixture: one export per variant)
 
 REPO = Path(__file__).resolve().parent.parent
 PUBLISHED = REPO / "docs" / "bench"
@@ -113,3 +114,27 @@ def test_default_output_is_in_the_current_directory():
     args = bench._Parser()
     bench.add_arguments(args)
     assert args.parse_args([]).out == Path("bench-results")  # relative: the current directory
+
+
+def test_e2e_quick_writes_latency_throughput_and_plot(tmp_path, exported):
+    """benchmarks.e2e on random:tiny: every configuration measured, PNG written."""
+    from benchmarks import e2e
+
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    (exports / "tiny_fp32").symlink_to(exported("random:tiny"))
+    (exports / "tiny_int8").symlink_to(exported("random:tiny", quantize="int8"))
+    out = tmp_path / "e2e"
+    assert e2e.main(["--quick", "--exports", str(exports), "--out", str(out), "--threads", "1"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    latency = {(r["engine"], r["seconds"]): r for r in results["latency"]}
+    assert set(latency) == {(e, s) for e in ("ort-fp32", "ort-int8", "transformers") for s in e2e.QUICK["seconds"]}
+    for (engine, seconds), r in latency.items():
+        assert r["steps"] == round(seconds * 50) + 3 and r["rows"] == 4 and r["wall_s"] > 0
+        if engine != "transformers":  # one backend step per decoder step, all timed
+            assert len(r["trace"]["step_ms"]) == -(-r["steps"] // 25) and r["decode_s"] > 0
+    assert [r["requests"] for r in results["concurrency"]] == e2e.QUICK["concurrency"]
+    for r in results["concurrency"]:
+        assert r["rows"] == 4 * r["requests"]
+        assert r["audio_s_per_s"] == pytest.approx(r["requests"] * r["seconds_each"] / r["wall_s"])
+    assert (out / "e2e.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
