@@ -1,4 +1,5 @@
-"""ONNX export and the ORT backend against the torch backend (random:tiny, random:tiny2).
+"""ONNX export and the ORT backend against the torch backend (random:tiny, random:tiny2;
+random:tiny-stereo for the step, generation, one edit op, capture and the codec).
 
 Fixtures: `exported(spec, **export_options)` exports once per session and returns the
 directory; `ort_backend(spec)` is an OrtBackend over the fp32 export (cached), and
@@ -28,6 +29,7 @@ from tests.conftest import loaded_model, torch_backend
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ["random:tiny", "random:tiny2"]
+STEREO = "random:tiny-stereo"  # 8 codebooks, 2-channel codec graphs
 SRC = "lofi piano with warm drums"
 STEPS = 60  # >= 50 decoder steps per generation
 ATOL = 1e-4
@@ -149,8 +151,8 @@ def scripted_steps(backend, shapes, seed, *, edited, steps=5):
     return out
 
 
-@pytest.mark.parametrize("spec", CONFIGS)
-@pytest.mark.parametrize("edited", [False, True], ids=["identity", "edited"])
+@pytest.mark.parametrize("spec, edited", [(c, e) for e in (False, True) for c in CONFIGS] + [(STEREO, True)],
+                         ids=lambda v: {False: "identity", True: "edited"}.get(v, v) if isinstance(v, bool) else v)
 def test_step_matches_torch(spec, edited, ort_backend):
     """The contract by hand on both backends: logits and maps within 1e-4 at every step
     (later steps read the K/V each backend wrote into its own pool)."""
@@ -240,7 +242,7 @@ def test_kv_inputs_are_read_in_place(exported, variant, tmp_path):
 # -- generation -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("spec", CONFIGS)
+@pytest.mark.parametrize("spec", CONFIGS + [STEREO])
 def test_greedy_generation_matches_torch(spec, ort_backend):
     ort_b, ref = ort_backend(spec), torch_backend(spec)
     opts = options(ref.shapes)
@@ -264,8 +266,7 @@ EDITS = {
 }
 
 
-@pytest.mark.parametrize("spec", CONFIGS)
-@pytest.mark.parametrize("op", list(EDITS))
+@pytest.mark.parametrize("spec, op", [(c, op) for op in EDITS for c in CONFIGS] + [(STEREO, "replace")])
 def test_edit_generation_matches_torch(spec, op, ort_backend):
     """Paired edits: identical codes for every row, full maps within 1e-4."""
     ort_b, ref = ort_backend(spec), torch_backend(spec)
@@ -282,7 +283,7 @@ def test_edit_generation_matches_torch(spec, op, ort_backend):
     np.testing.assert_allclose(results["ort"][1], results["torch"][1], atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("spec", CONFIGS)
+@pytest.mark.parametrize("spec", CONFIGS + [STEREO])
 def test_captured_and_real_audio_edits_match_torch(spec, ort_backend):
     ort_b, ref = ort_backend(spec), torch_backend(spec)
     opts = options(ref.shapes)
@@ -291,7 +292,8 @@ def test_captured_and_real_audio_edits_match_torch(spec, ort_backend):
     for name, backend in (("torch", ref), ("ort", ort_b)):
         cap = capture_source(backend, SRC, opts, dtype=np.float32, progress=False)
         captured = edit_from_capture(backend, cap, target, progress=False)
-        wav = backend.decode_audio(cap.codes[None])[0]
+        wav = backend.decode_audio(cap.codes[None])[0]  # [channels, samples]
+        assert wav.shape[0] == backend.shapes.audio_channels
         audio_codes = backend.encode_audio(wav)
         real = edit(backend, target, opts, audio_codes=audio_codes, progress=False)
         out[name] = cap, captured, wav, audio_codes, real
@@ -380,6 +382,19 @@ def test_manifest_contents(exported):
             else:
                 assert e["max_abs_error"] <= 1e-5 * max(1.0, e["max_abs_ref"]), (name, output, e)
     assert (engine / data["tokenizer"]).is_file()
+
+
+def test_stereo_manifest_codec_graphs(exported):
+    """A stereo export: shapes carry audio_channels; the EnCodec graphs have a static
+    channel axis of 2 (decode [clips, 2, samples], encode [2, samples] -> [8, frames])."""
+    manifest = load_manifest(exported(STEREO))
+    assert manifest.data["format_version"] == 4
+    assert manifest.shapes == loaded_model(STEREO).shapes and manifest.shapes.audio_channels == 2
+    decode, encode = manifest.graphs["encodec_decode"], manifest.graphs["encodec_encode"]
+    assert decode.input("codes").shape == ("clips", 8, "frames")
+    assert decode.output("audio").shape == ("clips", 2, "samples")
+    assert encode.input("wav").shape == (2, "samples")
+    assert encode.output("codes").shape == (8, "frames")
 
 
 def test_tensor_spec_axes_are_parsed_not_evaluated(tmp_path):

@@ -98,3 +98,33 @@ def test_greedy_codes_and_audio_match_transformers_generate(spec):
     np.testing.assert_array_equal(ours, theirs)
     assert wav.shape == audio.shape == (1, shapes.audio_channels, frames * shapes.sample_rate // shapes.frame_rate)
     np.testing.assert_allclose(wav, audio, atol=1e-5, rtol=0)
+
+
+def test_stereo_encode_matches_transformers_audio_prompt():
+    """transformers' generate encodes a stereo audio prompt per channel and interleaves
+    the codes; the prompt's frames come back first in its output codes. Ours equal them."""
+    spec = "random:tiny-stereo"
+    loaded, backend = loaded_model(spec), torch_backend(spec)
+    codes = np.random.default_rng(0).integers(0, backend.shapes.vocab_size, size=(1, 8, 10))
+    wav = backend.decode_audio(codes)[0]  # [2, samples]
+    ours = backend.encode_audio(wav)  # [8, 10]
+    tok = backend.tokenizer.encode(PROMPTS[0])
+    captured = []
+    decode = loaded.model.audio_encoder.decode
+
+    def spy(codes, *args, **kwargs):
+        captured.append(codes.clone())
+        return decode(codes, *args, **kwargs)
+
+    loaded.model.audio_encoder.decode = spy
+    try:
+        with torch.no_grad():
+            loaded.model.generate(
+                input_ids=torch.tensor(tok.ids[None, : tok.length]),
+                attention_mask=torch.tensor(tok.mask[None, : tok.length]),
+                input_values=torch.tensor(wav[None]), do_sample=False, guidance_scale=3.0, max_new_tokens=5,
+            )
+    finally:
+        loaded.model.audio_encoder.decode = decode
+    theirs = torch.stack([c[0] for c in captured], dim=2).flatten(1, 2).numpy()[0]  # [8, frames]
+    np.testing.assert_array_equal(ours, theirs[:, : ours.shape[1]])
