@@ -243,3 +243,21 @@ def test_melody_hub_id_is_refused_before_any_weights(monkeypatch, tmp_path):
     with pytest.raises(CheckpointError, match=r"^facebook/musicgen-melody is a MusicGen-Melody checkpoint"):
         loading.load_musicgen("facebook/musicgen-melody")
     assert fetched == ["config.json"]
+
+
+def test_bad_audio_channels_in_a_manifest_is_one_line(tmp_path):
+    """Shapes read from files are checked: a manifest claiming 3 channels is an
+    ExportDirError naming the file, not an assert."""
+    from editgen.engine.config import ModelShapes
+    from editgen.engine.manifest import FORMAT_VERSION, load_manifest
+    from editgen.errors import ExportDirError
+    from editgen.version import __version__
+
+    shapes = dict(num_layers=1, hidden_size=8, num_heads=1, num_codebooks=8, audio_channels=3)
+    with pytest.raises(ValueError, match="audio_channels 3 with 8 codebooks"):
+        ModelShapes(**shapes)
+    (tmp_path / "manifest.json").write_text(json.dumps(
+        {"format_version": FORMAT_VERSION, "editgen_version": __version__, "shapes": shapes,
+         "graphs": {}, "tokenizer": "tokenizer.json"}))
+    with pytest.raises(ExportDirError, match=r"manifest\.json is incomplete or malformed \(ValueError: audio_channels 3"):
+        load_manifest(tmp_path)

@@ -27,9 +27,11 @@ class ModelShapes:
     audio_channels: int = 1
 
     def __post_init__(self):
-        # Internal invariant: loading refuses other checkpoints with a one-line error first.
-        assert self.audio_channels in (1, 2) and self.num_codebooks % self.audio_channels == 0, (
-            self.audio_channels, self.num_codebooks)
+        # Shapes also come from files (export manifests, capture files): a ValueError that
+        # their readers turn into one line, not an assert.
+        if self.audio_channels not in (1, 2) or self.num_codebooks % self.audio_channels:
+            raise ValueError(f"audio_channels {self.audio_channels!r} with {self.num_codebooks} codebooks: "
+                             "MusicGen is mono or stereo (codebooks split evenly between the channels)")
 
     @property
     def channel_codebooks(self) -> int:

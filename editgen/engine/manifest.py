@@ -186,7 +186,7 @@ def load_manifest(root: str | Path) -> Manifest:
         shapes = ModelShapes.from_dict(data["shapes"])
         raw_graphs = data["graphs"]
         tokenizer = data["tokenizer"]
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise ExportDirError(f"{path} is incomplete or malformed ({type(exc).__name__}: {exc})") from None
     graphs = {}
     for name in GRAPHS:
