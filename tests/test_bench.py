@@ -81,7 +81,7 @@ def no_work(monkeypatch):
 
 
 @pytest.mark.parametrize("case, argv, message", [
-    ("preset", ["--preset", "huge"], r"--preset 'huge' is not a preset: choose one of tiny, tiny2, small"),
+    ("preset", ["--preset", "huge"], r"--preset 'huge' is not a preset: choose one of tiny, tiny2, tiny-stereo, small"),
     ("frames", ["--frames", "5000"], r"--frames 5000: the model has 2048 positions .* use at most 2046"),
     ("frames syntax", ["--frames", "a,b"], r"'a,b' is not a comma-separated list of integers"),
     ("burst", ["--burst", "0"], r"--burst is 0, must be at least 1"),

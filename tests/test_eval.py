@@ -144,6 +144,21 @@ def test_load_audio_mixes_to_mono_float32(tmp_path):
     np.testing.assert_allclose(audio.samples, music() / 2, atol=1e-4)  # 16-bit wav
 
 
+def test_stereo_pair_is_scored_on_the_mono_mix_with_a_note(tmp_path):
+    """Stereo files (stereo MusicGen's output) score as their mono mix: a stereo pair with
+    the same mix as a mono pair gets the same numbers, and each stereo file a note."""
+    steady = tones([69], note_s=3.0)
+    stereo = np.stack([steady, 0.5 * steady], axis=1)  # mix: 0.75 * steady
+    write(tmp_path / "s.wav", stereo)
+    write(tmp_path / "m.wav", 0.75 * steady)
+    both = evaluate_pair(Pair(source=tmp_path / "s.wav", edited=tmp_path / "s.wav"))
+    mixed = evaluate_pair(Pair(source=tmp_path / "s.wav", edited=tmp_path / "m.wav"))
+    assert both.melody_accuracy == mixed.melody_accuracy == 1.0
+    assert both.dynamics_correlation == pytest.approx(mixed.dynamics_correlation, abs=1e-6)
+    stereo_notes = [n for n in mixed.notes if "channels" in n]
+    assert stereo_notes == [f"{tmp_path / 's.wav'} has 2 channels: scored on the mono mix (mean of the channels)"]
+
+
 def test_load_audio_errors(tmp_path):
     garbage = tmp_path / "garbage.wav"
     garbage.write_bytes(b"not a wav file at all")

@@ -1,4 +1,5 @@
-"""ONNX export and the ORT backend against the torch backend (random:tiny, random:tiny2).
+"""ONNX export and the ORT backend against the torch backend (random:tiny, random:tiny2;
+random:tiny-stereo for the step, generation, one edit op, capture and the codec).
 
 Fixtures: `exported(spec, **export_options)` exports once per session and returns the
 directory; `ort_backend(spec)` is an OrtBackend over the fp32 export (cached), and
@@ -28,6 +29,7 @@ from tests.conftest import loaded_model, torch_backend
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ["random:tiny", "random:tiny2"]
+STEREO = "random:tiny-stereo"  # 8 codebooks, 2-channel codec graphs
 SRC = "lofi piano with warm drums"
 STEPS = 60  # >= 50 decoder steps per generation
 ATOL = 1e-4
@@ -66,7 +68,7 @@ def ort_backend(exported):
 
 
 def options(shapes, **kw) -> GenerationOptions:
-    frames = STEPS - shapes.num_codebooks + 1
+    frames = STEPS - shapes.channel_codebooks + 1
     return GenerationOptions(seconds=frames / shapes.frame_rate, guidance_scale=3.0, greedy=True, **kw)
 
 
@@ -149,8 +151,8 @@ def scripted_steps(backend, shapes, seed, *, edited, steps=5):
     return out
 
 
-@pytest.mark.parametrize("spec", CONFIGS)
-@pytest.mark.parametrize("edited", [False, True], ids=["identity", "edited"])
+@pytest.mark.parametrize("spec, edited", [(c, e) for e in (False, True) for c in CONFIGS] + [(STEREO, True)],
+                         ids=lambda v: {False: "identity", True: "edited"}.get(v, v) if isinstance(v, bool) else v)
 def test_step_matches_torch(spec, edited, ort_backend):
     """The contract by hand on both backends: logits and maps within 1e-4 at every step
     (later steps read the K/V each backend wrote into its own pool)."""
@@ -240,7 +242,7 @@ def test_kv_inputs_are_read_in_place(exported, variant, tmp_path):
 # -- generation -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("spec", CONFIGS)
+@pytest.mark.parametrize("spec", CONFIGS + [STEREO])
 def test_greedy_generation_matches_torch(spec, ort_backend):
     ort_b, ref = ort_backend(spec), torch_backend(spec)
     opts = options(ref.shapes)
@@ -250,7 +252,7 @@ def test_greedy_generation_matches_torch(spec, ort_backend):
         maps = FullMaps()
         codes = generate_codes(backend, prompts, opts, recorders=[maps], progress=False).codes
         results[name] = codes, maps.array()
-    assert results["torch"][0].shape[-1] == STEPS - ref.shapes.num_codebooks + 1
+    assert results["torch"][0].shape[-1] == STEPS - ref.shapes.channel_codebooks + 1
     np.testing.assert_array_equal(results["ort"][0], results["torch"][0])
     np.testing.assert_allclose(results["ort"][1], results["torch"][1], atol=ATOL, rtol=0)
 
@@ -264,8 +266,7 @@ EDITS = {
 }
 
 
-@pytest.mark.parametrize("spec", CONFIGS)
-@pytest.mark.parametrize("op", list(EDITS))
+@pytest.mark.parametrize("spec, op", [(c, op) for op in EDITS for c in CONFIGS] + [(STEREO, "replace")])
 def test_edit_generation_matches_torch(spec, op, ort_backend):
     """Paired edits: identical codes for every row, full maps within 1e-4."""
     ort_b, ref = ort_backend(spec), torch_backend(spec)
@@ -282,7 +283,7 @@ def test_edit_generation_matches_torch(spec, op, ort_backend):
     np.testing.assert_allclose(results["ort"][1], results["torch"][1], atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("spec", CONFIGS)
+@pytest.mark.parametrize("spec", CONFIGS + [STEREO])
 def test_captured_and_real_audio_edits_match_torch(spec, ort_backend):
     ort_b, ref = ort_backend(spec), torch_backend(spec)
     opts = options(ref.shapes)
@@ -291,7 +292,8 @@ def test_captured_and_real_audio_edits_match_torch(spec, ort_backend):
     for name, backend in (("torch", ref), ("ort", ort_b)):
         cap = capture_source(backend, SRC, opts, dtype=np.float32, progress=False)
         captured = edit_from_capture(backend, cap, target, progress=False)
-        wav = backend.decode_audio(cap.codes[None])[0]
+        wav = backend.decode_audio(cap.codes[None])[0]  # [channels, samples]
+        assert wav.shape[0] == backend.shapes.audio_channels
         audio_codes = backend.encode_audio(wav)
         real = edit(backend, target, opts, audio_codes=audio_codes, progress=False)
         out[name] = cap, captured, wav, audio_codes, real
@@ -309,7 +311,7 @@ def test_captured_and_real_audio_edits_match_torch(spec, ort_backend):
 def test_encode_refuses_too_short_audio(ort_backend):
     backend = ort_backend("random:tiny")
     with pytest.raises(AudioError, match="at least"):
-        backend.encode_audio(np.zeros(100, np.float32))
+        backend.encode_audio(np.zeros((1, 100), np.float32))
 
 
 def test_runs_without_torch_in_a_fresh_process(exported):
@@ -322,7 +324,7 @@ from editgen.engine.options import GenerationOptions
 from editgen.engine.runtime import generate
 with OrtBackend({str(engine)!r}) as b:
     out = generate(b, "lofi piano", GenerationOptions(seconds=0.3, greedy=True), progress=False)
-assert out.wav.shape[0] > 0 and out.codes.shape[0] == b.shapes.num_codebooks
+assert out.wav.shape == (1, 15 * 640) and out.codes.shape[0] == b.shapes.num_codebooks
 bad = sorted(m for m in sys.modules if m == "torch" or m.startswith(("torch.", "transformers")))
 assert not bad, bad
 print("ok")
@@ -380,6 +382,19 @@ def test_manifest_contents(exported):
             else:
                 assert e["max_abs_error"] <= 1e-5 * max(1.0, e["max_abs_ref"]), (name, output, e)
     assert (engine / data["tokenizer"]).is_file()
+
+
+def test_stereo_manifest_codec_graphs(exported):
+    """A stereo export: shapes carry audio_channels; the EnCodec graphs have a static
+    channel axis of 2 (decode [clips, 2, samples], encode [2, samples] -> [8, frames])."""
+    manifest = load_manifest(exported(STEREO))
+    assert manifest.data["format_version"] == 4
+    assert manifest.shapes == loaded_model(STEREO).shapes and manifest.shapes.audio_channels == 2
+    decode, encode = manifest.graphs["encodec_decode"], manifest.graphs["encodec_encode"]
+    assert decode.input("codes").shape == ("clips", 8, "frames")
+    assert decode.output("audio").shape == ("clips", 2, "samples")
+    assert encode.input("wav").shape == (2, "samples")
+    assert encode.output("codes").shape == (8, "frames")
 
 
 def test_tensor_spec_axes_are_parsed_not_evaluated(tmp_path):
@@ -455,7 +470,7 @@ def test_int8_export_reports_agreement(exported):
     assert not (engine / "decoder_step.int8.onnx").exists()
     with OrtBackend(engine) as backend:
         codes = generate_codes(backend, [backend.tokenizer.encode(SRC)], options(backend.shapes), progress=False).codes
-    assert codes.shape[-1] == STEPS - backend.shapes.num_codebooks + 1
+    assert codes.shape[-1] == STEPS - backend.shapes.channel_codebooks + 1
 
 
 def test_fp16_export_runs_close_to_fp32(exported, ort_backend):

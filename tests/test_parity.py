@@ -1,4 +1,5 @@
-"""Our decoder step and generation loop against transformers' own MusicGen (fp32, eager)."""
+"""Our decoder step, generation loop and codec against transformers' own MusicGen (fp32,
+eager), mono and stereo (random:tiny-stereo: 8 codebooks, left/right interleaved)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from editgen.engine.generate import generate_codes
 from editgen.engine.options import GenerationOptions
 from tests.conftest import loaded_model, torch_backend
 
-CONFIGS = ["random:tiny", "random:tiny2"]  # tiny2: other layers / heads / hidden
+CONFIGS = ["random:tiny", "random:tiny2", "random:tiny-stereo"]  # tiny2: other layers / heads / hidden
 PROMPTS = ["lofi piano with warm drums", "80s pop track with bassy drums and synth"]
 
 
@@ -60,21 +61,59 @@ def test_step_logits_match_transformers_forward(spec):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("spec", CONFIGS)
-def test_greedy_codes_match_transformers_generate(spec):
-    """Greedy with guidance 3.0: identical codes to MusicgenForConditionalGeneration.generate."""
+def test_greedy_codes_and_audio_match_transformers_generate(spec):
+    """Greedy with guidance 3.0: identical codes to MusicgenForConditionalGeneration.generate
+    over 60 steps, and our decoded audio [1, channels, samples] equal to what its generate
+    returns within 1e-5 (stereo: it decodes codebooks 0, 2, .. and 1, 3, .. separately)."""
     loaded, backend = loaded_model(spec), torch_backend(spec)
     shapes = backend.shapes
     steps = 60  # >= 50 decoder steps
-    frames = steps - shapes.num_codebooks + 1
+    frames = steps - shapes.channel_codebooks + 1
     options = GenerationOptions(seconds=frames / shapes.frame_rate, guidance_scale=3.0, greedy=True)
     tok = backend.tokenizer.encode(PROMPTS[0])
     ours = generate_codes(backend, [tok], options, progress=False).codes
+    wav = backend.decode_audio(ours)
 
-    captured = {}
+    captured = []  # what generate hands EnCodec: [1, 1, K / channels, frames], once per channel
     decode = loaded.model.audio_encoder.decode
 
     def spy(codes, *args, **kwargs):
-        captured["codes"] = codes.clone()
+        captured.append(codes.clone())
+        return decode(codes, *args, **kwargs)
+
+    loaded.model.audio_encoder.decode = spy
+    try:
+        with torch.no_grad():
+            audio = loaded.model.generate(
+                input_ids=torch.tensor(tok.ids[None, : tok.length]),
+                attention_mask=torch.tensor(tok.mask[None, : tok.length]),
+                do_sample=False, guidance_scale=3.0, max_new_tokens=steps,
+            ).numpy()
+    finally:
+        loaded.model.audio_encoder.decode = decode
+    assert len(captured) == shapes.audio_channels
+    # Interleave the channels' codebooks back: [1, C, channels, frames] -> [1, K, frames].
+    theirs = torch.stack([c[0] for c in captured], dim=2).flatten(1, 2).numpy()
+    assert theirs.shape == ours.shape == (1, shapes.num_codebooks, frames)
+    np.testing.assert_array_equal(ours, theirs)
+    assert wav.shape == audio.shape == (1, shapes.audio_channels, frames * shapes.sample_rate // shapes.frame_rate)
+    np.testing.assert_allclose(wav, audio, atol=1e-5, rtol=0)
+
+
+def test_stereo_encode_matches_transformers_audio_prompt():
+    """transformers' generate encodes a stereo audio prompt per channel and interleaves
+    the codes; the prompt's frames come back first in its output codes. Ours equal them."""
+    spec = "random:tiny-stereo"
+    loaded, backend = loaded_model(spec), torch_backend(spec)
+    codes = np.random.default_rng(0).integers(0, backend.shapes.vocab_size, size=(1, 8, 10))
+    wav = backend.decode_audio(codes)[0]  # [2, samples]
+    ours = backend.encode_audio(wav)  # [8, 10]
+    tok = backend.tokenizer.encode(PROMPTS[0])
+    captured = []
+    decode = loaded.model.audio_encoder.decode
+
+    def spy(codes, *args, **kwargs):
+        captured.append(codes.clone())
         return decode(codes, *args, **kwargs)
 
     loaded.model.audio_encoder.decode = spy
@@ -83,10 +122,9 @@ def test_greedy_codes_match_transformers_generate(spec):
             loaded.model.generate(
                 input_ids=torch.tensor(tok.ids[None, : tok.length]),
                 attention_mask=torch.tensor(tok.mask[None, : tok.length]),
-                do_sample=False, guidance_scale=3.0, max_new_tokens=steps,
+                input_values=torch.tensor(wav[None]), do_sample=False, guidance_scale=3.0, max_new_tokens=5,
             )
     finally:
         loaded.model.audio_encoder.decode = decode
-    theirs = captured["codes"][0].numpy()  # [1, K, frames]
-    assert theirs.shape == ours.shape == (1, shapes.num_codebooks, frames)
-    np.testing.assert_array_equal(ours, theirs)
+    theirs = torch.stack([c[0] for c in captured], dim=2).flatten(1, 2).numpy()[0]  # [8, frames]
+    np.testing.assert_array_equal(ours, theirs[:, : ours.shape[1]])

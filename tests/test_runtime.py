@@ -17,17 +17,23 @@ from editgen.engine.delay import DelayPattern
 from editgen.engine.hooks import ForceFrames
 from editgen.engine.sampling import Sampler, classifier_free_guidance
 from editgen.errors import CheckpointError, InvalidRequestError
+from tests.conftest import loaded_model
 
 
+@pytest.mark.parametrize("spec", ["random:tiny", "random:tiny-stereo"])
 @pytest.mark.parametrize("length", [7, 8, 33])
-def test_delay_pattern_matches_transformers(tiny, length):
+def test_delay_pattern_matches_transformers(spec, length):
     """Forced positions and values equal transformers' build_delay_pattern_mask (which
-    skips the pattern below 2K - 1 positions; we always apply it)."""
-    K, pad = 4, 2048
-    _, mask = tiny.model.decoder.build_delay_pattern_mask(torch.full((K, 1), pad), pad, max_length=length)
-    ours = DelayPattern(K, length, pad)
+    skips the pattern below 2C - 1 positions, C the codebooks of a channel; we always
+    apply it). Stereo: both channels' codebook c share delay c."""
+    loaded = loaded_model(spec)
+    K, pad = loaded.shapes.num_codebooks, 2048
+    _, mask = loaded.model.decoder.build_delay_pattern_mask(torch.full((K, 1), pad), pad, max_length=length)
+    ours = DelayPattern.for_shapes(loaded.shapes, length)
     np.testing.assert_array_equal(ours.forced, mask.numpy() != -1)
     assert (mask.numpy()[ours.forced] == pad).all()
+    codes = np.random.default_rng(0).integers(0, 2048, size=(2, K, ours.frames))
+    np.testing.assert_array_equal(ours.to_frames(ours.from_frames(codes)), codes)
 
 
 def test_delay_pattern_round_trip():
@@ -85,7 +91,7 @@ def test_public_api_imports_no_torch():
 def test_python_api_generate(tiny_backend):
     song = editgen.generate(tiny_backend, "lofi piano", editgen.GenerationOptions(seconds=0.5), progress=False)
     assert song.codes.shape == (4, 25) and song.sample_rate == 32000
-    assert song.wav.shape == (25 * 640,) and np.isfinite(song.wav).all()
+    assert song.wav.shape == (1, 25 * 640) and np.isfinite(song.wav).all()
 
 
 def test_cli_generate_writes_wav(tmp_path):

@@ -18,6 +18,12 @@ class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
             return action.help
         return super()._get_help_string(action)
 
+    def _split_lines(self, text, width):
+        # Never wrap inside a hyphenated name (random:tiny-stereo, musicgen-stereo-small).
+        import textwrap
+
+        return textwrap.wrap(self._whitespace_matcher.sub(" ", text).strip(), width, break_on_hyphens=False)
+
 
 FORMATTER = _DefaultsFormatter
 MODEL_HELP = ("MusicGen checkpoint directory (Hugging Face layout), hub id (e.g. facebook/musicgen-small; "

@@ -7,6 +7,8 @@ import dataclasses
 import json
 import math
 
+import numpy as np
+
 from editgen.cli.common import (
     add_generation_args,
     add_model_args,
@@ -78,20 +80,40 @@ def read_source_audio(path: str):
     return clip
 
 
+def model_channels(clip, channels: int):
+    """The clip's samples as the model takes them: [channels, n] at the file's rate, with
+    a note for what was converted. A stereo model keeps a stereo file's channels; a mono
+    file plays on both channels (as transformers turns mono codes into stereo ones); a
+    mono model, or a file with more channels than two, gets the mix (mean of channels)."""
+    if clip.channels == channels:
+        return clip.data
+    if channels == 1:
+        note(f"audio {clip.path} has {clip.channels} channels: mixed down to mono (the model is mono)")
+        return clip.samples[None]
+    if clip.channels == 1:
+        note(f"audio {clip.path} is mono: the same audio on both channels of the stereo model")
+    else:
+        note(f"audio {clip.path} has {clip.channels} channels: mixed down to mono and used for both channels "
+             "of the stereo model")
+    return np.repeat(clip.samples[None], channels, axis=0)
+
+
 def audio_codes(backend, clip):
-    """The --audio clip -> EnCodec codes int64 [K, frames] at the model's rate; checks the
-    length and says what was converted."""
+    """The --audio clip -> EnCodec codes int64 [K, frames] at the model's rate (stereo
+    models: both channels' codes, interleaved); checks the length and says what was
+    converted."""
     from editgen.engine.audio import resample
 
     shapes = backend.shapes
-    if clip.channels > 1:
-        note(f"audio {clip.path} has {clip.channels} channels: mixed down to mono (the model is mono)")
+    data = model_channels(clip, shapes.audio_channels)  # [channels, n]
     if clip.sample_rate != shapes.sample_rate:
         note(f"audio {clip.path} is {clip.sample_rate} Hz: resampled to the model's {shapes.sample_rate} Hz")
-    wav = resample(clip.samples, clip.sample_rate, shapes.sample_rate)  # [samples] mono float32
-    too_long = AudioError(f"audio {clip.path} is {len(wav) / shapes.sample_rate:.2f} s, the model takes at most "
+    # [channels, samples] float32 at the model's rate
+    wav = np.stack([resample(channel, clip.sample_rate, shapes.sample_rate) for channel in data])
+    samples = wav.shape[-1]
+    too_long = AudioError(f"audio {clip.path} is {samples / shapes.sample_rate:.2f} s, the model takes at most "
                           f"{shapes.max_seconds:.2f} s: trim it")
-    if math.ceil(len(wav) * shapes.frame_rate / shapes.sample_rate) > shapes.max_frames:
+    if math.ceil(samples * shapes.frame_rate / shapes.sample_rate) > shapes.max_frames:
         raise too_long  # before encoding: EnCodec on a long file is slow
     codes = backend.encode_audio(wav)  # [K, frames]
     frames = codes.shape[-1]
@@ -144,11 +166,11 @@ def run(args) -> int:
     with open_from_args(args) as backend:
         note_request(backend, options, {"source prompt": spec.source, "target prompt": spec.target})
         result, mode = _run_edit(backend, args, spec, options, capture, region, clip)
-        source_wav = backend.decode_audio(result.source_codes[None])[0]  # [samples]
-        edited_wav = backend.decode_audio(result.edited_codes)[0]  # [samples]
+        source_wav = backend.decode_audio(result.source_codes[None])[0]  # [channels, samples]
+        edited_wav = backend.decode_audio(result.edited_codes)[0]  # [channels, samples]
         shapes = backend.shapes
     written = _write_outputs(out, args, spec, result, mode, source_wav, edited_wav, shapes, region)
-    print(f"wrote {out}/{{{','.join(written)}}} ({len(edited_wav) / shapes.sample_rate:.2f} s, "
+    print(f"wrote {out}/{{{','.join(written)}}} ({edited_wav.shape[-1] / shapes.sample_rate:.2f} s, "
           f"{result.edited_codes.shape[-1]} frames)")
     return 0
 
@@ -188,7 +210,7 @@ def _write_outputs(out, args, spec, result, mode, source_wav, edited_wav, shapes
         "region": None if region is None else [region.start, region.end],
         "capture": args.capture, "audio": args.audio,
         "options": dataclasses.asdict(result.options),
-        "sample_rate": shapes.sample_rate, "frame_rate": shapes.frame_rate,
+        "sample_rate": shapes.sample_rate, "frame_rate": shapes.frame_rate, "audio_channels": shapes.audio_channels,
         "frames": int(result.edited_codes.shape[-1]),
         "plan": plan.to_json(),
         "source_codes": result.source_codes.tolist(),  # [K, frames]

@@ -37,5 +37,6 @@ def run(args) -> int:
         result = generate(backend, args.prompt, options, progress=not args.no_progress)
     with atomic_file(out) as tmp:
         write_wav(tmp, result.wav, result.sample_rate)
-    print(f"wrote {out} ({len(result.wav) / result.sample_rate:.2f} s, {result.codes.shape[1]} frames)")
+    channels = "stereo, " if result.wav.shape[0] == 2 else ""
+    print(f"wrote {out} ({channels}{result.wav.shape[-1] / result.sample_rate:.2f} s, {result.codes.shape[1]} frames)")
     return 0

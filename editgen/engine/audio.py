@@ -1,4 +1,5 @@
-"""Audio files in and out (soundfile): read to mono float32, resampled where asked."""
+"""Audio files in and out (soundfile): read to float32 (mono mix and every channel),
+resampled where asked; written as 16-bit WAV with one or two channels."""
 
 from __future__ import annotations
 
@@ -22,12 +23,14 @@ _HOP = 512
 
 @dataclasses.dataclass(frozen=True)
 class Clip:
-    """A file read to mono: samples float32 [n] at the file's rate; `channels` before the mixdown."""
+    """A file read to float32 at the file's rate: `samples` [n] the mono mix (the mean of
+    the channels), `data` [channels, n] every channel as read."""
 
     path: str
     samples: np.ndarray
     sample_rate: int
     channels: int
+    data: np.ndarray
 
     @property
     def seconds(self) -> float:
@@ -35,8 +38,10 @@ class Clip:
 
 
 def write_wav(path: str | Path, wav: np.ndarray, sample_rate: int) -> None:
-    """wav: [samples] float32 in [-1, 1] (clipped)."""
-    sf.write(str(path), np.clip(wav, -1.0, 1.0).astype(np.float32), sample_rate, subtype="PCM_16", format="WAV")
+    """wav: [channels, samples] (or [samples], mono) float32 in [-1, 1] (clipped)."""
+    wav = np.clip(wav, -1.0, 1.0).astype(np.float32)
+    frames = wav.T if wav.ndim == 2 else wav  # soundfile takes [samples, channels]
+    sf.write(str(path), frames, sample_rate, subtype="PCM_16", format="WAV")
 
 
 def check_audio_file(path: str | Path) -> None:
@@ -65,7 +70,7 @@ def read_clip(path: str | Path) -> Clip:
         raise AudioError(f"audio {path} has no samples")
     if not np.all(np.isfinite(samples)):
         raise AudioError(f"audio {path} contains NaN or infinite samples")
-    return Clip(str(path), samples, int(rate), int(data.shape[1]))
+    return Clip(str(path), samples, int(rate), int(data.shape[1]), np.ascontiguousarray(data.T))
 
 
 def read_mono(path: str | Path) -> tuple[np.ndarray, int]:

@@ -68,8 +68,13 @@ class SourceCapture:
         if meta.get("format_version") != FORMAT_VERSION:
             raise InvalidRequestError(f"capture file {path} has format {meta.get('format_version')}, "
                                       f"this version reads {FORMAT_VERSION}: capture the source again")
+        try:
+            shapes = ModelShapes.from_dict(meta["shapes"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidRequestError(f"capture file {path} has malformed model shapes ({first_line(exc)}): "
+                                      "capture the source again") from None
         return cls(prompt=meta["prompt"], codes=codes.astype(np.int64), maps=maps,
-                   options=GenerationOptions(**meta["options"]), shapes=ModelShapes.from_dict(meta["shapes"]))
+                   options=GenerationOptions(**meta["options"]), shapes=shapes)
 
     def check_compatible(self, backend, specs: Sequence) -> None:
         if self.shapes != backend.shapes:

@@ -111,9 +111,12 @@ class Backend(Protocol):
     def release(self, slots: np.ndarray) -> None: ...
 
     def decode_audio(self, codes: np.ndarray) -> np.ndarray:
-        """codes: [n, K, frames] -> waveforms [n, samples] float32 at shapes.sample_rate."""
+        """codes: [n, K, frames] -> waveforms [n, channels, samples] float32 at
+        shapes.sample_rate, channels = shapes.audio_channels (stereo: codebooks 0, 2, 4, 6
+        decode the left channel, 1, 3, 5, 7 the right, each with the mono EnCodec)."""
 
     def encode_audio(self, wav: np.ndarray) -> np.ndarray:
-        """wav: [samples] mono float32 at shapes.sample_rate -> codes [K, frames] int64."""
+        """wav: [channels, samples] float32 at shapes.sample_rate, channels =
+        shapes.audio_channels -> codes [K, frames] int64 (stereo: interleaved as decoded)."""
 
     def close(self) -> None: ...

@@ -1,8 +1,11 @@
 """MusicGen's delay pattern, exactly as transformers' `build_delay_pattern_mask`.
 
-Codebook k is delayed by k frames. In a sequence of `length` positions (position 0 is
-the BOS frame), codebook k holds the pad id at positions p <= k (BOS padding) and at
-p >= length - K + 1 + k (EOS padding); elsewhere position p holds frame p - 1 - k.
+Codebook k is delayed by d_k frames: d_k = k for mono; for stereo (left/right codebooks
+interleaved, 2c and 2c + 1 being EnCodec codebook c of each channel) d_k = k // 2, so
+both channels' codebook c share a delay. With C = K / channels codebooks per channel, in
+a sequence of `length` positions (position 0 is the BOS frame), codebook k holds the pad
+id at positions p <= d_k (BOS padding) and at p >= length - C + 1 + d_k (EOS padding);
+elsewhere position p holds frame p - 1 - d_k.
 """
 
 from __future__ import annotations
@@ -11,16 +14,24 @@ import numpy as np
 
 
 class DelayPattern:
-    def __init__(self, num_codebooks: int, length: int, pad_id: int):
+    def __init__(self, num_codebooks: int, length: int, pad_id: int, audio_channels: int = 1):
+        assert num_codebooks % audio_channels == 0, (num_codebooks, audio_channels)
         self.K, self.length, self.pad_id = num_codebooks, length, pad_id
+        self.span = num_codebooks // audio_channels  # C: the delays are 0..C-1
+        self.delays = np.arange(num_codebooks) // audio_channels  # [K]
         pos = np.arange(length)[None, :]
-        book = np.arange(num_codebooks)[:, None]
+        book = self.delays[:, None]
         # forced: [K, length] True where the pattern fixes the pad id.
-        self.forced = (pos <= book) | (pos >= length - num_codebooks + 1 + book)
+        self.forced = (pos <= book) | (pos >= length - self.span + 1 + book)
+
+    @classmethod
+    def for_shapes(cls, shapes, length: int) -> "DelayPattern":
+        """The pattern of a model (ModelShapes) over `length` positions."""
+        return cls(shapes.num_codebooks, length, shapes.pad_token_id, shapes.audio_channels)
 
     @property
     def frames(self) -> int:
-        return self.length - self.K
+        return self.length - self.span
 
     @property
     def steps(self) -> int:
@@ -34,20 +45,20 @@ class DelayPattern:
 
     def frame_of(self, position: int) -> np.ndarray:
         """[K] frame index that each codebook holds at `position` (meaningless where forced)."""
-        return position - 1 - np.arange(self.K)
+        return position - 1 - self.delays
 
     def to_frames(self, sequence: np.ndarray) -> np.ndarray:
         """sequence: [rows, K, length] with the pattern -> codes [rows, K, frames]."""
         rows = sequence.shape[0]
         out = np.empty((rows, self.K, self.frames), dtype=np.int64)
-        for k in range(self.K):
-            out[:, k] = sequence[:, k, k + 1 : k + 1 + self.frames]
+        for k, d in enumerate(self.delays):
+            out[:, k] = sequence[:, k, d + 1 : d + 1 + self.frames]
         return out
 
     def from_frames(self, codes: np.ndarray) -> np.ndarray:
         """codes: [rows, K, frames] -> sequence [rows, K, length] with the pattern applied."""
         rows = codes.shape[0]
         seq = np.full((rows, self.K, self.length), self.pad_id, dtype=np.int64)
-        for k in range(self.K):
-            seq[:, k, k + 1 : k + 1 + self.frames] = codes[:, k]
+        for k, d in enumerate(self.delays):
+            seq[:, k, d + 1 : d + 1 + self.frames] = codes[:, k]
         return seq

@@ -179,7 +179,7 @@ def _pattern(shapes, options: GenerationOptions) -> DelayPattern:
     """The delay pattern a Request will use for `options` (overrides need it up front);
     validates the duration."""
     steps = shapes.steps_for_frames(options.frames(shapes))
-    return DelayPattern(shapes.num_codebooks, steps + 1, shapes.pad_token_id)
+    return DelayPattern.for_shapes(shapes, steps + 1)
 
 
 def _teacher_force_source(pattern: DelayPattern, audio_codes: np.ndarray) -> ForceFrames:

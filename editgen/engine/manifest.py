@@ -6,10 +6,10 @@ ExportDirError naming the file. Tensor shapes use named dynamic axes (`"rows"`,
 `"positions"`, ...) that the runtime resolves with `TensorSpec.resolve(axes)` to size its
 buffers: plain dictionary lookups, never `eval`.
 
-Layout of manifest.json (format_version 3):
+Layout of manifest.json (format_version 4):
 
     {
-      "format_version": 3, "editgen_version": "0.1.0", "model": "random:tiny",
+      "format_version": 4, "editgen_version": "0.1.0", "model": "random:tiny",
       "dtype": "fp32" | "fp16", "quantize": null | "int8", "opset": 17,
       "shapes": {ModelShapes.to_dict()},
       "tokenizer": "tokenizer.json",
@@ -45,7 +45,10 @@ from editgen.version import __version__
 
 # 2: decoder_step takes one K/V input per layer (past_key_0, ...) instead of kv_cache/cross_k/cross_v.
 # 3: per-row `positions` [rows] instead of one `position`; the K/V axis is named "positions".
-FORMAT_VERSION = 3
+# 4: EnCodec graphs carry an audio channel axis (stereo checkpoints): encodec_decode gives
+#    audio [clips, channels, samples], encodec_encode takes wav [channels, samples];
+#    shapes has audio_channels.
+FORMAT_VERSION = 4
 MANIFEST_FILE = "manifest.json"
 GRAPHS = ("text_encoder", "cross_kv", "decoder_step", "encodec_decode", "encodec_encode")
 DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32,
@@ -183,7 +186,7 @@ def load_manifest(root: str | Path) -> Manifest:
         shapes = ModelShapes.from_dict(data["shapes"])
         raw_graphs = data["graphs"]
         tokenizer = data["tokenizer"]
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise ExportDirError(f"{path} is incomplete or malformed ({type(exc).__name__}: {exc})") from None
     graphs = {}
     for name in GRAPHS:

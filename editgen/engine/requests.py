@@ -54,7 +54,7 @@ class Request:
         self.rows_cond = len(prompts)
         self.rows = 2 * self.rows_cond if options.cfg else self.rows_cond
         self.steps = shapes.steps_for_frames(options.frames(shapes))
-        self.pattern = DelayPattern(shapes.num_codebooks, self.steps + 1, shapes.pad_token_id)
+        self.pattern = DelayPattern.for_shapes(shapes, self.steps + 1)
         self.edits = edits if edits is not None else EditBatch.plain(self.rows_cond, cfg=options.cfg, shapes=shapes)
         if self.edits.rows != self.rows:
             raise ValueError(f"edit tensors cover {self.edits.rows} rows, the request has {self.rows}")

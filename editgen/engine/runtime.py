@@ -38,7 +38,7 @@ def open_backend(*, model: str | None = None, engine: str | None = None, backend
 
 @dataclasses.dataclass
 class Generated:
-    wav: np.ndarray  # [samples] float32
+    wav: np.ndarray  # [channels, samples] float32 (channels: the model's, 1 or 2)
     codes: np.ndarray  # [K, frames] int64
     sample_rate: int
 

@@ -71,7 +71,8 @@ def evaluate_pair(pair: Pair, clap: ClapScorer | None = None) -> EvalResult:
     sr = source.sample_rate
     n = min(len(source.samples), len(edited.samples))
     a, b = source.samples[:n], edited.samples[:n]  # [n] each
-    notes = []
+    notes = [f"{audio.path} has {audio.channels} channels: scored on the mono mix (mean of the channels)"
+             for audio in (source, edited) if audio.channels > 1]
     if len(source.samples) != len(edited.samples):
         notes.append(
             f"lengths differ (source {source.seconds:.2f} s, edited {edited.seconds:.2f} s): "

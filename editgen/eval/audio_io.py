@@ -1,5 +1,10 @@
 """Read audio for evaluation: any file soundfile reads, mixed down to mono float32.
 
+Stereo files (what stereo MusicGen checkpoints write) are scored on their mono mix, the
+mean of the channels: melody, dynamics and rhythm are properties of the music, not of a
+channel, and one number per pair keeps batches of mono and stereo files comparable.
+EvalResult notes the mixdown.
+
 Every problem a user can cause (missing or unreadable file, no samples, silence,
 source and edited at different sample rates) is an AudioError whose message names the
 file and the fix. Nothing is resampled silently: metrics compare frames at one rate."""
@@ -22,6 +27,7 @@ class Audio:
     path: str
     samples: np.ndarray
     sample_rate: int
+    channels: int = 1  # of the file, before the mixdown
 
     @property
     def seconds(self) -> float:
@@ -32,7 +38,7 @@ def load_audio(path: str | Path) -> Audio:
     """Mono float32 at the file's own rate; raises AudioError for anything unusable."""
     clip = read_clip(path)
     check_not_silent(clip, "nothing to evaluate")
-    return Audio(path=str(path), samples=clip.samples, sample_rate=clip.sample_rate)
+    return Audio(path=str(path), samples=clip.samples, sample_rate=clip.sample_rate, channels=clip.channels)
 
 
 def check_same_rate(source: Audio, edited: Audio) -> None:

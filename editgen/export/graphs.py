@@ -16,6 +16,7 @@ from torch import nn
 
 from editgen.engine.config import ModelShapes
 from editgen.engine.contract import DYNAMIC_AXES, STEP_EDIT_INPUTS, STEP_OUTPUTS, step_input_names, step_kv_names
+from editgen.model.codec import decode_codes, encode_audio
 from editgen.model.step_module import CrossKV, DecoderStep
 
 __all__ = ["DYNAMIC_AXES", "GraphDef", "graph_defs", "step_input_names"]
@@ -33,19 +34,20 @@ class TextEncoder(nn.Module):
 
 
 class EncodecDecode(nn.Module):
-    """codes: [clips, K, frames] int64 -> audio [clips, samples] float32 (as TorchBackend.decode_audio)."""
+    """codes: [clips, K, frames] int64 -> audio [clips, channels, samples] float32 (as
+    TorchBackend.decode_audio; stereo: one mono EnCodec decode per channel)."""
 
     def __init__(self, model):
         super().__init__()
         self.codec = model.audio_encoder
+        self.channels = model.config.decoder.audio_channels
 
     def forward(self, codes):
-        # EnCodec takes [chunks=1, clips, K, frames] and gives [clips, channels=1, samples].
-        return self.codec.decode(codes[None], [None])[0][:, 0]
+        return decode_codes(self.codec, codes, self.channels)
 
 
 class EncodecEncode(nn.Module):
-    """wav: [samples] mono float32 -> codes [K, frames] int64 (as TorchBackend.encode_audio)."""
+    """wav: [channels, samples] float32 -> codes [K, frames] int64 (as TorchBackend.encode_audio)."""
 
     def __init__(self, model):
         super().__init__()
@@ -53,8 +55,7 @@ class EncodecEncode(nn.Module):
         self.bandwidth = max(model.audio_encoder.config.target_bandwidths)
 
     def forward(self, wav):
-        enc = self.codec.encode(wav[None, None], bandwidth=self.bandwidth)
-        return enc.audio_codes[0, 0]  # [chunks=1, batch=1, K, frames] -> [K, frames]
+        return encode_audio(self.codec, wav, self.bandwidth)
 
 
 def encodec_min_samples(shapes: ModelShapes) -> int:
@@ -164,7 +165,8 @@ def graph_defs(model, shapes: ModelShapes, prompts: tuple[tuple, ...]) -> list[G
         return [(codes(2, 12),), (codes(1, 5),)]
 
     def encode_examples():
-        return [(randn(12 * hop + 17) * 0.1,), (randn(encodec_min_samples(s)) * 0.1,)]
+        C = s.audio_channels
+        return [(randn(C, 12 * hop + 17) * 0.1,), (randn(C, encodec_min_samples(s)) * 0.1,)]
 
     rows0 = {0: "rows"}  # axis 0 is rows
     step_axes = {"codes": rows0, "positions": rows0, "text_mask": rows0, "edit_captured": {1: "rows"},
@@ -183,8 +185,8 @@ def graph_defs(model, shapes: ModelShapes, prompts: tuple[tuple, ...]) -> list[G
         GraphDef("decoder_step", StepGraph(DecoderStep(model, fused=True), L).eval(), step_input_names(L),
                  STEP_OUTPUTS, step_axes, step_examples, dtype_follows_export=True),
         GraphDef("encodec_decode", EncodecDecode(model).eval(), ("codes",), ("audio",),
-                 {"codes": {0: "clips", 2: "frames"}, "audio": {0: "clips", 1: "samples"}},
+                 {"codes": {0: "clips", 2: "frames"}, "audio": {0: "clips", 2: "samples"}},
                  decode_examples, dtype_follows_export=False),
         GraphDef("encodec_encode", EncodecEncode(model).eval(), ("wav",), ("codes",),
-                 {"wav": {0: "samples"}, "codes": {1: "frames"}}, encode_examples, dtype_follows_export=False),
+                 {"wav": {1: "samples"}, "codes": {1: "frames"}}, encode_examples, dtype_follows_export=False),
     ]

@@ -144,7 +144,7 @@ def agreement(engine_dir: Path, int8_file: str, steps: int = AGREEMENT_STEPS, gu
     with OrtBackend(engine_dir, providers=providers) as ref, \
             OrtBackend(engine_dir, providers=providers, step_file=int8_file) as test:
         shapes = ref.shapes
-        frames = steps - shapes.num_codebooks + 1
+        frames = steps - shapes.channel_codebooks + 1
         options = GenerationOptions(seconds=frames / shapes.frame_rate, guidance_scale=guidance, greedy=True)
         prompt = ref.tokenizer.encode(AGREEMENT_PROMPT)
         paired = _Paired(ref, test, guidance)

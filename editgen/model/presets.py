@@ -1,7 +1,8 @@
 """`random:<preset>` models: MusicGen with random weights and the real shapes.
 
 Performance does not depend on weight values, so these give honest timings; they make
-no sound worth hearing. `tiny` is for tests."""
+no sound worth hearing. `tiny`, `tiny2` and `tiny-stereo` are for tests; `small-stereo`
+has the shapes of facebook/musicgen-stereo-small."""
 
 from __future__ import annotations
 
@@ -18,7 +19,11 @@ class DecoderPreset:
     hidden: int
     heads: int
     ffn: int
-    codebooks: int = 4
+    audio_channels: int = 1  # 2: stereo, left/right codebooks interleaved
+
+    @property
+    def codebooks(self) -> int:
+        return 4 * self.audio_channels  # EnCodec 32 kHz has 4 codebooks per channel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +31,7 @@ class Preset:
     decoder: DecoderPreset
     t5: dict
     encodec: dict
+    fit_text_vocab: bool = False  # test presets: the T5 vocabulary is the preset tokenizer's
 
 
 _T5_BASE = dict(d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12, vocab_size=32128)
@@ -38,11 +44,19 @@ _ENCODEC_32K = dict(
 )
 _ENCODEC_TINY = {**_ENCODEC_32K, "num_filters": 4, "hidden_size": 16, "num_lstm_layers": 1}
 
+_SMALL = DecoderPreset(layers=24, hidden=1024, heads=16, ffn=4096)
+_TINY = DecoderPreset(layers=2, hidden=64, heads=4, ffn=128)
+
 PRESETS: dict[str, Preset] = {
-    "tiny": Preset(DecoderPreset(layers=2, hidden=64, heads=4, ffn=128), _T5_TINY, _ENCODEC_TINY),
+    "tiny": Preset(_TINY, _T5_TINY, _ENCODEC_TINY, fit_text_vocab=True),
     # A second small config with other heads/layers, so parity is not tuned to one shape.
-    "tiny2": Preset(DecoderPreset(layers=3, hidden=96, heads=6, ffn=192), _T5_TINY, _ENCODEC_TINY),
-    "small": Preset(DecoderPreset(layers=24, hidden=1024, heads=16, ffn=4096), _T5_BASE, _ENCODEC_32K),
+    "tiny2": Preset(DecoderPreset(layers=3, hidden=96, heads=6, ffn=192), _T5_TINY, _ENCODEC_TINY,
+                    fit_text_vocab=True),
+    # Stereo: 8 codebooks (left/right interleaved), the mono codec per channel.
+    "tiny-stereo": Preset(dataclasses.replace(_TINY, audio_channels=2), _T5_TINY, _ENCODEC_TINY,
+                          fit_text_vocab=True),
+    "small": Preset(_SMALL, _T5_BASE, _ENCODEC_32K),
+    "small-stereo": Preset(dataclasses.replace(_SMALL, audio_channels=2), _T5_BASE, _ENCODEC_32K),  # musicgen-stereo-small
     "medium": Preset(DecoderPreset(layers=48, hidden=1536, heads=24, ffn=6144), _T5_BASE, _ENCODEC_32K),
     "large": Preset(DecoderPreset(layers=48, hidden=2048, heads=32, ffn=8192), _T5_BASE, _ENCODEC_32K),
 }
@@ -68,12 +82,12 @@ def build_random_musicgen(name: str, text_vocab_size: int | None = None):
     preset = get_preset(name)
     d = preset.decoder
     t5 = dict(preset.t5)
-    if text_vocab_size is not None and name in ("tiny", "tiny2"):
+    if text_vocab_size is not None and preset.fit_text_vocab:
         t5["vocab_size"] = text_vocab_size
     decoder = MusicgenDecoderConfig(
         vocab_size=2048, max_position_embeddings=2048, num_hidden_layers=d.layers, ffn_dim=d.ffn,
         num_attention_heads=d.heads, hidden_size=d.hidden, num_codebooks=d.codebooks,
-        pad_token_id=2048, bos_token_id=2048, decoder_start_token_id=2048, audio_channels=1,
+        pad_token_id=2048, bos_token_id=2048, decoder_start_token_id=2048, audio_channels=d.audio_channels,
         dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
     )
     config = MusicgenConfig(

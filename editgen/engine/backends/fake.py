@@ -79,12 +79,14 @@ class FakeBackend:
         return StepOutputs(logits=logits, cross_attn=np.ascontiguousarray(maps, dtype=np.float32))
 
     def decode_audio(self, codes):
-        hop = self.shapes.sample_rate // self.shapes.frame_rate
-        return np.repeat(np.sin(codes.sum(axis=1).astype(np.float32)), hop, axis=-1)  # [n, frames * hop]
+        s = self.shapes
+        hop, C = s.sample_rate // s.frame_rate, s.audio_channels
+        per_channel = codes.reshape(codes.shape[0], s.channel_codebooks, C, -1).sum(axis=1)  # [n, C, frames]
+        return np.repeat(np.sin(per_channel.astype(np.float32)), hop, axis=-1)  # [n, C, frames * hop]
 
     def encode_audio(self, wav):
         hop = self.shapes.sample_rate // self.shapes.frame_rate
-        frames = len(wav) // hop
+        frames = wav.shape[-1] // hop  # wav: [channels, samples]
         return np.zeros((self.shapes.num_codebooks, frames), np.int64) + (np.arange(frames) % self.shapes.vocab_size)
 
     def close(self) -> None:

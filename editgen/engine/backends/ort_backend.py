@@ -223,17 +223,20 @@ class OrtBackend:
     # -- audio --------------------------------------------------------------------------
 
     def decode_audio(self, codes: np.ndarray) -> np.ndarray:
-        """codes [n, K, frames] -> waveforms [n, samples] float32."""
+        """codes [n, K, frames] -> waveforms [n, channels, samples] float32."""
         feed = {"codes": np.ascontiguousarray(codes, dtype=np.int64)}
         return self._lazy("encodec_decode").run(["audio"], feed)[0]
 
     def encode_audio(self, wav: np.ndarray) -> np.ndarray:
-        """wav [samples] mono float32 at shapes.sample_rate -> codes [K, frames] int64."""
+        """wav [channels, samples] float32 at shapes.sample_rate -> codes [K, frames] int64."""
         wav = np.ascontiguousarray(wav, dtype=np.float32)
-        need = self.manifest.encodec_min_samples
-        if wav.ndim != 1 or wav.shape[0] < need:
-            raise AudioError(f"audio is {wav.shape[-1] if wav.ndim else 0} samples, the encoder needs a mono "
-                             f"clip of at least {need} ({need / self.shapes.sample_rate:.2f} s)")
+        need, channels = self.manifest.encodec_min_samples, self.shapes.audio_channels
+        if wav.ndim != 2 or wav.shape[0] != channels:
+            raise AudioError(f"audio of shape {wav.shape}: the encoder takes [channels, samples] with "
+                             f"{channels} channel(s)")
+        if wav.shape[1] < need:
+            raise AudioError(f"audio is {wav.shape[1]} samples, the encoder needs a clip of at least "
+                             f"{need} ({need / self.shapes.sample_rate:.2f} s)")
         return self._lazy("encodec_encode").run(["codes"], {"wav": wav})[0]
 
     def end_profiling(self) -> Path:

@@ -98,16 +98,19 @@ class TorchBackend:
         return out
 
     def decode_audio(self, codes):
+        from editgen.model.codec import decode_codes
+
         with self._torch.inference_mode():
-            # EnCodec takes [chunks=1, n, K, frames] and gives [n, channels=1, samples].
-            audio = self.model.audio_encoder.decode(self._t(codes)[None], [None])[0]
-        return audio[:, 0].float().cpu().numpy()  # [n, 1, samples] -> [n, samples]
+            audio = decode_codes(self.model.audio_encoder, self._t(codes), self.shapes.audio_channels)
+        return audio.float().cpu().numpy()  # [n, channels, samples]
 
     def encode_audio(self, wav):
+        from editgen.model.codec import encode_audio
+
+        codec = self.model.audio_encoder
         with self._torch.inference_mode():
-            x = self._t(wav.astype(np.float32))[None, None]  # [1, 1, samples]
-            enc = self.model.audio_encoder.encode(x, bandwidth=max(self.model.audio_encoder.config.target_bandwidths))
-        return enc.audio_codes[0, 0].cpu().numpy().astype(np.int64)  # [K, frames]
+            codes = encode_audio(codec, self._t(wav.astype(np.float32)), max(codec.config.target_bandwidths))
+        return codes.cpu().numpy().astype(np.int64)  # [K, frames]
 
     def close(self):
         self._kv = self._cross_k = self._cross_v = None
