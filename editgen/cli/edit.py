@@ -17,7 +17,7 @@ from editgen.cli.common import (
     open_from_args,
 )
 from editgen.cli.outputs import atomic_dir, check_writable_dir
-from editgen.errors import AudioError, InvalidRequestError
+from editgen.errors import InvalidRequestError
 
 OUTPUT_FILES = ("source.wav", "edited.wav", "edit.json", "attention.png")
 
@@ -81,26 +81,13 @@ def read_source_audio(path: str):
 def audio_codes(backend, clip):
     """The --audio clip -> EnCodec codes int64 [K, frames] at the model's rate; checks the
     length and says what was converted."""
-    from editgen.engine.audio import resample
+    from editgen.engine.audio import check_source_codes, prepare_source
 
-    shapes = backend.shapes
-    if clip.channels > 1:
-        note(f"audio {clip.path} has {clip.channels} channels: mixed down to mono (the model is mono)")
-    if clip.sample_rate != shapes.sample_rate:
-        note(f"audio {clip.path} is {clip.sample_rate} Hz: resampled to the model's {shapes.sample_rate} Hz")
-    wav = resample(clip.samples, clip.sample_rate, shapes.sample_rate)  # [samples] mono float32
-    too_long = AudioError(f"audio {clip.path} is {len(wav) / shapes.sample_rate:.2f} s, the model takes at most "
-                          f"{shapes.max_seconds:.2f} s: trim it")
-    if math.ceil(len(wav) * shapes.frame_rate / shapes.sample_rate) > shapes.max_frames:
-        raise too_long  # before encoding: EnCodec on a long file is slow
+    wav, notes = prepare_source(clip, backend.shapes)  # [samples] mono float32
+    for line in notes:
+        note(line)
     codes = backend.encode_audio(wav)  # [K, frames]
-    frames = codes.shape[-1]
-    if frames < 1:
-        raise AudioError(f"audio {clip.path} is too short: it gives no frame at {shapes.frame_rate} frames/s")
-    if frames > shapes.max_frames:
-        raise too_long
-    note(f"the duration comes from the audio ({frames / shapes.frame_rate:.2f} s, {frames} frames); "
-         "--seconds is ignored")
+    note(check_source_codes(clip, wav, codes, backend.shapes))
     return codes
 
 

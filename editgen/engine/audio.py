@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import io
+import math
 from math import gcd
 from pathlib import Path
 
@@ -55,17 +57,76 @@ def read_clip(path: str | Path) -> Clip:
     """Any file soundfile reads -> mono float32 at the file's rate; every problem a user
     can cause is an AudioError naming the file."""
     check_audio_file(path)
+    return _decode(str(path), str(path))
+
+
+# An upload's header is checked before decoding: a few bytes may claim hours of audio,
+# a huge rate or thousands of channels, and decoding would allocate all of it.
+MAX_UPLOAD_RATE = 384_000
+MAX_UPLOAD_CHANNELS = 16
+
+
+def read_clip_bytes(data: bytes, name: str, max_seconds: float) -> Clip:
+    """An uploaded file (bytes) -> Clip, as read_clip; `name` is what messages call it.
+    Refuses, before decoding, a clip longer than `max_seconds`."""
+    if not data:
+        raise AudioError(f"audio {name} is empty: upload a WAV, FLAC or OGG file")
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.SoundFileError, RuntimeError) as exc:
-        raise AudioError(f"cannot read audio {path}: {first_line(exc)} (give a WAV, FLAC or OGG file)") from None
+        info = sf.info(io.BytesIO(data))
+    except Exception as exc:  # LibsndfileError / RuntimeError / TypeError, depending on version
+        raise AudioError(f"cannot read audio {name}: {first_line(exc)} (give a WAV, FLAC or OGG file)") from None
+    if not (0 < info.samplerate <= MAX_UPLOAD_RATE) or not (0 < info.channels <= MAX_UPLOAD_CHANNELS):
+        raise AudioError(f"audio {name} claims {info.samplerate} Hz and {info.channels} channels: give a file "
+                         f"of at most {MAX_UPLOAD_RATE} Hz and {MAX_UPLOAD_CHANNELS} channels")
+    seconds = info.frames / info.samplerate
+    if seconds > max_seconds:
+        raise AudioError(f"audio {name} is {seconds:.2f} s, the model takes at most {max_seconds:.2f} s: trim it")
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(source, name: str) -> Clip:
+    try:
+        data, rate = sf.read(source, dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError, TypeError, ValueError) as exc:
+        raise AudioError(f"cannot read audio {name}: {first_line(exc)} (give a WAV, FLAC or OGG file)") from None
     # data: [n, channels]; a plain mean keeps the level of a centred stereo mix.
     samples = np.ascontiguousarray(data.mean(axis=1), dtype=np.float32)
     if samples.size == 0:
-        raise AudioError(f"audio {path} has no samples")
+        raise AudioError(f"audio {name} has no samples")
     if not np.all(np.isfinite(samples)):
-        raise AudioError(f"audio {path} contains NaN or infinite samples")
-    return Clip(str(path), samples, int(rate), int(data.shape[1]))
+        raise AudioError(f"audio {name} contains NaN or infinite samples")
+    return Clip(name, samples, int(rate), int(data.shape[1]))
+
+
+def prepare_source(clip: Clip, shapes) -> tuple[np.ndarray, list[str]]:
+    """A source clip -> (mono float32 [samples] at the model's rate, notes on what was
+    converted); a clip longer than the model takes is an AudioError (before encoding:
+    EnCodec on a long file is slow)."""
+    notes = []
+    if clip.channels > 1:
+        notes.append(f"audio {clip.path} has {clip.channels} channels: mixed down to mono (the model is mono)")
+    if clip.sample_rate != shapes.sample_rate:
+        notes.append(f"audio {clip.path} is {clip.sample_rate} Hz: resampled to the model's {shapes.sample_rate} Hz")
+    wav = resample(clip.samples, clip.sample_rate, shapes.sample_rate)
+    if math.ceil(len(wav) * shapes.frame_rate / shapes.sample_rate) > shapes.max_frames:
+        raise _too_long(clip, len(wav), shapes)
+    return wav, notes
+
+
+def check_source_codes(clip: Clip, wav: np.ndarray, codes: np.ndarray, shapes) -> str:
+    """Checks the encoded source codes [K, frames]; returns the note on the duration."""
+    frames = codes.shape[-1]
+    if frames < 1:
+        raise AudioError(f"audio {clip.path} is too short: it gives no frame at {shapes.frame_rate} frames/s")
+    if frames > shapes.max_frames:
+        raise _too_long(clip, len(wav), shapes)
+    return (f"the duration comes from the audio ({frames / shapes.frame_rate:.2f} s, {frames} frames); "
+            "--seconds is ignored")
+
+
+def _too_long(clip: Clip, samples: int, shapes) -> AudioError:
+    return AudioError(f"audio {clip.path} is {samples / shapes.sample_rate:.2f} s, the model takes at most "
+                      f"{shapes.max_seconds:.2f} s: trim it")
 
 
 def read_mono(path: str | Path) -> tuple[np.ndarray, int]:
