@@ -92,10 +92,11 @@ def audio_codes(backend, clip):
 
 
 def note_region(region, frames: int, frame_rate: int) -> None:
-    seconds = frames / frame_rate
-    if region is not None and region.end > seconds and region.start < seconds:
-        note(f"region {region.start:g}:{region.end:g} ends after the audio ({seconds:.2f} s): "
-             f"edited from {region.start:g} s to the end")
+    from editgen.engine.notes import region_note
+
+    line = region_note(region, frames, frame_rate)
+    if line:
+        note(line)
 
 
 def build_spec(args, source: str):

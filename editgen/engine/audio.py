@@ -74,7 +74,7 @@ def read_clip_bytes(data: bytes, name: str, max_seconds: float) -> Clip:
     try:
         info = sf.info(io.BytesIO(data))
     except Exception as exc:  # LibsndfileError / RuntimeError / TypeError, depending on version
-        raise AudioError(f"cannot read audio {name}: {first_line(exc)} (give a WAV, FLAC or OGG file)") from None
+        raise AudioError(f"cannot read audio {name}: {_reason(exc)} (give a WAV, FLAC or OGG file)") from None
     if not (0 < info.samplerate <= MAX_UPLOAD_RATE) or not (0 < info.channels <= MAX_UPLOAD_CHANNELS):
         raise AudioError(f"audio {name} claims {info.samplerate} Hz and {info.channels} channels: give a file "
                          f"of at most {MAX_UPLOAD_RATE} Hz and {MAX_UPLOAD_CHANNELS} channels")
@@ -88,7 +88,7 @@ def _decode(source, name: str) -> Clip:
     try:
         data, rate = sf.read(source, dtype="float32", always_2d=True)
     except (sf.SoundFileError, RuntimeError, TypeError, ValueError) as exc:
-        raise AudioError(f"cannot read audio {name}: {first_line(exc)} (give a WAV, FLAC or OGG file)") from None
+        raise AudioError(f"cannot read audio {name}: {_reason(exc)} (give a WAV, FLAC or OGG file)") from None
     # data: [n, channels]; a plain mean keeps the level of a centred stereo mix.
     samples = np.ascontiguousarray(data.mean(axis=1), dtype=np.float32)
     if samples.size == 0:
@@ -96,6 +96,12 @@ def _decode(source, name: str) -> Clip:
     if not np.all(np.isfinite(samples)):
         raise AudioError(f"audio {name} contains NaN or infinite samples")
     return Clip(name, samples, int(rate), int(data.shape[1]))
+
+
+def _reason(exc: BaseException) -> str:
+    """libsndfile's reason without its "Error opening <file object at 0x...>: " prefix."""
+    line = first_line(exc)
+    return line.split(">: ", 1)[1] if line.startswith("Error opening <") and ">: " in line else line
 
 
 def prepare_source(clip: Clip, shapes) -> tuple[np.ndarray, list[str]]:
