@@ -54,6 +54,7 @@ BAD_JSON = [  # (endpoint, body, status, code)
     ("/v1/generate", {**GEN, "seconds": 0.01}, 400, "invalid_request"),
     ("/v1/generate", {**GEN, "seconds": 99.0}, 400, "invalid_request"),
     ("/v1/generate", {**GEN, "seconds": -1}, 400, "invalid_request"),
+    ("/v1/generate", {**GEN, "seconds": 1e308}, 400, "invalid_request"),  # found by the fuzz: was an OverflowError
     ("/v1/generate", {**GEN, "temperature": 0}, 400, "invalid_request"),
     ("/v1/generate", {**GEN, "top_k": 0}, 400, "invalid_request"),
     ("/v1/generate", {**GEN, "seed": -3}, 400, "invalid_request"),

@@ -33,6 +33,8 @@ class Output(_Body):
 
 
 class GenerateBody(Sampling, Output):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"prompt": "lofi piano", "seconds": 1.0, "seed": 1}]})
     prompt: str = Field(description='text description, e.g. "lofi piano"')
 
 
@@ -42,6 +44,9 @@ class RegionBody(_Body):
 
 
 class EditBody(Sampling, Output):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"source": "lofi piano with soft drums", "target": "lofi guitar with soft drums", "seconds": 1.0,
+         "word_weights": {"guitar": 1.5}, "region": {"start": 0.2, "end": 0.8}}]})
     source: str | None = Field(None, description="source prompt (with capture_id: defaults to the captured one)")
     target: str | None = Field(None, description="edited prompt (optional for op reweight)")
     op: Literal["replace", "refine", "reweight"] = "replace"
@@ -55,5 +60,7 @@ class EditBody(Sampling, Output):
 
 
 class CaptureBody(Sampling):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"source": "lofi piano with soft drums", "seconds": 1.0}]})
     source: str = Field(description="source prompt")
     capture_dtype: Literal["fp16", "fp32"] = Field("fp16", description="precision of the stored maps")
