@@ -270,7 +270,8 @@ def test_full_queue_is_429_with_retry_after():
                 futures = [pool.submit(h.post, "/v1/generate", json={**GEN, "seconds": 1.0}) for _ in range(6)]
                 responses = [f.result() for f in futures]
     statuses = sorted(r.status_code for r in responses)
-    assert set(statuses) == {200, 429} and statuses.count(200) >= 2
+    # each request runs ~50 steps of 5 ms; at most 1 running + 1 queued at once
+    assert set(statuses) == {200, 429} and statuses.count(429) >= 4
     for r in responses:
         if r.status_code == 429:
             assert r.headers["retry-after"] == "3" and r.json()["error"]["code"] == "queue_full"
@@ -293,7 +294,7 @@ def test_backend_error_fails_only_that_step_and_the_server_stays_up():
     with client_for(lambda: backend) as c:
         backend.fail_at_step = backend.steps + 3
         assert error_of(c.post("/v1/generate", json=GEN)) == (500, "engine_error")
-        assert c.get("/healthz").json() == {"alive": True}
+        assert c.get("/healthz").json()["alive"] is True
         assert c.post("/v1/generate", json=GEN).status_code == 200
         assert 'editgen_failed_total 1.0' in c.get("/metrics").text
 
@@ -376,7 +377,7 @@ def test_shutdown_past_the_grace_cancels_with_503():
 
 
 def test_health_ready_metrics(client):
-    assert client.get("/healthz").json() == {"alive": True}
+    assert client.get("/healthz").json()["alive"] is True
     assert client.get("/readyz").json()["ready"] is True
     client.post("/v1/generate", json={**GEN, "stream": True})
     text = client.get("/metrics").text

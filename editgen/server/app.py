@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import hmac
 import json
+import os
 import time
 from typing import Callable, Literal
 
@@ -276,8 +277,8 @@ def _add_routes(app: FastAPI, config: ServerConfig) -> None:
 
     @app.get("/healthz", summary="Alive: the scheduler thread runs")
     async def healthz(request: Request):
-        alive = service_of(request).scheduler.alive
-        return JSONResponse({"alive": alive}, 200 if alive else 503)
+        alive = service_of(request).scheduler.alive  # pid: which process (Ray replica) answered
+        return JSONResponse({"alive": alive, "pid": os.getpid()}, 200 if alive else 503)
 
     @app.get("/readyz", summary="Ready: model loaded, admitting, queue not full")
     async def readyz(request: Request):
