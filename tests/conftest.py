@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -47,3 +48,23 @@ def tiny():
 @pytest.fixture(scope="session")
 def tiny_backend():
     return torch_backend("random:tiny")
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """exported(spec, **export_options) -> directory: each export once per session (the
+    ONNX tests and the server tests share them)."""
+    from editgen.export.onnx_export import export_engine
+
+    dirs = {}
+
+    def get(spec: str, **options) -> Path:
+        key = (spec, tuple(sorted(options.items())))
+        if key not in dirs:
+            name = spec.replace(":", "_") + "".join(f"_{k}{v}" for k, v in key[1])
+            out = tmp_path_factory.mktemp(name)
+            export_engine(loaded_model(spec), out, log=lambda line: None, **options)
+            dirs[key] = out
+        return dirs[key]
+
+    return get

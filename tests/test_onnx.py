@@ -1,8 +1,8 @@
 """ONNX export and the ORT backend against the torch backend (random:tiny, random:tiny2;
 random:tiny-stereo for the step, generation, one edit op, capture and the codec).
 
-Fixtures: `exported(spec, **export_options)` exports once per session and returns the
-directory; `ort_backend(spec)` is an OrtBackend over the fp32 export (cached), and
+Fixtures: `exported(spec, **export_options)` (tests/conftest.py) exports once per session
+and returns the directory; `ort_backend(spec)` is an OrtBackend over the fp32 export (cached), and
 `tests.conftest.torch_backend(spec)` the reference."""
 
 from __future__ import annotations
@@ -33,24 +33,6 @@ STEREO = "random:tiny-stereo"  # 8 codebooks, 2-channel codec graphs
 SRC = "lofi piano with warm drums"
 STEPS = 60  # >= 50 decoder steps per generation
 ATOL = 1e-4
-
-
-@pytest.fixture(scope="session")
-def exported(tmp_path_factory):
-    from editgen.export.onnx_export import export_engine
-
-    dirs = {}
-
-    def get(spec: str, **options) -> Path:
-        key = (spec, tuple(sorted(options.items())))
-        if key not in dirs:
-            name = spec.replace(":", "_") + "".join(f"_{k}{v}" for k, v in key[1])
-            out = tmp_path_factory.mktemp(name)
-            export_engine(loaded_model(spec), out, log=lambda line: None, **options)
-            dirs[key] = out
-        return dirs[key]
-
-    return get
 
 
 @pytest.fixture(scope="session")

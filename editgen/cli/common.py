@@ -77,15 +77,8 @@ def open_from_args(args: argparse.Namespace):
 
 
 def note_request(backend, options: GenerationOptions, prompts: dict[str, str]) -> None:
-    """Notes for what the model will quietly do with this request: `--top-k` above the
-    vocabulary samples from every code, and words the tokenizer does not know become
-    <unk> (a prompt of emoji or CJK text with the preset tokenizer is all <unk>)."""
-    vocab = backend.shapes.vocab_size
-    if not options.greedy and options.top_k > vocab:
-        note(f"--top-k {options.top_k} is above the {vocab} codes of each codebook: sampling from all {vocab}")
-    for name, prompt in prompts.items():
-        unknown = backend.tokenizer.unknown_words(prompt)
-        if unknown:
-            what = "every word" if len(unknown) == len(prompt.split()) else ", ".join(repr(w) for w in unknown)
-            note(f"{name} {prompt!r}: the tokenizer does not know {what} (encoded as <unk>): "
-                 "the model hears no description there")
+    """Notes for what the model will quietly do with this request (engine.notes)."""
+    from editgen.engine.notes import request_notes
+
+    for line in request_notes(backend, options, prompts):
+        note(line)

@@ -19,7 +19,7 @@ from editgen.cli.common import (
     open_from_args,
 )
 from editgen.cli.outputs import atomic_dir, check_writable_dir
-from editgen.errors import AudioError, InvalidRequestError
+from editgen.errors import InvalidRequestError
 
 OUTPUT_FILES = ("source.wav", "edited.wav", "edit.json", "attention.png")
 
@@ -80,57 +80,26 @@ def read_source_audio(path: str):
     return clip
 
 
-def model_channels(clip, channels: int):
-    """The clip's samples as the model takes them: [channels, n] at the file's rate, with
-    a note for what was converted. A stereo model keeps a stereo file's channels; a mono
-    file plays on both channels (as transformers turns mono codes into stereo ones); a
-    mono model, or a file with more channels than two, gets the mix (mean of channels)."""
-    if clip.channels == channels:
-        return clip.data
-    if channels == 1:
-        note(f"audio {clip.path} has {clip.channels} channels: mixed down to mono (the model is mono)")
-        return clip.samples[None]
-    if clip.channels == 1:
-        note(f"audio {clip.path} is mono: the same audio on both channels of the stereo model")
-    else:
-        note(f"audio {clip.path} has {clip.channels} channels: mixed down to mono and used for both channels "
-             "of the stereo model")
-    return np.repeat(clip.samples[None], channels, axis=0)
-
-
 def audio_codes(backend, clip):
     """The --audio clip -> EnCodec codes int64 [K, frames] at the model's rate (stereo
     models: both channels' codes, interleaved); checks the length and says what was
     converted."""
-    from editgen.engine.audio import resample
+    from editgen.engine.audio import check_source_codes, prepare_source
 
-    shapes = backend.shapes
-    data = model_channels(clip, shapes.audio_channels)  # [channels, n]
-    if clip.sample_rate != shapes.sample_rate:
-        note(f"audio {clip.path} is {clip.sample_rate} Hz: resampled to the model's {shapes.sample_rate} Hz")
-    # [channels, samples] float32 at the model's rate
-    wav = np.stack([resample(channel, clip.sample_rate, shapes.sample_rate) for channel in data])
-    samples = wav.shape[-1]
-    too_long = AudioError(f"audio {clip.path} is {samples / shapes.sample_rate:.2f} s, the model takes at most "
-                          f"{shapes.max_seconds:.2f} s: trim it")
-    if math.ceil(samples * shapes.frame_rate / shapes.sample_rate) > shapes.max_frames:
-        raise too_long  # before encoding: EnCodec on a long file is slow
+    wav, notes = prepare_source(clip, backend.shapes)  # [channels, samples] float32
+    for line in notes:
+        note(line)
     codes = backend.encode_audio(wav)  # [K, frames]
-    frames = codes.shape[-1]
-    if frames < 1:
-        raise AudioError(f"audio {clip.path} is too short: it gives no frame at {shapes.frame_rate} frames/s")
-    if frames > shapes.max_frames:
-        raise too_long
-    note(f"the duration comes from the audio ({frames / shapes.frame_rate:.2f} s, {frames} frames); "
-         "--seconds is ignored")
+    note(check_source_codes(clip, wav, codes, backend.shapes))
     return codes
 
 
 def note_region(region, frames: int, frame_rate: int) -> None:
-    seconds = frames / frame_rate
-    if region is not None and region.end > seconds and region.start < seconds:
-        note(f"region {region.start:g}:{region.end:g} ends after the audio ({seconds:.2f} s): "
-             f"edited from {region.start:g} s to the end")
+    from editgen.engine.notes import region_note
+
+    line = region_note(region, frames, frame_rate)
+    if line:
+        note(line)
 
 
 def build_spec(args, source: str):

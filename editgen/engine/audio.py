@@ -4,6 +4,8 @@ resampled where asked; written as 16-bit WAV with one or two channels."""
 from __future__ import annotations
 
 import dataclasses
+import io
+import math
 from math import gcd
 from pathlib import Path
 
@@ -60,17 +62,98 @@ def read_clip(path: str | Path) -> Clip:
     """Any file soundfile reads -> mono float32 at the file's rate; every problem a user
     can cause is an AudioError naming the file."""
     check_audio_file(path)
+    return _decode(str(path), str(path))
+
+
+# An upload's header is checked before decoding: a few bytes may claim hours of audio,
+# a huge rate or thousands of channels, and decoding would allocate all of it.
+MAX_UPLOAD_RATE = 384_000
+MAX_UPLOAD_CHANNELS = 16
+
+
+def read_clip_bytes(data: bytes, name: str, max_seconds: float) -> Clip:
+    """An uploaded file (bytes) -> Clip, as read_clip; `name` is what messages call it.
+    Refuses, before decoding, a clip longer than `max_seconds`."""
+    if not data:
+        raise AudioError(f"audio {name} is empty: upload a WAV, FLAC or OGG file")
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.SoundFileError, RuntimeError) as exc:
-        raise AudioError(f"cannot read audio {path}: {first_line(exc)} (give a WAV, FLAC or OGG file)") from None
+        info = sf.info(io.BytesIO(data))
+    except Exception as exc:  # LibsndfileError / RuntimeError / TypeError, depending on version
+        raise AudioError(f"cannot read audio {name}: {_reason(exc)} (give a WAV, FLAC or OGG file)") from None
+    if not (0 < info.samplerate <= MAX_UPLOAD_RATE) or not (0 < info.channels <= MAX_UPLOAD_CHANNELS):
+        raise AudioError(f"audio {name} claims {info.samplerate} Hz and {info.channels} channels: give a file "
+                         f"of at most {MAX_UPLOAD_RATE} Hz and {MAX_UPLOAD_CHANNELS} channels")
+    seconds = info.frames / info.samplerate
+    if seconds > max_seconds:
+        raise AudioError(f"audio {name} is {seconds:.2f} s, the model takes at most {max_seconds:.2f} s: trim it")
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(source, name: str) -> Clip:
+    try:
+        data, rate = sf.read(source, dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError, TypeError, ValueError) as exc:
+        raise AudioError(f"cannot read audio {name}: {_reason(exc)} (give a WAV, FLAC or OGG file)") from None
     # data: [n, channels]; a plain mean keeps the level of a centred stereo mix.
     samples = np.ascontiguousarray(data.mean(axis=1), dtype=np.float32)
     if samples.size == 0:
-        raise AudioError(f"audio {path} has no samples")
+        raise AudioError(f"audio {name} has no samples")
     if not np.all(np.isfinite(samples)):
-        raise AudioError(f"audio {path} contains NaN or infinite samples")
-    return Clip(str(path), samples, int(rate), int(data.shape[1]), np.ascontiguousarray(data.T))
+        raise AudioError(f"audio {name} contains NaN or infinite samples")
+    return Clip(name, samples, int(rate), int(data.shape[1]), np.ascontiguousarray(data.T))
+
+
+def _reason(exc: BaseException) -> str:
+    """libsndfile's reason without its "Error opening <file object at 0x...>: " prefix."""
+    line = first_line(exc)
+    return line.split(">: ", 1)[1] if line.startswith("Error opening <") and ">: " in line else line
+
+
+def model_channels(clip: Clip, channels: int) -> tuple[np.ndarray, str | None]:
+    """The clip's samples as the model takes them: [channels, n] at the file's rate, and a
+    note for what was converted. A stereo model keeps a stereo file's channels; a mono
+    file plays on both channels (as transformers turns mono codes into stereo ones); a
+    mono model, or a file with more channels than two, gets the mix (mean of channels)."""
+    if clip.channels == channels:
+        return clip.data, None
+    if channels == 1:
+        return clip.samples[None], f"audio {clip.path} has {clip.channels} channels: mixed down to mono (the model is mono)"
+    if clip.channels == 1:
+        note = f"audio {clip.path} is mono: the same audio on both channels of the stereo model"
+    else:
+        note = (f"audio {clip.path} has {clip.channels} channels: mixed down to mono and used for both channels "
+                "of the stereo model")
+    return np.repeat(clip.samples[None], channels, axis=0), note
+
+
+def prepare_source(clip: Clip, shapes) -> tuple[np.ndarray, list[str]]:
+    """A source clip -> (float32 [channels, samples] at the model's rate and channels,
+    notes on what was converted); a clip longer than the model takes is an AudioError
+    (before encoding: EnCodec on a long file is slow)."""
+    data, channel_note = model_channels(clip, shapes.audio_channels)  # [channels, n]
+    notes = [channel_note] if channel_note else []
+    if clip.sample_rate != shapes.sample_rate:
+        notes.append(f"audio {clip.path} is {clip.sample_rate} Hz: resampled to the model's {shapes.sample_rate} Hz")
+    wav = np.stack([resample(channel, clip.sample_rate, shapes.sample_rate) for channel in data])
+    if math.ceil(wav.shape[-1] * shapes.frame_rate / shapes.sample_rate) > shapes.max_frames:
+        raise _too_long(clip, wav.shape[-1], shapes)
+    return wav, notes
+
+
+def check_source_codes(clip: Clip, wav: np.ndarray, codes: np.ndarray, shapes) -> str:
+    """Checks the encoded source codes [K, frames]; returns the note on the duration."""
+    frames = codes.shape[-1]
+    if frames < 1:
+        raise AudioError(f"audio {clip.path} is too short: it gives no frame at {shapes.frame_rate} frames/s")
+    if frames > shapes.max_frames:
+        raise _too_long(clip, wav.shape[-1], shapes)
+    return (f"the duration comes from the audio ({frames / shapes.frame_rate:.2f} s, {frames} frames); "
+            "--seconds is ignored")
+
+
+def _too_long(clip: Clip, samples: int, shapes) -> AudioError:
+    return AudioError(f"audio {clip.path} is {samples / shapes.sample_rate:.2f} s, the model takes at most "
+                      f"{shapes.max_seconds:.2f} s: trim it")
 
 
 def read_mono(path: str | Path) -> tuple[np.ndarray, int]:

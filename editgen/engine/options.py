@@ -45,9 +45,10 @@ class GenerationOptions:
                 f"ask for at least {lo:.2f} s"
             )
         if self.seconds > shapes.max_seconds:
-            frames = math.ceil(self.seconds * shapes.frame_rate)
+            frames = self.seconds * shapes.frame_rate  # inf for a huge value (1e308 s): no ceil of it
+            needs = shapes.steps_for_frames(math.ceil(frames)) if math.isfinite(frames) else "far more"
             raise InvalidRequestError(
-                f"{self.seconds:g} s needs {shapes.steps_for_frames(frames)} decoder positions, the model has "
+                f"{self.seconds:g} s needs {needs} decoder positions, the model has "
                 f"{shapes.max_positions}: ask for at most {shapes.max_seconds:.2f} s"
             )
         return min(max(round(self.seconds * shapes.frame_rate), shapes.min_frames), shapes.max_frames)

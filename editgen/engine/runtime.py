@@ -15,9 +15,11 @@ from editgen.errors import InvalidRequestError
 BACKENDS = ("torch", "ort")
 
 
-def open_backend(*, model: str | None = None, engine: str | None = None, backend: str | None = None) -> Backend:
+def open_backend(*, model: str | None = None, engine: str | None = None, backend: str | None = None,
+                 threads: int | None = None) -> Backend:
     """`model` (a checkpoint, hub id or random:<preset>) runs on the torch backend;
-    `engine` (an exported directory) runs on onnxruntime (the default) or TensorRT."""
+    `engine` (an exported directory) runs on onnxruntime (the default) or TensorRT.
+    `threads`: onnxruntime intra-op threads (default: one per core)."""
     if (model is None) == (engine is None):
         raise InvalidRequestError("give exactly one of --model (checkpoint) or --engine (exported directory)")
     if engine is not None:
@@ -25,7 +27,7 @@ def open_backend(*, model: str | None = None, engine: str | None = None, backend
         if kind == "ort":
             from editgen.engine.backends.ort_backend import OrtBackend
 
-            return OrtBackend(engine)
+            return OrtBackend(engine, threads=threads)
         raise InvalidRequestError(f"backend {kind!r} cannot run an exported directory: use ort")
     kind = backend or "torch"
     if kind != "torch":

@@ -1,0 +1,66 @@
+"""The API's request bodies (pydantic: the OpenAPI schema). They check shapes only
+(types, known fields): values are checked by the engine's own classes
+(GenerationOptions, EditSpec, Region), so the server answers with the CLI's messages.
+Unknown fields are refused, so no field can name a server-side file."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Format = Literal["wav", "json"]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Sampling(_Body):
+    seconds: float = Field(8.0, description="duration; rounded to the nearest frame (20 ms), at least 0.08 s")
+    guidance: float = Field(3.0, description="classifier-free guidance scale (<= 1: off)")
+    top_k: int = Field(250, description="sample from the K most likely codes of each codebook")
+    temperature: float = Field(1.0, description="sampling temperature (> 0)")
+    greedy: bool = Field(False, description="argmax instead of sampling")
+    seed: int = Field(0, description="random seed; each row has its own stream from it")
+
+
+class Output(_Body):
+    stream: bool = Field(False, description="send the audio chunk by chunk as it is decoded")
+    format: Format = Field("wav", description="wav: the main audio (audio/wav); json: every audio (base64 WAV), "
+                                              "codes and notes. Streaming: wav is a chunked WAV of the main audio, "
+                                              "json is NDJSON events with every audio")
+
+
+class GenerateBody(Sampling, Output):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"prompt": "lofi piano", "seconds": 1.0, "seed": 1}]})
+    prompt: str = Field(description='text description, e.g. "lofi piano"')
+
+
+class RegionBody(_Body):
+    start: float = Field(description="seconds")
+    end: float = Field(description="seconds")
+
+
+class EditBody(Sampling, Output):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"source": "lofi piano with soft drums", "target": "lofi guitar with soft drums", "seconds": 1.0,
+         "word_weights": {"guitar": 1.5}, "region": {"start": 0.2, "end": 0.8}}]})
+    source: str | None = Field(None, description="source prompt (with capture_id: defaults to the captured one)")
+    target: str | None = Field(None, description="edited prompt (optional for op reweight)")
+    op: Literal["replace", "refine", "reweight"] = "replace"
+    word_weights: dict[str, float] = Field(default_factory=dict, description="target word -> c in [-2, 2]")
+    windows: dict[str, float] = Field(default_factory=dict,
+                                      description="word (or 'default') -> fraction of the steps in [0, 1]")
+    blend: str = Field("soft", description="soft, hard, reversed or constant:X")
+    region: RegionBody | None = Field(None, description="edit only these seconds; outside, copy the source")
+    capture_id: str | None = Field(None, description="edit from a capture made by POST /v1/captures; "
+                                                     "seconds, seed and sampling then come from the capture")
+
+
+class CaptureBody(Sampling):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"source": "lofi piano with soft drums", "seconds": 1.0}]})
+    source: str = Field(description="source prompt")
+    capture_dtype: Literal["fp16", "fp32"] = Field("fp16", description="precision of the stored maps")
