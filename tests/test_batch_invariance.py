@@ -15,7 +15,6 @@ from editgen.engine.editing import capture_job, edit_job
 from editgen.engine.options import GenerationOptions
 from editgen.engine.runtime import generate_job
 from tests.conftest import torch_backend
-from tests.test_onnx import exported  # noqa: F401  (session fixture: one export per variant)
 
 SECONDS = 8.0
 SRC = "lofi piano with warm drums"
@@ -23,7 +22,7 @@ SEEDS = (1, 2, 3)
 
 
 @pytest.fixture(params=["ort-fp32", "ort-int8", "torch"])
-def backend(request, exported):  # noqa: F811
+def backend(request, exported):
     if request.param == "torch":
         yield torch_backend("random:tiny")
         return

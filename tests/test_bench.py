@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from benchmarks import run as bench
-from tests.test_onnx import exported  # noqa: F401  (session fixture: one export per variant)
 
 REPO = Path(__file__).resolve().parent.parent
 PUBLISHED = REPO / "docs" / "bench"
