@@ -59,10 +59,10 @@ def test_docs_link_only_to_files_in_the_repo():
 def test_no_merge_conflict_markers_in_tracked_files():
     import subprocess
 
-    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     bad = []
     for name in files:
-        path = REPO / name
+        path = ROOT / name
         if path.suffix not in (".py", ".md", ".toml", ".txt", ".cfg", ".yml", ".yaml") and name != ".ci/run":
             continue
         for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
