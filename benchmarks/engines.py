@@ -35,6 +35,7 @@ class OurStepBench:
     `capacity` is the cache positions the timed steps read (the pool's length)."""
 
     def __init__(self, backend, workload: str, batch: int, past: int, burst: int, timed_steps: int):
+        from editgen.engine.backends.slots import MIN_ROWS
         from editgen.engine.contract import attended_positions
         from editgen.engine.core import EngineCore
         from editgen.engine.edit import EditBatch, EditSpec
@@ -54,7 +55,7 @@ class OurStepBench:
             prompts = [backend.tokenizer.encode(p) for p in common.plain_prompts(batch)]
         self.request = Request(shapes, prompts, options, edits=edits)
         self.rows = self.request.rows
-        self.core = EngineCore(backend, max_rows=max(self.rows, 2))
+        self.core = EngineCore(backend, max_rows=max(self.rows, MIN_ROWS))
         self.core.submit(self.request)
         for _ in range(past):
             self.core.step()

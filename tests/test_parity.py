@@ -59,6 +59,31 @@ def test_step_logits_match_transformers_forward(spec):
         np.testing.assert_allclose(out.logits, ref[:, :, t], atol=1e-4, rtol=0)
 
 
+def transformers_generate(loaded, tok, steps: int, **kwargs):
+    """transformers' greedy generate with guidance 3.0 of prompt `tok`; returns its audio
+    [1, channels, samples] and the codes it handed EnCodec, channels interleaved back as
+    ours: [1, K, frames] (it decodes codebooks 0, 2, .. and 1, 3, .. in separate calls)."""
+    captured = []  # [1, 1, K / channels, frames], once per channel
+    decode = loaded.model.audio_encoder.decode
+
+    def spy(codes, *args, **kw):
+        captured.append(codes.clone())
+        return decode(codes, *args, **kw)
+
+    loaded.model.audio_encoder.decode = spy
+    try:
+        with torch.no_grad():
+            audio = loaded.model.generate(
+                input_ids=torch.tensor(tok.ids[None, : tok.length]),
+                attention_mask=torch.tensor(tok.mask[None, : tok.length]),
+                do_sample=False, guidance_scale=3.0, max_new_tokens=steps, **kwargs,
+            ).numpy()
+    finally:
+        loaded.model.audio_encoder.decode = decode
+    assert len(captured) == loaded.shapes.audio_channels
+    return audio, torch.stack([c[0] for c in captured], dim=2).flatten(1, 2).numpy()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("spec", CONFIGS)
 def test_greedy_codes_and_audio_match_transformers_generate(spec):
@@ -73,27 +98,7 @@ def test_greedy_codes_and_audio_match_transformers_generate(spec):
     tok = backend.tokenizer.encode(PROMPTS[0])
     ours = generate_codes(backend, [tok], options, progress=False).codes
     wav = backend.decode_audio(ours)
-
-    captured = []  # what generate hands EnCodec: [1, 1, K / channels, frames], once per channel
-    decode = loaded.model.audio_encoder.decode
-
-    def spy(codes, *args, **kwargs):
-        captured.append(codes.clone())
-        return decode(codes, *args, **kwargs)
-
-    loaded.model.audio_encoder.decode = spy
-    try:
-        with torch.no_grad():
-            audio = loaded.model.generate(
-                input_ids=torch.tensor(tok.ids[None, : tok.length]),
-                attention_mask=torch.tensor(tok.mask[None, : tok.length]),
-                do_sample=False, guidance_scale=3.0, max_new_tokens=steps,
-            ).numpy()
-    finally:
-        loaded.model.audio_encoder.decode = decode
-    assert len(captured) == shapes.audio_channels
-    # Interleave the channels' codebooks back: [1, C, channels, frames] -> [1, K, frames].
-    theirs = torch.stack([c[0] for c in captured], dim=2).flatten(1, 2).numpy()
+    audio, theirs = transformers_generate(loaded, tok, steps)
     assert theirs.shape == ours.shape == (1, shapes.num_codebooks, frames)
     np.testing.assert_array_equal(ours, theirs)
     assert wav.shape == audio.shape == (1, shapes.audio_channels, frames * shapes.sample_rate // shapes.frame_rate)
@@ -109,22 +114,5 @@ def test_stereo_encode_matches_transformers_audio_prompt():
     wav = backend.decode_audio(codes)[0]  # [2, samples]
     ours = backend.encode_audio(wav)  # [8, 10]
     tok = backend.tokenizer.encode(PROMPTS[0])
-    captured = []
-    decode = loaded.model.audio_encoder.decode
-
-    def spy(codes, *args, **kwargs):
-        captured.append(codes.clone())
-        return decode(codes, *args, **kwargs)
-
-    loaded.model.audio_encoder.decode = spy
-    try:
-        with torch.no_grad():
-            loaded.model.generate(
-                input_ids=torch.tensor(tok.ids[None, : tok.length]),
-                attention_mask=torch.tensor(tok.mask[None, : tok.length]),
-                input_values=torch.tensor(wav[None]), do_sample=False, guidance_scale=3.0, max_new_tokens=5,
-            )
-    finally:
-        loaded.model.audio_encoder.decode = decode
-    theirs = torch.stack([c[0] for c in captured], dim=2).flatten(1, 2).numpy()[0]  # [8, frames]
-    np.testing.assert_array_equal(ours, theirs[:, : ours.shape[1]])
+    _, theirs = transformers_generate(loaded, tok, 5, input_values=torch.tensor(wav[None]))
+    np.testing.assert_array_equal(ours, theirs[0, :, : ours.shape[1]])  # [8, frames]

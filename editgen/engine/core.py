@@ -168,3 +168,9 @@ class EngineCore:
         if request in self.running:
             self._retire(request)
         request.state, request.error = State.FAILED, exc
+
+
+def run_alone(backend: Backend, request: Request, progress: bool = False) -> Request:
+    """One request on an engine core of its own, sized to it: what `generate`, `edit`,
+    `capture_source` and the CLI run. Raises the request's error if it failed."""
+    return EngineCore(backend, max_rows=max(request.rows, MIN_ROWS)).run(request, progress=progress)

@@ -13,8 +13,7 @@ from editgen.engine.contract import Backend
 from editgen.engine.capture import SourceCapture
 from editgen.engine.delay import DelayPattern
 from editgen.engine.edit import EditBatch, EditPlan, EditSpec, compile_edit
-from editgen.engine.backends.slots import MIN_ROWS
-from editgen.engine.core import EngineCore
+from editgen.engine.core import run_alone
 from editgen.engine.requests import Request
 from editgen.engine.hooks import ForceFrames, MeanMaps, RowMaps
 from editgen.engine.options import GenerationOptions
@@ -82,8 +81,7 @@ class Job:
 
 
 def run_job(backend: Backend, job: Job, progress: bool = True):
-    core = EngineCore(backend, max_rows=max(job.request.rows, MIN_ROWS))
-    core.run(job.request, progress=progress)
+    run_alone(backend, job.request, progress)
     return job.result()
 
 

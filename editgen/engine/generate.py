@@ -8,9 +8,8 @@ from typing import Sequence
 
 import numpy as np
 
-from editgen.engine.backends.slots import MIN_ROWS
 from editgen.engine.contract import Backend
-from editgen.engine.core import EngineCore
+from editgen.engine.core import run_alone
 from editgen.engine.delay import DelayPattern
 from editgen.engine.options import GenerationOptions
 from editgen.engine.requests import CodeOverride, MapRecorder, Request, StepEdits
@@ -35,6 +34,5 @@ def generate_codes(
 ) -> GenerationResult:
     """Rows are [prompts...] conditional, then the same with null text when guidance is on."""
     request = Request(backend.shapes, prompts, options, edits=edits, overrides=overrides, recorders=recorders)
-    core = EngineCore(backend, max_rows=max(request.rows, MIN_ROWS))
-    core.run(request, progress=progress)
+    run_alone(backend, request, progress)
     return GenerationResult(request.codes(), request.pattern)

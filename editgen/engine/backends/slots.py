@@ -69,9 +69,6 @@ class SlotTable:
         self.text_mask[slots] = 0
         self.length[slots] = 0
 
-    def rows_for(self, batch: StepBatch) -> int:
-        return max(int(batch.slots.max()) + 1, MIN_ROWS)
-
     def needed_positions(self) -> int:
         """Positions every admitted slot's cache must keep (its written length)."""
         return int(self.length[self.admitted].max(initial=0))
@@ -83,7 +80,7 @@ class SlotTable:
         if not np.array_equal(batch.positions, self.length[slots]):
             raise RuntimeError("a row's position must equal the positions its slot has written "
                                f"(got {batch.positions.tolist()}, written {self.length[slots].tolist()})")
-        n = self.rows_for(batch)
+        n = max(int(slots.max()) + 1, MIN_ROWS)
         codes, positions = self._codes[:n], self._positions[:n]
         codes.fill(self.shapes.pad_token_id)
         positions.fill(0)
