@@ -77,13 +77,36 @@ def test_edit_writes_four_files(tmp_path):
     assert meta["op"] == "replace" and meta["mode"] == "paired"
     assert meta["options"]["seconds"] == 0.4 and meta["options"]["seed"] == 0
     assert meta["word_weights"] == {"guitar": 1.5}
-    assert meta["windows"] == {"default": 1.0, "guitar": 0.4}
+    assert meta["windows"] == {"default": [0.0, 1.0], "guitar": [0.0, 0.4]}
+    assert (meta["setting"], meta["cross_blend"], meta["self_blend"]) == ("editgen-code", "hard", "editgen")
     plan = meta["plan"]
     assert plan["op"] == "replace" and plan["target"]["text"] == TARGET
     assert len(plan["mapper"]) == 64 and 1.5 in plan["weights"]
     assert rate == 32000 and len(source) == len(edited) == round(0.4 * rate)
     width, height = png_size(out / "attention.png")
     assert 600 <= width <= 2400 and 200 <= height <= 2400
+
+
+def _codes(out):
+    return np.array(json.loads((out / "edit.json").read_text())["edited_codes"])
+
+
+def test_self_injection_through_the_cli(tmp_path):
+    """b = 1 at every layer with hard cross: an identity-prompt target is the source exactly;
+    b = 0 at every layer equals no self-injection."""
+    full = tmp_path / "full"
+    assert run(*edit_args(full, "--cross-blend", "hard", "--self-blend", "full", target=SOURCE)) == 0
+    meta, source, edited, _ = read_outputs(full)
+    assert meta["plan"]["self_blend"] == [1.0] * len(meta["plan"]["cross_blend"])
+    np.testing.assert_array_equal(edited, source)
+    np.testing.assert_array_equal(meta["edited_codes"], meta["source_codes"])
+    zero, none = tmp_path / "zero", tmp_path / "none"
+    longer = ["--seed", 5, "--seconds", 2]
+    assert run(*edit_args(zero, "--self-blend", "constant:0", *longer)) == 0
+    assert run(*edit_args(none, "--setting", "hard", *longer)) == 0
+    np.testing.assert_array_equal(_codes(zero), _codes(none))
+    assert run(*edit_args(tmp_path / "code", *longer)) == 0  # editgen-code injects: another edit
+    assert (_codes(tmp_path / "code") != _codes(none)).any()
 
 
 def test_refine_and_reweight_ops(tmp_path):
@@ -188,11 +211,17 @@ EDIT_BAD = {
     "unequal replace": (dict(target="lofi guitar with very soft drums"), [], "replace"),
     "weight too big": ((), ["--word", "guitar=3"], "[-2, 2]"),
     "weight syntax": ((), ["--word", "guitar"], "WORD=C"),
-    "window syntax": ((), ["--window", "guitar=abc"], "WORD=F"),
+    "window syntax": ((), ["--window", "guitar=abc"], "START:END"),
+    "window form": ((), ["--window", "guitar"], "WORD=F or WORD=START:END"),
+    "window order": ((), ["--window", "guitar=0.6:0.2"], "start <= end"),
     "window range": ((), ["--window", "guitar=1.5"], "[0, 1]"),
     "seconds zero": ((), ["--seconds", "0"], "seconds"),
     "seconds too long": ((), ["--seconds", "100"], "at most"),
     "bad blend": ((), ["--blend", "wobbly"], "blend"),
+    "bad self blend": ((), ["--self-blend", "soft"], "self blend 'soft' is not understood"),
+    "self blend per layer": ((), ["--self-blend", "0,1,0"], "one value per layer"),
+    "bad self window": ((), ["--self-window", "0.9:0.1"], "self window"),
+    "reweight by zero": ((), ["--reweight-mode", "editgen-code", "--word", "guitar=0"], "c = 0 is undefined"),
     "region syntax": ((), ["--region", "2-5"], "START:END"),
     "region order": ((), ["--region", "0.3:0.1"], "start < end"),
     "region after end": ((), ["--region", "5:6"], "after the audio ends"),

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from editgen.engine.edit import (BlendSchedule, EditBatch, EditSpec, EditStepInputs,
+from editgen.engine.edit import (SETTINGS, EditBatch, EditSpec, EditStepInputs, LayerSchedule,
                                  compile_edit, needleman_wunsch, refine_alignment,
                                  replace_mapper)
 from editgen.engine.config import ModelShapes
@@ -157,9 +157,17 @@ def test_word_not_in_target():
         EditSpec(source=BASE, target=BASE, windows={"violin": 0.5})
 
 
-def test_window_out_of_range():
-    with pytest.raises(InvalidRequestError, match=r"windows\['default'\] is 1.5, must be in"):
-        EditSpec(source=BASE, target=BASE, windows={"default": 1.5})
+@pytest.mark.parametrize("value", [1.5, -0.1, "0.6:0.2", "0.1:1.2", "a:b", "0.1:0.2:0.3", [0.1], True])
+def test_window_out_of_range(value):
+    with pytest.raises(InvalidRequestError, match=r"windows\['default'\] is"):
+        EditSpec(source=BASE, target=BASE, windows={"default": value})
+
+
+def test_window_forms():
+    spec = EditSpec(source=BASE, target=BASE, windows={"default": 0.4, "piano": "0.1:0.6", "drums": (0.2, 1)},
+                    self_window="0.5")
+    assert dict(spec.windows) == {"default": (0.0, 0.4), "piano": (0.1, 0.6), "drums": (0.2, 1.0)}
+    assert spec.self_window == (0.0, 0.5)
 
 
 def test_reweight_rules():
@@ -179,30 +187,106 @@ def test_other_spec_errors():
         EditSpec(source=BASE, target=BASE, op="swap")
     with pytest.raises(InvalidRequestError, match="op replace needs a target prompt"):
         EditSpec(source=BASE)
-    with pytest.raises(InvalidRequestError, match="blend 'smooth' is not understood"):
-        EditSpec(source=BASE, target=BASE, blend="smooth")
+    with pytest.raises(InvalidRequestError, match="cross blend 'smooth' is not understood"):
+        EditSpec(source=BASE, target=BASE, cross_blend="smooth")
+    with pytest.raises(InvalidRequestError, match="self blend 'soft' is not understood"):
+        EditSpec(source=BASE, target=BASE, self_blend="soft")
+    with pytest.raises(InvalidRequestError, match="setting 'paper' is not one of editgen-code, paper-text, hard"):
+        EditSpec(source=BASE, target=BASE, setting="paper")
+    with pytest.raises(InvalidRequestError, match="reweight mode 'scaled' is not one of p2p, editgen-code"):
+        EditSpec(source=BASE, target=BASE, reweight_mode="scaled")
+    with pytest.raises(InvalidRequestError, match="c = 0 is undefined there"):
+        EditSpec(source=BASE, target=BASE, word_weights={"piano": 0}, reweight_mode="editgen-code")
 
 
-# --- blend ---------------------------------------------------------------------------
+# --- layer schedules and settings ------------------------------------------------------
 
 
-def test_blend_schedules():
+def test_layer_schedules():
     f32 = np.float32
-    np.testing.assert_array_equal(BlendSchedule.parse("soft").alphas(4),
-                                  np.array([0, 0.25, 0.5, 0.75], f32))
-    np.testing.assert_array_equal(BlendSchedule.parse("hard").alphas(4), np.zeros(4, f32))
-    np.testing.assert_array_equal(BlendSchedule.parse("reversed").alphas(4),
-                                  np.array([0.75, 0.5, 0.25, 0], f32))
-    np.testing.assert_array_equal(BlendSchedule.parse(" Constant:0.3 ").alphas(4),
-                                  np.full(4, 0.3, f32))
-    assert BlendSchedule.parse("soft").alphas(4).dtype == np.float32
-    assert str(BlendSchedule.parse("constant:0.30")) == "constant:0.3"
+    cross = lambda text: LayerSchedule.parse(text, "cross").layer_values(4)  # noqa: E731
+    own = lambda text: LayerSchedule.parse(text, "self").layer_values(4)  # noqa: E731
+    np.testing.assert_array_equal(cross("soft"), np.array([0, 0.25, 0.5, 0.75], f32))
+    np.testing.assert_array_equal(cross("hard"), np.zeros(4, f32))
+    np.testing.assert_array_equal(cross("reversed"), np.array([0.75, 0.5, 0.25, 0], f32))
+    np.testing.assert_array_equal(cross(" Constant:0.3 "), np.full(4, 0.3, f32))
+    np.testing.assert_array_equal(cross("0,0.5,1,0.25"), np.array([0, 0.5, 1, 0.25], f32))
+    np.testing.assert_array_equal(own("editgen"), np.array([1, 3, 5, 7], f32) / 8)  # (2i+1)/(2N)
+    np.testing.assert_array_equal(own("off"), np.zeros(4, f32))
+    np.testing.assert_array_equal(own("full"), np.ones(4, f32))
+    assert cross("soft").dtype == np.float32
+    assert str(LayerSchedule.parse("constant:0.30", "cross")) == "constant:0.3"
+    with pytest.raises(InvalidRequestError, match="gives 3 values, this model has 4 decoder layers"):
+        LayerSchedule.parse("0,0,1", "self").layer_values(4)
 
 
-@pytest.mark.parametrize("text", ["constant:1.5", "constant:x", "constant:nan", "linear"])
-def test_blend_bad_forms(text):
+@pytest.mark.parametrize("text", ["constant:1.5", "constant:x", "constant:nan", "linear", "0.5,2", "0,,1"])
+def test_layer_schedule_bad_forms(text):
     with pytest.raises(InvalidRequestError, match="blend"):
-        BlendSchedule.parse(text)
+        LayerSchedule.parse(text, "cross")
+
+
+def test_named_settings_resolve_to_their_schedules(tok):
+    resolved = {name: (s.cross_blend, s.self_blend) for name, s in
+                ((n, EditSpec(source=BASE, target=BASE, setting=n)) for n in SETTINGS)}
+    assert resolved == {"editgen-code": ("hard", "editgen"), "paper-text": ("soft", "off"), "hard": ("hard", "off")}
+    assert EditSpec(source=BASE, target=BASE).setting == "editgen-code"  # the default
+    custom = EditSpec(source=BASE, target=BASE, setting="paper-text", self_blend="constant:0.5")
+    assert (custom.cross_blend, custom.self_blend, custom.injects_self) == ("soft", "constant:0.5", True)
+    plan = compile_edit(EditSpec(source=BASE, target=BASE), tok, num_layers=4)
+    np.testing.assert_array_equal(plan.cross_blend, np.zeros(4))
+    np.testing.assert_array_equal(plan.self_blend, np.array([1, 3, 5, 7], np.float32) / 8)
+    assert plan.injects_self
+    assert not compile_edit(EditSpec(source=BASE, target=BASE, setting="hard"), tok, 4).injects_self
+    assert not EditSpec(source=BASE, target=BASE, self_window="0.5:0.5").injects_self
+
+
+def _p2p_cross_steps(f, num_steps: int) -> set[int]:
+    """Prompt-to-Prompt's get_time_words_attention_alpha / update_alpha_time_word, transcribed:
+    an alpha array of num_steps + 1 entries, on in [int(start * len), int(end * len))."""
+    bounds = (0, f) if isinstance(f, float) else f
+    length = num_steps + 1
+    start, end = int(bounds[0] * length), int(bounds[1] * length)
+    return {t for t in range(num_steps) if start <= t < end}  # cur_step runs 0..num_steps-1
+
+
+def _p2p_self_steps(f, num_steps: int) -> set[int]:
+    """Prompt-to-Prompt's AttentionControlEdit.num_self_replace, transcribed."""
+    bounds = (0, f) if isinstance(f, float) else f
+    lo, hi = int(num_steps * bounds[0]), int(num_steps * bounds[1])
+    return {t for t in range(num_steps) if lo <= t < hi}
+
+
+WINDOW_GRID = [0.0, 0.1, 0.2, 0.25, 0.29, 0.3, 1 / 3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.99, 1.0, (0.1, 0.6), (0.25, 0.75),
+               (0.3, 0.3), (0.0, 1.0)]
+
+
+@pytest.mark.parametrize("num_steps", [1, 2, 3, 7, 10, 50, 99, 100, 251, 1503])
+def test_window_steps_equal_prompt_to_prompt(tok, num_steps):
+    for f in WINDOW_GRID:
+        window = f if isinstance(f, float) else f"{f[0]}:{f[1]}"
+        plan = compile_edit(EditSpec(source=BASE, target=BASE, windows={"default": window},
+                                     self_window=window), tok, num_layers=2)
+        batch = EditBatch([plan], cfg=False, num_heads=1)
+        cross, own = set(), set()
+        for t in range(num_steps):
+            x = batch.inputs(t, num_steps)
+            assert plan.window(t, num_steps)[0] == x.window[1, 0]
+            cross |= {t} if x.window[1, 0] == 1 else set()
+            own |= {t} if x.self_window[1] == 1 else set()
+        assert cross == _p2p_cross_steps(f, num_steps), (f, num_steps)
+        assert own == _p2p_self_steps(f, num_steps), (f, num_steps)
+
+
+def test_reweight_modes(tok):
+    spec = dict(source=BASE, target=BASE, word_weights={"piano": 2.0, "drums": -0.5})
+    p2p = compile_edit(EditSpec(**spec), tok, 2).weights
+    code = compile_edit(EditSpec(**spec, reweight_mode="editgen-code"), tok, 2).weights
+    np.testing.assert_array_equal(p2p, np.array([1, 2, 1, 1, -0.5] + [1] * (T - 5), np.float32))
+    # The released code divides every other column by c, word by word: P2P's factors / prod(c).
+    np.testing.assert_allclose(code, p2p / (2.0 * -0.5), rtol=1e-7)
+    # piano: untouched by its own c, divided by drums' -0.5; drums: divided by piano's 2.
+    assert (code[1], code[4], code[0]) == (1 / -0.5, 1 / 2.0, 1 / (2.0 * -0.5))
 
 
 # --- plan ----------------------------------------------------------------------------
@@ -216,10 +300,10 @@ def test_plan_replace_with_weights_and_windows(tok):
     np.testing.assert_array_equal(plan.mapper, replace_mapper(plan.source, plan.target, T))
     np.testing.assert_array_equal(plan.alphas, [1] * 7 + [0] * (T - 7))
     np.testing.assert_array_equal(plan.weights, [1, -1.5, -1.5] + [1] * (T - 3))
-    np.testing.assert_array_equal(plan.window_fractions,
-                                  [0.5] * 5 + [0.3] + [0.5] * (T - 6))
-    np.testing.assert_array_equal(plan.blend, [0, 0.25, 0.5, 0.75])
-    # 10 steps: drums (token 5) for steps 0..2 (0.3 * 10 is 3 steps, not 4), others 0..4
+    np.testing.assert_array_equal(plan.window_bounds[:, 1], [0.5] * 5 + [0.3] + [0.5] * (T - 6))
+    assert (plan.window_bounds[:, 0] == 0).all()
+    np.testing.assert_array_equal(plan.cross_blend, [0, 0, 0, 0])  # editgen-code: hard
+    # 10 steps, Prompt-to-Prompt's floor(f * 11): drums (token 5) for steps 0..2, others 0..4
     drums_only_off = np.ones(T, np.float32)
     drums_only_off[5] = 0
     np.testing.assert_array_equal(plan.window(2, 10), np.ones(T, np.float32))
@@ -257,6 +341,7 @@ def _identity_row(x: EditStepInputs, r: int) -> None:
     assert (x.alpha[r] == 1).all() and (x.weight[r] == 1).all()
     assert (x.window[r] == 0).all() and (x.blend[r] == 1).all()
     assert x.use_captured[r] == 0
+    assert (x.self_blend[r] == 0).all() and x.self_window[r] == 0
 
 
 def test_edit_batch_rows(tok):
@@ -273,12 +358,14 @@ def test_edit_batch_rows(tok):
         np.testing.assert_array_equal(x.mapper[r], plan.mapper)
         np.testing.assert_array_equal(x.alpha[r], plan.alphas)
         np.testing.assert_array_equal(x.weight[r], plan.weights)
-        np.testing.assert_array_equal(x.blend[r], plan.blend)
+        np.testing.assert_array_equal(x.blend[r], plan.cross_blend)
+        np.testing.assert_array_equal(x.self_blend[r], plan.self_blend)
         np.testing.assert_array_equal(x.window[r], np.ones(T))
+        assert x.self_window[r] == 1
     assert x.captured.shape == (4, 6, 2, T) and (x.use_captured == 0).all()
     assert sorted(x.as_feed()) == sorted(
         ["edit_src_row", "edit_mapper", "edit_alpha", "edit_weight", "edit_window",
-         "edit_blend", "edit_use_captured", "edit_captured"])
+         "edit_blend", "edit_use_captured", "edit_captured", "edit_self_blend", "edit_self_window"])
 
 
 def test_edit_batch_reuses_buffers(tok):
@@ -353,7 +440,7 @@ def _edited_maps(p_own: np.ndarray, x: EditStepInputs, layer: int) -> np.ndarray
 
 def test_step_inputs_follow_the_edit_formula(tok):
     plan = compile_edit(EditSpec(source=BASE, target="lofi marimba with warm drums",
-                                 blend="hard"), tok, 2)
+                                 cross_blend="hard"), tok, 2)
     x = EditBatch([plan], cfg=True, num_heads=2).inputs(0, 10)
     rng = np.random.default_rng(1)
     p_own = np.zeros((4, 2, T), dtype=np.float32)  # rows 0/2 source length 6, 1/3 target 7

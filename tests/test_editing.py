@@ -23,11 +23,32 @@ def paired(tiny_backend):
     return edit(tiny_backend, [EditSpec(source=SRC, target=TGT)], OPTS, progress=False)
 
 
+IDENTITY_SCHEDULES = {  # every named setting, and custom cross/self schedules and windows
+    "editgen-code": {}, "paper-text": {"setting": "paper-text"}, "hard": {"setting": "hard"},
+    "self-full": {"self_blend": "full"}, "custom": {"cross_blend": "0.9,0.1", "self_blend": "constant:0.3",
+                                                    "self_window": "0.2:0.9", "windows": {"default": "0.1:0.6"}},
+}
+
+
+@pytest.mark.parametrize("schedule", IDENTITY_SCHEDULES)
 @pytest.mark.parametrize("op", ["replace", "refine"])
-def test_identity_edit_reproduces_source(tiny_backend, op):
-    r = edit(tiny_backend, [EditSpec(source=SRC, target=SRC, op=op)], OPTS, progress=False)
+def test_identity_edit_reproduces_source(tiny_backend, op, schedule):
+    """Target = source: exact under any setting, self-injection included (S_own - b (S_own - S_src)
+    is S_own bit for bit when the rows are equal)."""
+    spec = EditSpec(source=SRC, target=SRC, op=op, **IDENTITY_SCHEDULES[schedule])
+    r = edit(tiny_backend, [spec], OPTS, progress=False)
     np.testing.assert_array_equal(r.edited_codes[0], r.source_codes)
     np.testing.assert_array_equal(r.mean_maps[:, 1], r.mean_maps[:, 0])
+
+
+def test_self_injection_zero_equals_none_and_changes_the_edit(tiny_backend):
+    """b = 0 at every layer is no injection (bit for bit); the released code's b_i is live."""
+    none = edit(tiny_backend, [EditSpec(source=SRC, target=TGT, setting="hard")], OPTS, progress=False)
+    zero = edit(tiny_backend, [EditSpec(source=SRC, target=TGT, self_blend="constant:0")], OPTS, progress=False)
+    code = edit(tiny_backend, [EditSpec(source=SRC, target=TGT)], OPTS, progress=False)  # editgen-code
+    np.testing.assert_array_equal(zero.edited_codes, none.edited_codes)
+    np.testing.assert_array_equal(code.source_codes, none.source_codes)  # the source is never edited
+    assert (code.edited_codes != none.edited_codes).mean() > 0.3
 
 
 def test_reweight_by_one_is_a_no_op(tiny_backend):
@@ -42,7 +63,8 @@ def test_source_row_equals_plain_generation(tiny_backend, paired):
 
 
 def test_blend_constant_one_equals_plain_target(tiny_backend):
-    r = edit(tiny_backend, [EditSpec(source=SRC, target=TGT, blend="constant:1")], OPTS, progress=False)
+    spec = EditSpec(source=SRC, target=TGT, cross_blend="constant:1", self_blend="off")
+    r = edit(tiny_backend, [spec], OPTS, progress=False)
     plain = generate(tiny_backend, TGT, OPTS, progress=False)
     np.testing.assert_array_equal(r.edited_codes[0], plain.codes)
 
@@ -52,7 +74,7 @@ def test_real_edit_changes_the_target(paired):
 
 
 def test_reweight_changes_attention_to_the_word(tiny_backend):
-    """c = 2 on 'piano' doubles (in layer 0 under the soft blend) the injected map there."""
+    """c = 2 on 'piano' doubles (hard cross blend: at every layer) the injected map there."""
     up = edit(tiny_backend, [EditSpec(source=SRC, op="reweight", word_weights={"piano": 2.0})], OPTS,
               progress=False)
     piano = up.plans[0].target.word_tokens(1)
@@ -61,6 +83,8 @@ def test_reweight_changes_attention_to_the_word(tiny_backend):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_captured_mode_equals_paired_mode(tiny_backend, paired, dtype):
+    """With self-injection (the default setting) the source row re-runs teacher-forced on the
+    captured codes: the same codes and maps as paired mode."""
     cap = capture_source(tiny_backend, SRC, OPTS, dtype=dtype, progress=False)
     np.testing.assert_array_equal(cap.codes, paired.source_codes)
     r = edit_from_capture(tiny_backend, cap, [EditSpec(source=SRC, target=TGT)], progress=False)
@@ -69,6 +93,15 @@ def test_captured_mode_equals_paired_mode(tiny_backend, paired, dtype):
     # capture is within fp16 rounding of the probabilities.
     atol = 1e-6 if dtype == np.float32 else 1e-3
     np.testing.assert_allclose(r.mean_maps, paired.mean_maps, atol=atol, rtol=0)
+
+
+def test_captured_mode_without_self_injection_equals_paired(tiny_backend):
+    """No self-injection: the source is not run; targets read the captured cross maps."""
+    spec = EditSpec(source=SRC, target=TGT, setting="paper-text")
+    paired = edit(tiny_backend, [spec], OPTS, progress=False)
+    cap = capture_source(tiny_backend, SRC, OPTS, dtype=np.float32, progress=False)
+    r = edit_from_capture(tiny_backend, cap, [spec], progress=False)
+    np.testing.assert_array_equal(r.edited_codes, paired.edited_codes)
 
 
 def test_capture_file_round_trip(tiny_backend, tmp_path):

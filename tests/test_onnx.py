@@ -88,7 +88,8 @@ def _random_edit(shapes, rows, rng, *, edited) -> EditStepInputs:
         src_row=src, mapper=mapper, alpha=(rng.random((rows, T)) > 0.5).astype(np.float32),
         weight=rng.uniform(-2, 2, (rows, T)).astype(np.float32),
         window=(rng.random((rows, T)) > 0.5).astype(np.float32),
-        blend=rng.random((rows, L), dtype=np.float32), use_captured=use_captured, captured=captured)
+        blend=rng.random((rows, L), dtype=np.float32), use_captured=use_captured, captured=captured,
+        self_blend=rng.random((rows, L), dtype=np.float32), self_window=(rng.random(rows) > 0.3).astype(np.float32))
 
 
 def _concat_edits(parts) -> EditStepInputs:
@@ -244,7 +245,13 @@ EDITS = {
     "refine": [EditSpec(source=SRC, target="lofi piano with warm jazz drums", op="refine")],
     "reweight": [EditSpec(source=SRC, op="reweight", word_weights={"piano": -1.5, "drums": 2.0})],
     "two_targets_windows": [EditSpec(source=SRC, target="lofi guitar with warm drums", windows={"default": 0.4}),
-                            EditSpec(source=SRC, target="lofi piano with cold drums", blend="hard")],
+                            EditSpec(source=SRC, target="lofi piano with cold drums", setting="hard")],
+    # Every named setting (the ones above run the default, editgen-code) and custom schedules.
+    "setting_paper_text": [EditSpec(source=SRC, target="lofi guitar with warm drums", setting="paper-text")],
+    "setting_hard": [EditSpec(source=SRC, target="lofi guitar with warm drums", setting="hard")],
+    "custom": [EditSpec(source=SRC, target="lofi guitar with warm drums", cross_blend="reversed",
+                        self_blend="constant:0.7", self_window="0.2:0.7", windows={"guitar": "0.1:0.5"},
+                        word_weights={"guitar": 1.5}, reweight_mode="editgen-code")],
 }
 
 
@@ -346,7 +353,8 @@ def test_manifest_contents(exported):
     kv += [f"{kind}_{i}" for i in range(s.num_layers) for kind in ("cross_key", "cross_value")]
     assert [t.name for t in step.inputs] == [
         "codes", "positions", *kv, "text_mask", "edit_src_row", "edit_mapper",
-        "edit_alpha", "edit_weight", "edit_window", "edit_blend", "edit_use_captured", "edit_captured"]
+        "edit_alpha", "edit_weight", "edit_window", "edit_blend", "edit_use_captured", "edit_captured",
+        "edit_self_blend", "edit_self_window"]
     for i in range(s.num_layers):
         for name in (f"past_key_{i}", f"past_value_{i}"):
             assert step.input(name).shape == ("rows", s.num_heads, "positions", s.head_dim)
@@ -370,7 +378,7 @@ def test_stereo_manifest_codec_graphs(exported):
     """A stereo export: shapes carry audio_channels; the EnCodec graphs have a static
     channel axis of 2 (decode [clips, 2, samples], encode [2, samples] -> [8, frames])."""
     manifest = load_manifest(exported(STEREO))
-    assert manifest.data["format_version"] == 4
+    assert manifest.data["format_version"] == 5
     assert manifest.shapes == loaded_model(STEREO).shapes and manifest.shapes.audio_channels == 2
     decode, encode = manifest.graphs["encodec_decode"], manifest.graphs["encodec_encode"]
     assert decode.input("codes").shape == ("clips", 8, "frames")
@@ -467,10 +475,11 @@ def test_fp16_export_runs_close_to_fp32(exported, ort_backend):
     with OrtBackend(engine, providers=["CPUExecutionProvider"]) as half:
         got = scripted_steps(half, ref.shapes, 3, edited=True)
     # fp16 keeps ~3 decimal digits: measured 4.3e-4 on logits of |x| <= 0.63 and 4e-5 on
-    # the attention maps (one step); 4x that is the bound, over every scripted step.
+    # the attention maps (one step); 4x that is the bound, over every scripted step. With
+    # random self-injection (format 5) one map entry of 3072 measured 2.1e-4: bound 5e-4.
     for (gl, gm), (wl, wm) in zip(got, want):
         np.testing.assert_allclose(gl, wl, atol=2e-3, rtol=0)
-        np.testing.assert_allclose(gm, wm, atol=2e-4, rtol=0)
+        np.testing.assert_allclose(gm, wm, atol=5e-4, rtol=0)
 
 
 def test_external_data_layout(exported):

@@ -70,7 +70,13 @@ BAD_JSON = [  # (endpoint, body, status, code)
     ("/v1/edit", {**EDIT, "word_weights": {"banjo": 1.0}}, 400, "invalid_request"),
     ("/v1/edit", {**EDIT, "word_weights": {"guitar": 3.0}}, 400, "invalid_request"),
     ("/v1/edit", {**EDIT, "windows": {"guitar": 1.5}}, 400, "invalid_request"),
-    ("/v1/edit", {**EDIT, "blend": "sideways"}, 400, "invalid_request"),
+    ("/v1/edit", {**EDIT, "blend": "sideways"}, 422, "invalid_body"),  # renamed cross_blend: unknown field
+    ("/v1/edit", {**EDIT, "cross_blend": "sideways"}, 400, "invalid_request"),
+    ("/v1/edit", {**EDIT, "self_blend": "soft"}, 400, "invalid_request"),
+    ("/v1/edit", {**EDIT, "self_window": "0.9:0.1"}, 400, "invalid_request"),
+    ("/v1/edit", {**EDIT, "windows": {"guitar": "0.6:0.2"}}, 400, "invalid_request"),
+    ("/v1/edit", {**EDIT, "setting": "paper"}, 422, "invalid_body"),
+    ("/v1/edit", {**EDIT, "reweight_mode": "editgen-code", "word_weights": {"guitar": 0.0}}, 400, "invalid_request"),
     ("/v1/edit", {**EDIT, "region": {"start": 3.0, "end": 1.0}}, 400, "invalid_request"),
     ("/v1/edit", {**EDIT, "region": {"start": 5.0, "end": 6.0}}, 400, "invalid_request"),  # after the end
     ("/v1/edit", {"target": TGT}, 400, "invalid_request"),  # no source, no capture

@@ -19,6 +19,7 @@ from editgen.cli.common import (
     open_from_args,
 )
 from editgen.cli.outputs import atomic_dir, check_writable_dir
+from editgen.engine.edit.settings import DEFAULT_SETTING, REWEIGHT_MODES, SETTINGS
 from editgen.errors import InvalidRequestError
 
 OUTPUT_FILES = ("source.wav", "edited.wav", "edit.json", "attention.png")
@@ -40,10 +41,24 @@ def register(sub) -> None:
                         "reweight: same prompt, word weights")
     p.add_argument("--word", action="append", default=[], metavar="WORD=C",
                    help="reweight target word WORD by C in [-2, 2] (repeatable)")
-    p.add_argument("--window", action="append", default=[], metavar="WORD=F",
-                   help="inject the edit during the first fraction F in [0, 1] of the steps; "
-                        "WORD may be `default` (repeatable)")
-    p.add_argument("--blend", default="soft", help="layer blend: soft, hard, reversed or constant:X")
+    p.add_argument("--window", action="append", default=[], metavar="WORD=F|WORD=S:E",
+                   help="inject WORD's cross-attention edit during steps [floor(S (N+1)), floor(E (N+1))) "
+                        "of N, as Prompt-to-Prompt (F means 0:F); WORD may be `default` (repeatable)")
+    p.add_argument("--setting", default=DEFAULT_SETTING, choices=tuple(SETTINGS),
+                   help="editgen-code: hard cross + self-attention b_i = (2i+1)/(2N), what the paper's "
+                        "released code evaluates; paper-text: cross a_i = i/N, no self-injection; "
+                        "hard: Prompt-to-Prompt")
+    p.add_argument("--cross-blend", "--blend", dest="cross_blend", default=None,
+                   help="override the setting's cross-attention layer schedule a_i (1 keeps the own map): "
+                        "soft, hard, reversed, constant:X or X0,X1,... (one per layer)")
+    p.add_argument("--self-blend", default=None,
+                   help="override the setting's self-attention schedule b_i (weight of the source): "
+                        "off, editgen, full, constant:X or X0,X1,...")
+    p.add_argument("--self-window", default=None, metavar="F|S:E",
+                   help="self-injection steps [floor(S N), floor(E N)) (default: all)")
+    p.add_argument("--reweight-mode", default="p2p", choices=REWEIGHT_MODES,
+                   help="p2p: multiply the word's attention by C (Prompt-to-Prompt); editgen-code: "
+                        "divide every other column by C (the released EditGen code)")
     p.add_argument("--region", metavar="START:END",
                    help="edit only these seconds, e.g. 2.0:5.0 (outside it the edit copies the source)")
     add_generation_args(p)
@@ -67,6 +82,21 @@ def parse_assignments(items: list[str], flag: str, value_name: str) -> dict[str,
         if word in out:
             raise InvalidRequestError(f"{flag}: word {word!r} is given twice")
         out[word] = value
+    return out
+
+
+def parse_windows(items: list[str], flag: str) -> dict[str, str]:
+    """["guitar=0.4", "drums=0.1:0.6"] -> {"guitar": "0.4", ...}; the values are checked by EditSpec."""
+    out: dict[str, str] = {}
+    for item in items:
+        word, sep, raw = item.rpartition("=")
+        word = word.strip()
+        if not sep or not word or not raw.strip():
+            raise InvalidRequestError(f"{flag} {item!r} must look like WORD=F or WORD=START:END, "
+                                      f"e.g. {flag} guitar=0.5")
+        if word in out:
+            raise InvalidRequestError(f"{flag}: word {word!r} is given twice")
+        out[word] = raw.strip()
     return out
 
 
@@ -107,7 +137,9 @@ def build_spec(args, source: str):
 
     return EditSpec(source=source, target=args.target, op=args.op,
                     word_weights=parse_assignments(args.word, "--word", "C"),
-                    windows=parse_assignments(args.window, "--window", "F"), blend=args.blend)
+                    windows=parse_windows(args.window, "--window"), setting=args.setting,
+                    cross_blend=args.cross_blend, self_blend=args.self_blend, self_window=args.self_window,
+                    reweight_mode=args.reweight_mode)
 
 
 def run(args) -> int:
@@ -145,7 +177,7 @@ def run(args) -> int:
 
 
 def _run_edit(backend, args, spec, options, capture, region, clip):
-    from editgen.engine.editing import edit, edit_from_capture
+    from editgen.engine.editing import edit, edit_from_capture, reruns_source
 
     progress = not args.no_progress
     rate = backend.shapes.frame_rate
@@ -154,6 +186,9 @@ def _run_edit(backend, args, spec, options, capture, region, clip):
         note(f"seconds, seed and sampling come from the capture ({o.seconds:g} s, seed {o.seed}, "
              f"guidance {o.guidance_scale:g}); --seconds/--seed/--guidance/... are ignored")
         note_region(region, capture.codes.shape[-1], rate)
+        if reruns_source([spec]):
+            note("self-attention injection needs the source's self-attention, which a capture does not "
+                 "store: the source row runs again, teacher-forced on the captured codes")
         return edit_from_capture(backend, capture, [spec], region=region, progress=progress), "captured"
     if clip is not None:
         codes = audio_codes(backend, clip)
@@ -174,8 +209,9 @@ def _write_outputs(out, args, spec, result, mode, source_wav, edited_wav, shapes
         "model": args.model, "engine": args.engine, "backend": args.backend,
         "op": plan.op, "source": plan.source.text, "target": plan.target.text,
         "word_weights": dict(spec.word_weights),
-        "windows": dict(spec.windows),
-        "blend": spec.blend,
+        "windows": {w: list(b) for w, b in spec.windows.items()},
+        "setting": spec.setting, "cross_blend": spec.cross_blend, "self_blend": spec.self_blend,
+        "self_window": list(spec.self_window), "reweight_mode": spec.reweight_mode,
         "region": None if region is None else [region.start, region.end],
         "capture": args.capture, "audio": args.audio,
         "options": dataclasses.asdict(result.options),

@@ -88,16 +88,22 @@ def run_job(backend: Backend, job: Job, progress: bool = True):
 def edit_job(backend: Backend, specs: Sequence[EditSpec], options: GenerationOptions, *,
              region: Region | None = None, audio_codes: np.ndarray | None = None) -> Job:
     """Paired mode: rows [source, target_1..n]; `audio_codes` [K, frames] teacher-forces the source."""
-    shapes = backend.shapes
     plans = compile_specs(backend, specs)
     if audio_codes is not None:
-        options = options_for_audio(options, audio_codes, shapes.frame_rate)
+        options = options_for_audio(options, audio_codes, backend.shapes.frame_rate)
+    return _paired_job(backend, plans, options, region, audio_codes)
+
+
+def _paired_job(backend: Backend, plans: tuple[EditPlan, ...], options: GenerationOptions,
+                region: Region | None, source_codes: np.ndarray | None) -> Job:
+    """Rows [source, target_1..n]; `source_codes` [K, frames] teacher-forces the source."""
+    shapes = backend.shapes
     pattern = _pattern(shapes, options)
     frames, steps = pattern.frames, pattern.steps
     n = len(plans)
     batch = EditBatch(plans, cfg=options.cfg, num_heads=shapes.num_heads)
     prompts = [plans[0].source] + [p.target for p in plans]
-    overrides = [] if audio_codes is None else [_teacher_force_source(pattern, audio_codes)]
+    overrides = [] if source_codes is None else [_teacher_force_source(pattern, source_codes)]
     if region is not None:
         outside = ~region.frame_mask(frames, shapes.frame_rate)
         overrides.append(ForceFrames(pattern, range(1, 1 + n), outside, from_row=0))
@@ -111,13 +117,23 @@ def edit_job(backend: Backend, specs: Sequence[EditSpec], options: GenerationOpt
     return Job(request, finish)
 
 
+def reruns_source(specs: Sequence[EditSpec]) -> bool:
+    """Whether an edit from a capture re-runs the source: self-attention injection needs
+    the source's self-attention maps, which a capture does not hold (they grow as
+    steps^2), so the source row runs again, teacher-forced on the captured codes."""
+    return any(s.injects_self for s in specs)
+
+
 def edit_from_capture_job(backend: Backend, capture: SourceCapture, specs: Sequence[EditSpec], *,
                           region: Region | None = None) -> Job:
-    """Captured mode: the source is not run; its maps and codes come from `capture`."""
+    """Captured mode: the source's maps and codes come from `capture`; the source is not
+    run, except with self-attention injection (`reruns_source`)."""
     shapes = backend.shapes
     capture.check_compatible(backend, specs)
     plans = compile_specs(backend, specs)
     options = capture.options
+    if reruns_source(specs):
+        return _paired_job(backend, plans, options, region, capture.codes)
     pattern = _pattern(shapes, options)
     frames, steps = pattern.frames, pattern.steps
     n = len(plans)

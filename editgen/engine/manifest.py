@@ -9,7 +9,7 @@ buffers: plain dictionary lookups, never `eval`.
 Layout of manifest.json (format_version 4):
 
     {
-      "format_version": 4, "editgen_version": "0.1.0", "model": "random:tiny",
+      "format_version": 5, "editgen_version": "0.1.0", "model": "random:tiny",
       "dtype": "fp32" | "fp16", "quantize": null | "int8", "opset": 17,
       "shapes": {ModelShapes.to_dict()},
       "tokenizer": "tokenizer.json",
@@ -48,7 +48,9 @@ from editgen.version import __version__
 # 4: EnCodec graphs carry an audio channel axis (stereo checkpoints): encodec_decode gives
 #    audio [clips, channels, samples], encodec_encode takes wav [channels, samples];
 #    shapes has audio_channels.
-FORMAT_VERSION = 4
+# 5: self-attention injection: decoder_step takes edit_self_blend [rows, layers] and
+#    edit_self_window [rows].
+FORMAT_VERSION = 5
 MANIFEST_FILE = "manifest.json"
 GRAPHS = ("text_encoder", "cross_kv", "decoder_step", "encodec_decode", "encodec_encode")
 DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32,

@@ -143,16 +143,19 @@ def graph_defs(model, shapes: ModelShapes, prompts: tuple[tuple, ...]) -> list[G
         if not edited:  # identity edit inputs (plain generation)
             return (codes, positions, *kv, mask, torch.arange(rows),
                     torch.eye(T).repeat(rows, 1, 1), torch.ones(rows, T), torch.ones(rows, T),
-                    torch.zeros(rows, T), torch.ones(rows, L), torch.zeros(rows), torch.zeros(L, rows, H, T))
+                    torch.zeros(rows, T), torch.ones(rows, L), torch.zeros(rows), torch.zeros(L, rows, H, T),
+                    torch.zeros(rows, L), torch.zeros(rows))
         src = torch.arange(rows)
         src[1:rows_cond] = torch.randint(0, rows_cond, (rows_cond - 1,), generator=gen)
         mapper = torch.softmax(randn(rows, T, T) * 3, dim=-1)  # row-stochastic
         use_captured = torch.zeros(rows)
         use_captured[rows_cond - 1] = 1.0
         captured = torch.softmax(randn(L, rows, H, T), dim=-1)
+        self_window = torch.ones(rows)
+        self_window[0] = 0.0
         return (codes, positions, *kv, mask, src, mapper,
                 (rand(rows, T) > 0.5).float(), rand(rows, T) * 4 - 2, (rand(rows, T) > 0.5).float(),
-                rand(rows, L), use_captured, captured)
+                rand(rows, L), use_captured, captured, rand(rows, L), self_window)
 
     def step_examples():
         return [step_example(4, 12, (7, 7, 3, 11), edited=True),
@@ -169,12 +172,12 @@ def graph_defs(model, shapes: ModelShapes, prompts: tuple[tuple, ...]) -> list[G
         return [(randn(C, 12 * hop + 17) * 0.1,), (randn(C, encodec_min_samples(s)) * 0.1,)]
 
     rows0 = {0: "rows"}  # axis 0 is rows
-    step_axes = {"codes": rows0, "positions": rows0, "text_mask": rows0, "edit_captured": {1: "rows"},
+    step_axes = {"codes": rows0, "positions": rows0, "text_mask": rows0,
                  "logits": rows0, "new_kv": {2: "rows"}, "cross_attn": {1: "rows"}}
     for name in step_kv_names(L):
         step_axes[name] = {0: "rows", 2: "positions"} if name.startswith("past_") else rows0
-    for name in STEP_EDIT_INPUTS[:-1]:
-        step_axes[name] = rows0
+    for name in STEP_EDIT_INPUTS:
+        step_axes[name] = {1: "rows"} if name == "edit_captured" else rows0
     return [
         GraphDef("text_encoder", TextEncoder(model).eval(), ("input_ids", "attention_mask"), ("hidden",),
                  {"input_ids": {0: "prompts"}, "attention_mask": {0: "prompts"}, "hidden": {0: "prompts"}},

@@ -95,7 +95,7 @@ class DecoderStep(nn.Module):
 
     def forward(self, codes, positions, past_keys, past_values, cross_keys, cross_values, text_mask,
                 edit_src_row, edit_mapper, edit_alpha, edit_weight, edit_window, edit_blend,
-                edit_use_captured, edit_captured):
+                edit_use_captured, edit_captured, edit_self_blend, edit_self_window):
         """`past_keys`, `past_values`: one tensor per layer [rows, heads, capacity, head_dim];
         `cross_keys`, `cross_values`: one per layer [rows, heads, T, head_dim]. Sequences, so
         that every layer's K/V is its own graph input (`StepGraph`): ONNX Runtime has no
@@ -125,12 +125,14 @@ class DecoderStep(nn.Module):
             weight=edit_weight[:, None, None, :],
             window=edit_window[:, None, None, :], one_minus_window=(1.0 - edit_window)[:, None, None, :],
             one_minus_blend=(1.0 - edit_blend).T[:, :, None, None, None],  # [layers, rows, 1, 1, 1]
+            # b_i while the self window is on, else 0: [layers, rows, 1, 1, 1]
+            self_b=(edit_self_blend * edit_self_window[:, None]).T[:, :, None, None, None],
         )
 
         new_kv, probs = [], []
         for i, layer in enumerate(self.layers):
             h = layer.self_attn_layer_norm(x)
-            attn, kv = self._self_attention(layer.self_attn, h, past_keys[i], past_values[i], self_bias, i)
+            attn, kv = self._self_attention(layer.self_attn, h, past_keys[i], past_values[i], self_bias, i, edit)
             x = x + attn
             new_kv.append(kv)
 
@@ -169,9 +171,14 @@ class DecoderStep(nn.Module):
         s = q @ k.transpose(-1, -2)
         return s if self.q_scale == 1.0 else s * self.q_scale
 
-    def _self_attention(self, attn, h, k_cache, v_cache, bias, layer_index):
+    def _self_attention(self, attn, h, k_cache, v_cache, bias, layer_index, e: "_EditTerms"):
         """k_cache, v_cache: [rows, heads, capacity, head_dim]; bias: [rows, 1, 1, capacity]. Returns the
-        output and this position's K, V: [rows, 2, heads, head_dim]."""
+        output and this position's K, V: [rows, 2, heads, head_dim].
+
+        Self-injection (docs/design.md, "The edit"): S = S_own - b * (S_own - S_src), S_src the
+        probabilities of row src_row, which sits at the same position (paired rows step
+        together); the values stay the row's own. With b = 0, or a row that is its own
+        source, S is S_own bit for bit."""
         rows = h.shape[0]
         if self.fused:
             qkv = self._linear(self.qkv[layer_index], h)  # [rows, 1, 3 * hidden]: q, k, v
@@ -181,7 +188,8 @@ class DecoderStep(nn.Module):
         q, k_new, v_new = qkv.view(rows, 3 * self.heads, 1, self.head_dim).split(self.heads, dim=1)
         scores_past = self._scores(q, k_cache) + bias  # [rows, heads, 1, capacity]
         score_new = self._scores(q, k_new)  # [rows, heads, 1, 1]
-        p = torch.softmax(torch.cat([scores_past, score_new], dim=-1), dim=-1)
+        p = torch.softmax(torch.cat([scores_past, score_new], dim=-1), dim=-1)  # [rows, heads, 1, capacity + 1]
+        p = p - e.self_b[layer_index] * (p - p[e.src_row])
         out = p[..., :-1] @ v_cache + p[..., -1:] * v_new
         kv = qkv.view(rows, 3, self.heads, self.head_dim)[:, 1:]
         return self._linear(attn.out_proj, self._merge(out)), kv
@@ -213,3 +221,4 @@ class _EditTerms(NamedTuple):
     window: torch.Tensor
     one_minus_window: torch.Tensor
     one_minus_blend: torch.Tensor
+    self_b: torch.Tensor

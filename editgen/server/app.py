@@ -226,20 +226,24 @@ def _add_routes(app: FastAPI, config: ServerConfig) -> None:
                          source: str = Form(description="a description of the audio"),
                          target: str | None = Form(None), op: Literal["replace", "refine", "reweight"] = Form("replace"),
                          word: list[str] = Form([], description="WORD=C, repeatable"),
-                         window: list[str] = Form([], description="WORD=F, repeatable"),
-                         blend: str = Form("soft"), region: str | None = Form(None, description="START:END seconds"),
+                         window: list[str] = Form([], description="WORD=F or WORD=START:END, repeatable"),
+                         setting: Literal["editgen-code", "paper-text", "hard"] = Form("editgen-code"),
+                         cross_blend: str | None = Form(None), self_blend: str | None = Form(None),
+                         self_window: str | None = Form(None),
+                         reweight_mode: Literal["p2p", "editgen-code"] = Form("p2p"), region: str | None = Form(None, description="START:END seconds"),
                          guidance: float = Form(3.0), top_k: int = Form(250), temperature: float = Form(1.0),
                          greedy: bool = Form(False), seed: int = Form(0), stream: bool = Form(False),
                          format: Literal["wav", "json"] = Form("wav")):
-        from editgen.cli.edit import parse_assignments
+        from editgen.cli.edit import parse_assignments, parse_windows
 
         arrived = time.monotonic()
         service = service_of(request)
         span = Region.parse(region) if region is not None else None
-        body = EditBody(source=source, target=target, op=op, blend=blend, guidance=guidance, top_k=top_k,
+        body = EditBody(source=source, target=target, op=op, setting=setting, cross_blend=cross_blend,
+                        self_blend=self_blend, self_window=self_window, reweight_mode=reweight_mode, guidance=guidance, top_k=top_k,
                         temperature=temperature, greedy=greedy, seed=seed, stream=stream, format=format,
                         word_weights=parse_assignments(word, "word", "C"),
-                        windows=parse_assignments(window, "window", "F"),
+                        windows=parse_windows(window, "window"),
                         region=None if span is None else RegionBody(start=span.start, end=span.end))
         source_audio = await _upload(service, audio)
         ticket = service.jobs.edit(body, arrived, audio=source_audio)

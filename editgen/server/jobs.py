@@ -11,7 +11,8 @@ import numpy as np
 from editgen.engine.audio import check_not_silent, check_source_codes, prepare_source, read_clip_bytes
 from editgen.engine.capture import SourceCapture
 from editgen.engine.edit import EditSpec
-from editgen.engine.editing import EditResult, Region, capture_job, edit_from_capture_job, edit_job
+from editgen.engine.editing import (EditResult, Region, capture_job, edit_from_capture_job, edit_job,
+                                    reruns_source)
 from editgen.engine.notes import region_note, request_notes
 from editgen.engine.options import GenerationOptions
 from editgen.engine.runtime import Generated, generate_job
@@ -100,7 +101,8 @@ class JobFactory:
             source = body.source
             options = self.options(body) if audio is None else self._audio_options(body)
         spec = EditSpec(source=source, target=body.target, op=body.op, word_weights=body.word_weights,
-                        windows=body.windows, blend=body.blend)
+                        windows=body.windows, setting=body.setting, cross_blend=body.cross_blend,
+                        self_blend=body.self_blend, self_window=body.self_window, reweight_mode=body.reweight_mode)
         region = Region(body.region.start, body.region.end) if body.region is not None else None
         notes = list(audio.notes) if audio is not None else []
         notes += request_notes(self.backend, options, {"source prompt": spec.source, "target prompt": spec.target},
@@ -114,7 +116,12 @@ class JobFactory:
                              f"guidance {o.guidance_scale:g}); {', '.join(given)} ignored")
             notes.append(region_note(region, capture.codes.shape[-1], rate))
             job = edit_from_capture_job(self.backend, capture, [spec], region=region)
-            tracks = [Track("edited", _row(0)), Track("source", lambda r, f, c=capture.codes: c[:, :f].copy())]
+            rerun = reruns_source([spec])  # then rows are [source, target], as paired
+            if rerun:
+                notes.append("self-attention injection needs the source's self-attention, which a capture does "
+                             "not store: the source row runs again, teacher-forced on the captured codes")
+            tracks = [Track("edited", _row(1 if rerun else 0)),
+                      Track("source", lambda r, f, c=capture.codes: c[:, :f].copy())]
             mode = "captured"
         else:
             codes = audio.codes if audio is not None else None

@@ -51,9 +51,16 @@ class EditBody(Sampling, Output):
     target: str | None = Field(None, description="edited prompt (optional for op reweight)")
     op: Literal["replace", "refine", "reweight"] = "replace"
     word_weights: dict[str, float] = Field(default_factory=dict, description="target word -> c in [-2, 2]")
-    windows: dict[str, float] = Field(default_factory=dict,
-                                      description="word (or 'default') -> fraction of the steps in [0, 1]")
-    blend: str = Field("soft", description="soft, hard, reversed or constant:X")
+    windows: dict[str, float | str] = Field(
+        default_factory=dict, description="word (or 'default') -> F or 'START:END', fractions of the steps "
+                                          "(Prompt-to-Prompt's windows)")
+    setting: Literal["editgen-code", "paper-text", "hard"] = Field(
+        "editgen-code", description="editgen-code: hard cross + self-attention b_i = (2i+1)/(2N) (the paper's "
+                                    "released code); paper-text: cross a_i = i/N; hard: Prompt-to-Prompt")
+    cross_blend: str | None = Field(None, description="override: soft, hard, reversed, constant:X or X0,X1,...")
+    self_blend: str | None = Field(None, description="override: off, editgen, full, constant:X or X0,X1,...")
+    self_window: float | str | None = Field(None, description="self-injection steps: F or 'START:END'")
+    reweight_mode: Literal["p2p", "editgen-code"] = "p2p"
     region: RegionBody | None = Field(None, description="edit only these seconds; outside, copy the source")
     capture_id: str | None = Field(None, description="edit from a capture made by POST /v1/captures; "
                                                      "seconds, seed and sampling then come from the capture")

@@ -5,7 +5,8 @@ Its "model" is a deterministic function of what a real step depends on, so that 
 bugs the tests look for change its output: a row's logits depend on its slot's text, on
 every code its cache holds up to its position (a cache written at the wrong slot or
 position, or not at all, changes them), on its position, and, for an edited row, on its
-source row's text (a src_row pointing at the wrong batch row changes them). Maps are
+source row's text and, with self-injection, on the source row's cache (a src_row pointing
+at the wrong batch row changes them). Maps are
 the row's attention over its text tokens, after the same edit arithmetic."""
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ class FakeBackend:
         steps = np.arange(s.max_positions)[None, :, None]
         weights = np.where(steps <= positions[:, None, None], np.cos(steps * 0.37 + 1.0), 0.0)
         memory = (self._history[slots] * weights).sum(axis=(1, 2))  # [R]
+        # Self-injection mixes in the source row's cache summary (same form as the real step).
+        self_b = (e.self_blend * e.self_window[:, None]).mean(axis=1)  # [R]
+        memory = memory - self_b * (memory - memory[e.src_row])
         edited = (e.window.max(axis=1) > 0) & (e.use_captured < 0.5)  # [R]
         text = self._text[slots] + np.where(edited[:, None], 0.5 * self._text[slots][e.src_row], 0.0)
         logits = 0.05 * (text @ self._project)  # [R, K * vocab]

@@ -95,7 +95,7 @@ class SlotTable:
             np.copyto(getattr(edit, f.name), _rows(getattr(self._identity, f.name), f.name, n))
         src = batch.edit
         edit.src_row[slots] = slots[src.src_row]
-        for name in ("mapper", "alpha", "weight", "window", "blend", "use_captured"):
+        for name in ("mapper", "alpha", "weight", "window", "blend", "use_captured", "self_blend", "self_window"):
             getattr(edit, name)[slots] = getattr(src, name)
         edit.captured[:, slots] = src.captured
         attended = attended_positions(int(batch.positions.max()))

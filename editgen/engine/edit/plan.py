@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 
 from editgen.engine.edit.alignment import refine_alignment, replace_mapper
+from editgen.engine.edit.settings import cross_window_steps, reweight_factors, self_window_steps
 from editgen.engine.edit.spec import DEFAULT_WINDOW, EditSpec, word_key
 from editgen.engine.tokenizer import TextTokenizer, TokenizedPrompt, split_words
 
@@ -24,18 +25,31 @@ class EditPlan:
     target: TokenizedPrompt
     mapper: np.ndarray  # float32 [T, T] [source token, target token]
     alphas: np.ndarray  # float32 [T] 1 = from source (mapper), 0 = own map
-    weights: np.ndarray  # float32 [T] reweight c (1 = unchanged)
-    # float64 [T]: the user's fractions unrounded, so 0.3 of 10 steps is 3 steps, not 4
-    window_fractions: np.ndarray
-    blend: np.ndarray  # float32 [num_layers] a_i (1 = keep own map)
+    weights: np.ndarray  # float32 [T] column factors of the reweight (1 = unchanged)
+    # float64 [T, 2]: each token's cross window (start, end), fractions of the steps
+    window_bounds: np.ndarray
+    cross_blend: np.ndarray  # float32 [num_layers] a_i (1 = keep own map)
+    self_blend: np.ndarray  # float32 [num_layers] b_i (0 = own self-attention)
+    self_window: np.ndarray  # float64 [2] (start, end) of self-attention injection
+    setting: str = ""
+    reweight_mode: str = "p2p"
 
     @property
     def num_layers(self) -> int:
-        return self.blend.shape[0]
+        return self.cross_blend.shape[0]
+
+    @property
+    def injects_self(self) -> bool:
+        return bool(self.self_blend.max() > 0.0 and self.self_window[1] > self.self_window[0])
 
     def window(self, step: int, num_steps: int) -> np.ndarray:
-        """w_t at `step`: float32 [T], 1 while step < fraction * num_steps."""
-        return (step < step_limits(self.window_fractions, num_steps)).astype(np.float32)
+        """Cross window w_t at `step` of `num_steps`: float32 [T] (Prompt-to-Prompt's steps)."""
+        lo, hi = cross_window_steps(self.window_bounds, num_steps).T
+        return ((lo <= step) & (step < hi)).astype(np.float32)
+
+    def self_window_on(self, step: int, num_steps: int) -> bool:
+        lo, hi = self_window_steps(self.self_window, num_steps)
+        return bool(lo <= step < hi)
 
     def to_json(self) -> dict:
         """Plain lists and numbers, for edit.json."""
@@ -46,18 +60,13 @@ class EditPlan:
             "mapper": self.mapper.tolist(),
             "alphas": self.alphas.tolist(),
             "weights": self.weights.tolist(),
-            "window_fractions": self.window_fractions.tolist(),
-            "blend": self.blend.tolist(),
+            "window_bounds": self.window_bounds.tolist(),
+            "cross_blend": self.cross_blend.tolist(),
+            "self_blend": self.self_blend.tolist(),
+            "self_window": self.self_window.tolist(),
+            "setting": self.setting,
+            "reweight_mode": self.reweight_mode,
         }
-
-
-def step_limits(fractions: np.ndarray, num_steps: int, out: np.ndarray | None = None):
-    """fraction * num_steps (float64 [T]); the window is on while step < this.
-
-    Rounded to 1e-9 so float error does not add a step (0.3 * 10 = 3.0000000000000004).
-    """
-    out = np.multiply(fractions, num_steps, out=out)
-    return np.round(out, 9, out=out)
 
 
 def compile_edit(spec: EditSpec, tokenizer: TextTokenizer, num_layers: int) -> EditPlan:
@@ -77,19 +86,23 @@ def compile_edit(spec: EditSpec, tokenizer: TextTokenizer, num_layers: int) -> E
     keys = [word_key(w) for w in split_words(target.text)]  # [words]
     token_keys = [None if w is None else keys[w] for w in target.word_of_token]  # [length]
     weights = np.ones(T, dtype=np.float32)
-    fractions = np.full(T, spec.windows[DEFAULT_WINDOW], dtype=np.float64)
+    bounds = np.tile(np.asarray(spec.windows[DEFAULT_WINDOW], dtype=np.float64), (T, 1))  # [T, 2]
     for t, key in enumerate(token_keys):
         if key in spec.word_weights:
             weights[t] = spec.word_weights[key]
         if key in spec.windows:  # a word literally named "default" gets the default
-            fractions[t] = spec.windows[key]
+            bounds[t] = spec.windows[key]
+    weights = reweight_factors(weights, list(spec.word_weights.values()), spec.reweight_mode)
 
     arrays = dict(mapper=mapper, alphas=alphas.astype(np.float32), weights=weights,
-                  window_fractions=fractions,
-                  blend=spec.blend_schedule.alphas(num_layers))
+                  window_bounds=bounds,
+                  cross_blend=spec.cross_schedule.layer_values(num_layers),
+                  self_blend=spec.self_schedule.layer_values(num_layers),
+                  self_window=np.asarray(spec.self_window, dtype=np.float64))
     for a in arrays.values():
         a.flags.writeable = False
-    return EditPlan(op=spec.op, source=source, target=target, **arrays)
+    return EditPlan(op=spec.op, source=source, target=target, setting=spec.setting,
+                    reweight_mode=spec.reweight_mode, **arrays)
 
 
 def _prompt_json(p: TokenizedPrompt) -> dict:

@@ -9,7 +9,9 @@ import string
 from types import MappingProxyType
 from typing import Literal, Mapping
 
-from editgen.engine.edit.blend import BlendSchedule
+from editgen.engine.edit.blend import LayerSchedule
+from editgen.engine.edit.settings import (DEFAULT_SETTING, FULL_WINDOW, REWEIGHT_MODES, Window,
+                                          parse_window, setting_named)
 from editgen.engine.tokenizer import check_prompt, split_words
 from editgen.errors import InvalidRequestError
 
@@ -31,18 +33,28 @@ class EditSpec:
     op: replace (same word count, words swapped one to one), refine (words added or
         removed, aligned globally), reweight (no base edit: target is the source).
     word_weights: reweight factor c in [-2, 2] per target word, with any op.
-    windows: fraction of the steps, in [0, 1], during which the edit is injected;
-        key "default" plus optional target words ({"default": 1.0, "guitar": 0.4}).
-    blend: layer schedule, see BlendSchedule.
-    Mappings are stored read-only with keys as `word_key` gives them.
+    windows: steps during which a word's cross-attention edit is injected, as Prompt-to-
+        Prompt's windows (settings.py): a fraction f (= 0:f) or (start, end) / "start:end";
+        key "default" plus optional target words ({"default": 1.0, "guitar": "0.2:0.6"}).
+    setting: a named setting (settings.SETTINGS): the cross and self layer schedules.
+    cross_blend, self_blend: override the setting's schedules (blend.py forms).
+    self_window: steps of self-attention injection, as windows (default: all).
+    reweight_mode: "p2p" (multiply the word's columns by c) or "editgen-code" (divide the
+        other columns by c, as the released code).
+    Mappings are stored read-only with keys as `word_key` gives them; after creation
+    cross_blend, self_blend and self_window hold the resolved values.
     """
 
     source: str
     target: str | None = None
     op: Literal["replace", "refine", "reweight"] = "replace"
     word_weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
-    windows: Mapping[str, float] = dataclasses.field(default_factory=dict)
-    blend: str = "soft"
+    windows: Mapping[str, float | str | tuple[float, float]] = dataclasses.field(default_factory=dict)
+    setting: str = DEFAULT_SETTING
+    cross_blend: str | None = None
+    self_blend: str | None = None
+    self_window: float | str | tuple[float, float] | None = None
+    reweight_mode: str = "p2p"
 
     def __post_init__(self) -> None:
         check_prompt(self.source, "source prompt")
@@ -56,12 +68,22 @@ class EditSpec:
         if self.op == "reweight" and not weights:
             raise InvalidRequestError("op reweight needs at least one word weight, "
                                       "e.g. piano=1.5 (c in [-2, 2])")
-        windows = {DEFAULT_WINDOW: 1.0}
-        windows.update(_word_map("windows", self.windows, words, target, 0.0, 1.0,
-                                 allow_default=True))
-        object.__setattr__(self, "word_weights", MappingProxyType(weights))
-        object.__setattr__(self, "windows", MappingProxyType(windows))
-        BlendSchedule.parse(self.blend)  # raises on a bad form
+        if self.reweight_mode not in REWEIGHT_MODES:
+            raise InvalidRequestError(f"reweight mode {self.reweight_mode!r} is not one of "
+                                      f"{', '.join(REWEIGHT_MODES)}")
+        if self.reweight_mode == "editgen-code" and 0.0 in weights.values():
+            raise InvalidRequestError("reweight mode editgen-code divides by c, so c = 0 is undefined "
+                                      "there: use reweight mode p2p, or c != 0")
+        windows = {DEFAULT_WINDOW: FULL_WINDOW}
+        windows.update(_window_map(self.windows, words, target))
+        setting = setting_named(self.setting)
+        cross = LayerSchedule.parse(setting.cross_blend if self.cross_blend is None else self.cross_blend, "cross")
+        self_ = LayerSchedule.parse(setting.self_blend if self.self_blend is None else self.self_blend, "self")
+        self_window = FULL_WINDOW if self.self_window is None else parse_window(self.self_window, "self window")
+        for name, value in (("word_weights", MappingProxyType(weights)), ("windows", MappingProxyType(windows)),
+                            ("setting", setting.name), ("cross_blend", str(cross)), ("self_blend", str(self_)),
+                            ("self_window", self_window)):
+            object.__setattr__(self, name, value)
 
     def _checked_target(self) -> str:
         target = self.target
@@ -80,8 +102,39 @@ class EditSpec:
         return self.source if self.op == "reweight" else target
 
     @property
-    def blend_schedule(self) -> BlendSchedule:
-        return BlendSchedule.parse(self.blend)
+    def cross_schedule(self) -> LayerSchedule:
+        return LayerSchedule.parse(self.cross_blend, "cross")
+
+    @property
+    def self_schedule(self) -> LayerSchedule:
+        return LayerSchedule.parse(self.self_blend, "self")
+
+    @property
+    def injects_self(self) -> bool:
+        """Whether the target rows read their source's self-attention at some step."""
+        return self.self_schedule.injects and self.self_window[1] > self.self_window[0]
+
+
+def _window_map(given: Mapping, words: tuple[str, ...], target: str) -> dict[str, Window]:
+    """Validate {word: window}: each word in the target (or "default")."""
+    if not isinstance(given, Mapping):
+        raise InvalidRequestError(f"windows must be a mapping of word to window, got {type(given).__name__}")
+    out: dict[str, Window] = {}
+    for raw, value in given.items():
+        key = _checked_key("windows", raw, words, target, allow_default=True, seen=out)
+        out[key] = parse_window(value, f"windows[{raw!r}]")
+    return out
+
+
+def _checked_key(name: str, raw, words: tuple[str, ...], target: str, *, allow_default: bool, seen) -> str:
+    key = word_key(str(raw))
+    if key not in words and not (allow_default and key == DEFAULT_WINDOW):
+        raise InvalidRequestError(
+            f"{name}: word {raw!r} is not in the target prompt {target!r} "
+            f"(words: {', '.join(words)}): name one of them")
+    if key in seen:
+        raise InvalidRequestError(f"{name}: word {raw!r} is named twice")
+    return key
 
 
 def _word_map(name: str, given: Mapping[str, float], words: tuple[str, ...], target: str,
@@ -92,13 +145,7 @@ def _word_map(name: str, given: Mapping[str, float], words: tuple[str, ...], tar
                                   f"got {type(given).__name__}")
     out: dict[str, float] = {}
     for raw, value in given.items():
-        key = word_key(str(raw))
-        if key not in words and not (allow_default and key == DEFAULT_WINDOW):
-            raise InvalidRequestError(
-                f"{name}: word {raw!r} is not in the target prompt {target!r} "
-                f"(words: {', '.join(words)}): name one of them")
-        if key in out:
-            raise InvalidRequestError(f"{name}: word {raw!r} is named twice")
+        key = _checked_key(name, raw, words, target, allow_default=allow_default, seen=out)
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise InvalidRequestError(f"{name}[{raw!r}] is {value!r}, must be a number "
                                       f"in [{lo:g}, {hi:g}]")

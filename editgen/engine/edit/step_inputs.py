@@ -13,7 +13,8 @@ from typing import Sequence
 import numpy as np
 
 from editgen.engine.config import ModelShapes
-from editgen.engine.edit.plan import EditPlan, step_limits
+from editgen.engine.edit.plan import EditPlan
+from editgen.engine.edit.settings import cross_window_steps, self_window_steps
 from editgen.errors import InvalidRequestError
 
 
@@ -24,9 +25,13 @@ class EditStepInputs:
     alpha: np.ndarray  # float32 [rows, T] 1 = from source via mapper, 0 = own map
     weight: np.ndarray  # float32 [rows, T] reweight c (1 = unchanged)
     window: np.ndarray  # float32 [rows, T] w_t at this step (0/1)
-    blend: np.ndarray  # float32 [rows, layers] a_i (1 = keep own map)
+    blend: np.ndarray  # float32 [rows, layers] cross a_i (1 = keep own map)
     use_captured: np.ndarray  # float32 [rows] 1: source maps come from `captured`
     captured: np.ndarray  # float32 [layers, rows, heads, T] injected source maps
+    # Self-attention injection: S = S_own - self_window * self_blend[i] * (S_own - S_src),
+    # S_src the self-attention probabilities of row src_row at the same positions.
+    self_blend: np.ndarray  # float32 [rows, layers] b_i (0 = own self-attention)
+    self_window: np.ndarray  # float32 [rows] 1 while self-injection is on at this step
 
     @classmethod
     def identity(cls, rows: int, T: int, num_layers: int, num_heads: int) -> "EditStepInputs":
@@ -39,6 +44,8 @@ class EditStepInputs:
             blend=np.ones((rows, num_layers), dtype=np.float32),
             use_captured=np.zeros(rows, dtype=np.float32),
             captured=np.zeros((num_layers, rows, num_heads, T), dtype=np.float32),
+            self_blend=np.zeros((rows, num_layers), dtype=np.float32),
+            self_window=np.zeros(rows, dtype=np.float32),
         )
 
     def as_feed(self) -> dict[str, np.ndarray]:
@@ -80,11 +87,13 @@ class EditBatch:
             buf.mapper[r] = plan.mapper
             buf.alpha[r] = plan.alphas
             buf.weight[r] = plan.weights
-            buf.blend[r] = plan.blend
-        self._fractions = np.stack([p.window_fractions for p in plans])  # float64 [n, T]
-        self._limits = np.empty_like(self._fractions)  # float64 [n, T]
-        self._active = np.empty(self._fractions.shape, dtype=bool)  # [n, T]
+            buf.blend[r] = plan.cross_blend
+            buf.self_blend[r] = plan.self_blend
+        self._bounds = np.stack([p.window_bounds for p in plans])  # float64 [n, T, 2]
+        self._self_bounds = np.stack([p.self_window for p in plans])  # float64 [n, 2]
+        self._steps_for = None  # num_steps the window steps below were computed for
         self._window_targets = buf.window[t0:t0 + n]  # view [n, T]
+        self._self_window_targets = buf.self_window[t0:t0 + n]  # view [n]
         self._captured_maps = None
         if captured_maps is not None:
             want = (layers, num_heads, T)
@@ -129,9 +138,14 @@ class EditBatch:
         assert 0 <= step < num_steps, (step, num_steps)
         if not self.plans:
             return self._buf
-        step_limits(self._fractions, num_steps, out=self._limits)
-        np.less(step, self._limits, out=self._active)
-        np.copyto(self._window_targets, self._active)
+        if self._steps_for != num_steps:
+            self._cross_steps = cross_window_steps(self._bounds, num_steps)  # int64 [n, T, 2]
+            self._self_steps = self_window_steps(self._self_bounds, num_steps)  # int64 [n, 2]
+            self._steps_for = num_steps
+        lo, hi = self._cross_steps[..., 0], self._cross_steps[..., 1]
+        np.copyto(self._window_targets, (lo <= step) & (step < hi))
+        lo, hi = self._self_steps[:, 0], self._self_steps[:, 1]
+        np.copyto(self._self_window_targets, (lo <= step) & (step < hi))
         if self._captured_maps is not None:
             if num_steps > self._captured_maps.shape[0]:
                 raise InvalidRequestError(
