@@ -15,7 +15,7 @@ import sys
 from editgen.errors import EditGenError
 from editgen.version import __version__
 
-SUBCOMMANDS = ("generate", "edit", "capture", "export", "eval", "serve")
+SUBCOMMANDS = ("generate", "edit", "capture", "export", "eval", "protocol", "serve")
 
 DESCRIPTION = (
     "Generate music from a text prompt with MusicGen, and edit it by editing the prompt "

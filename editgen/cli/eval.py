@@ -5,12 +5,14 @@
 
 Prints a table and writes a JSON report (atomically). librosa, mir_eval and, with
 --clap, torch are imported only when this command runs: the dispatcher imports this
-module for every subcommand."""
+module for every subcommand. `score_pairs` is the one scoring path: `editgen protocol`
+scores its edits through it too."""
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -52,53 +54,89 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     pairs = pairs_from_args(args)
     output = check_writable_file(args.output)  # fail before minutes of scoring
+    scorer = open_scorer(args.clap)
+    batch = args.batch is not None
+    scored = score_pairs(pairs, scorer, batch=batch)
+    from editgen.eval import report
+
+    if batch:
+        print(report.format_batch_table(scored.results, report.group_summaries(scored.results)))
+    else:
+        print(report.format_pair_table(scored.results[0]))
+    for line in scored.notes:
+        note(line)
+    with atomic_file(output) as tmp:
+        tmp.write_text(json.dumps(scored.to_json(), indent=2, allow_nan=False) + "\n")
+    print(f"wrote {output}")
+    return 0
+
+
+def eval_modules():
+    """editgen.eval, or the one-line error that says which extra to install."""
     try:
-        from editgen.eval import evaluate_pair, metrics, report
+        import editgen.eval
+        from editgen.eval import metrics  # noqa: F401  (librosa, mir_eval)
     except ImportError as exc:
         raise EditGenError(
             f"editgen eval needs librosa and mir_eval ({exc}): pip install 'editgen[eval]'"
         ) from exc
+    return editgen.eval
 
-    scorer = None
-    if args.clap is not None:
-        from editgen.eval.clap import ClapScorer
 
-        scorer = ClapScorer(args.clap)  # a broken directory fails here, before any scoring
-    # Every file is read and checked before the first pair is scored: a bad row 2 must
-    # not cost the minutes of row 1, nor print its error over a progress bar.
-    from editgen.eval import check_pairs
+def open_scorer(clap: Path | None):
+    """The CLAP scorer of --clap (None without it). Call it before long work: a broken
+    directory fails here, in seconds, and checks that the eval extra is installed."""
+    eval_modules()
+    if clap is None:
+        return None
+    from editgen.eval.clap import ClapScorer
 
-    check_pairs(pairs)
-    bar = _progress(pairs)
+    return ClapScorer(clap)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scored:
+    """What `editgen eval` computed: one EvalResult per pair, the notes to print, the
+    scoring settings; `to_json()` is the report it writes."""
+
+    results: tuple  # EvalResult per pair, in order
+    notes: tuple[str, ...]
+    settings: dict
+    batch: bool
+
+    def to_json(self) -> dict:
+        from editgen.eval import report
+
+        return report.build_json(self.results, self.settings, self.notes, batch=self.batch)
+
+
+def score_pairs(pairs: list, scorer, *, batch: bool, progress: bool = True) -> Scored:
+    """Score `pairs` as `editgen eval` does (the one scoring path: `editgen protocol` calls
+    it too). Every file is read and checked before the first pair is scored: a bad row 2
+    must not cost the minutes of row 1, nor print its error over a progress bar."""
+    ev = eval_modules()
+    metrics = ev.metrics
+    ev.check_pairs(pairs)
+    bar = _progress(pairs, progress)
     try:
-        results = [evaluate_pair(pair, scorer) for pair in bar]
+        results = tuple(ev.evaluate_pair(pair, scorer) for pair in bar)
     finally:  # ends the bar's line, so an error is printed on a line of its own
         getattr(bar, "close", lambda: None)()
 
-    batch = args.batch is not None
     notes = [] if scorer else [CLAP_OMITTED]
     if batch:
-        print(report.format_batch_table(results, report.group_summaries(results)))
         notes += [f"pair {i} ({r.edited}): {note}" for i, r in enumerate(results, 1) for note in r.notes]
     else:
-        print(report.format_pair_table(results[0]))
         notes += list(results[0].notes)
-    for line in notes:
-        note(line)
-
     settings = {
         "hop_length": metrics.HOP_LENGTH, "frame_length": metrics.FRAME_LENGTH,
         "chroma": "librosa chroma_cqt, 12 bins, argmax; tuning estimated on the source",
         "loudness_db_floor": metrics.DB_FLOOR, "silence_dbfs": metrics.SILENCE_DBFS,
         "beat_tolerance_s": metrics.BEAT_TOLERANCE_S, "min_beat_seconds": metrics.MIN_BEAT_SECONDS,
-        "confidence_interval": "95%, Student t", "clap": str(args.clap) if scorer else None,
+        "confidence_interval": "95%, Student t", "clap": scorer.model_dir if scorer else None,
         "clap_sample_rate": scorer.sample_rate if scorer else None,
     }
-    doc = report.build_json(results, settings, notes, batch=batch)
-    with atomic_file(output) as tmp:
-        tmp.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
-    print(f"wrote {output}")
-    return 0
+    return Scored(results, tuple(notes), settings, batch)
 
 
 def pairs_from_args(args: argparse.Namespace) -> list:
@@ -162,7 +200,7 @@ def _check_header(path: Path, header: list[str]) -> None:
         )
 
 
-def _progress(pairs: list):
+def _progress(pairs: list, enabled: bool = True):
     from editgen.engine.progress import progress
 
-    return progress(pairs, enabled=len(pairs) > 1, desc="eval", unit="pair", leave=True)
+    return progress(pairs, enabled=enabled and len(pairs) > 1, desc="eval", unit="pair", leave=True)

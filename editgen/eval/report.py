@@ -19,6 +19,8 @@ METRICS: tuple[tuple[str, str], ...] = (
     ("clap_audio", "CLAP audio"),
 )
 CLAP_FIELDS = ("clap_text", "clap_audio")
+# The paper's Table 1 column order: text adherence first, then what the edit kept.
+TABLE1_ORDER = ("clap_text", "clap_audio", "melody_accuracy", "dynamics_correlation", "rhythm_f1")
 NO_LABEL = "(no label)"
 
 
@@ -107,15 +109,46 @@ def format_pair_table(result: EvalResult) -> str:
 def format_batch_table(results: Sequence[EvalResult], groups: dict[str, dict[str, Summary | None]]) -> str:
     """One row per label: mean ± 95% CI half-width; "(n=k)" where a metric has fewer values."""
     columns = shown_metrics(results)
-    rows = []
-    for label, summaries in groups.items():
-        pairs = sum(1 for r in results if (r.label or NO_LABEL) == label) if label != "all" else len(results)
-        cells = [label, str(pairs)]
-        for field, _ in columns:
-            s = summaries[field]
-            cells.append("n/a" if s is None else str(s) + ("" if s.n == pairs else f" (n={s.n})"))
-        rows.append(cells)
+    rows = [[label, str(_group_size(results, label)), *_summary_cells(results, label, summaries, columns)]
+            for label, summaries in groups.items()]
     return _table(["label", "pairs"] + [title for _, title in columns], rows)
+
+
+def table1_columns(results: Sequence[EvalResult]) -> list[tuple[str, str]]:
+    """(field, title) of the paper's Table 1 that these results have, in its order."""
+    shown = dict(shown_metrics(results))
+    return [(f, shown[f]) for f in TABLE1_ORDER if f in shown]
+
+
+def methods_cells(results: Sequence[EvalResult], groups: dict[str, dict[str, Summary | None]],
+                  labels: Sequence[str]) -> list[list[str]]:
+    """[label][table1 column] cell texts: mean ± 95% CI half-width, "n/a" where no pair
+    had the metric defined, "(n=k)" where only k had."""
+    columns = table1_columns(results)
+    return [_summary_cells(results, label, groups[label], columns) for label in labels]
+
+
+def format_methods_table(results: Sequence[EvalResult], groups: dict[str, dict[str, Summary | None]],
+                         labels: Sequence[str], *, label_title: str = "setting") -> str:
+    """The paper's Table 1 layout: one row per method (`labels`, in that order), columns
+    CLAP text and CLAP audio (when computed), melody, dynamics, rhythm; `n` = pairs."""
+    columns = table1_columns(results)
+    rows = [[label, str(_group_size(results, label)), *cells]
+            for label, cells in zip(labels, methods_cells(results, groups, labels))]
+    return _table([label_title, "n"] + [title for _, title in columns], rows)
+
+
+def _group_size(results: Sequence[EvalResult], label: str) -> int:
+    return len(results) if label == "all" else sum(1 for r in results if (r.label or NO_LABEL) == label)
+
+
+def _summary_cells(results, label: str, summaries: dict[str, Summary | None], columns) -> list[str]:
+    pairs = _group_size(results, label)
+    cells = []
+    for field, _ in columns:
+        s = summaries[field]
+        cells.append("n/a" if s is None else str(s) + ("" if s.n == pairs else f" (n={s.n})"))
+    return cells
 
 
 def build_json(results: Sequence[EvalResult], settings: dict, notes: Sequence[str], batch: bool) -> dict:
