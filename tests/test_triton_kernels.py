@@ -168,10 +168,10 @@ def test_cross_kernel_writes_probs_only_when_asked():
     assert none is None and torch.equal(out_alone, out)
 
 
-def test_cross_reference_is_the_decoder_steps_formula(tiny, monkeypatch):
+def test_cross_reference_is_the_decoder_steps_formula(tiny):
     """edited_cross_attention_ref (and decode_self_attention_ref at b = 0) against what
-    DecoderStep computes, layer by layer, inside a whole step of the tiny model with
-    every edit op on its rows: the spec is the model."""
+    DecoderStep computes, layer by layer, inside a whole step of the tiny model (refine and
+    captured rows, blends 0, 0.5, 1, rows at positions 0 to capacity - 1): the spec is the model."""
     from editgen.model.step_module import DecoderStep
 
     step = DecoderStep(tiny.model).eval()
@@ -203,8 +203,7 @@ def test_cross_reference_is_the_decoder_steps_formula(tiny, monkeypatch):
         seen["cross"].append((attn, h, result))
         return result
 
-    monkeypatch.setattr(step, "_self_attention", spy_self)
-    monkeypatch.setattr(step, "_cross_attention", spy_cross)
+    step._self_attention, step._cross_attention = spy_self, spy_cross  # this instance only
     c = {n: x.cpu() if isinstance(x, torch.Tensor) else x for n, x in case.items()}
     with torch.no_grad():
         step(torch.randint(0, cfg.vocab_size, (rows, K), generator=g), positions, past_k, past_v, cross_k, cross_v,
