@@ -169,9 +169,10 @@ def test_cross_kernel_writes_probs_only_when_asked():
 
 
 def test_cross_reference_is_the_decoder_steps_formula(tiny):
-    """edited_cross_attention_ref (and decode_self_attention_ref at b = 0) against what
-    DecoderStep computes, layer by layer, inside a whole step of the tiny model (refine and
-    captured rows, blends 0, 0.5, 1, rows at positions 0 to capacity - 1): the spec is the model."""
+    """edited_cross_attention_ref and decode_self_attention_ref against what DecoderStep
+    computes, layer by layer, inside a whole step of the tiny model (refine and captured
+    rows, cross blends 0, 0.5, 1, self-injection b 0.25 to 1 and a window off, rows at
+    positions 0 and capacity - 1): the spec is the model."""
     from editgen.model.step_module import DecoderStep
 
     step = DecoderStep(tiny.model).eval()
@@ -184,7 +185,9 @@ def test_cross_reference_is_the_decoder_steps_formula(tiny):
     blend = torch.tensor([[1.0, 1.0], [0.0, 0.5], [1.0, 1.0], [0.5, 0.0], [1.0, 1.0]])[:, :layers]
     captured = torch.softmax(torch.randn(layers, rows, heads, T, generator=g), dim=-1)
     case["use_captured"][3] = 1.0
-    positions = torch.tensor([3, 3, 0, 5, 7])
+    positions = torch.tensor([capacity - 1, capacity - 1, 3, 3, 0])  # a target at its source's position
+    self_blend = torch.tensor([[0.0, 0.0], [0.5, 1.0], [0.0, 0.0], [1.0, 0.25], [0.7, 0.7]])[:, :layers]
+    self_window = torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0])  # row 4: b_i set, its window off
     past_k = [torch.randn(rows, heads, capacity, D, generator=g) for _ in range(layers)]
     past_v = [torch.randn(rows, heads, capacity, D, generator=g) for _ in range(layers)]
     cross_k = [torch.randn(rows, heads, T, D, generator=g) for _ in range(layers)]
@@ -208,7 +211,7 @@ def test_cross_reference_is_the_decoder_steps_formula(tiny):
     with torch.no_grad():
         step(torch.randint(0, cfg.vocab_size, (rows, K), generator=g), positions, past_k, past_v, cross_k, cross_v,
              c["text_mask"], c["src_row"], c["mapper"], c["alpha"], c["weight"], c["window"], blend,
-             c["use_captured"], captured)
+             c["use_captured"], captured, self_blend, self_window)
         for i in range(layers):
             attn, h, (out_model, p_model) = seen["cross"][i]
             q = attn.q_proj(h).view(rows, heads, D)
@@ -221,7 +224,7 @@ def test_cross_reference_is_the_decoder_steps_formula(tiny):
             attn, h, (out_model, kv) = seen["self"][i]
             q = attn.q_proj(h).view(rows, heads, D)
             out = decode_self_attention_ref(q, kv[:, 0], kv[:, 1], past_k[i].clone(), past_v[i].clone(),
-                                            torch.arange(rows), positions, torch.arange(rows), torch.zeros(rows),
+                                            torch.arange(rows), positions, c["src_row"], self_blend[:, i] * self_window,
                                             step.scaling)
             torch.testing.assert_close(attn.out_proj(out.reshape(rows, 1, heads * D)), out_model, **F32)
 
@@ -250,7 +253,7 @@ CAPACITY, SLOTS = 20, 8
 def _decode_case(dtype=torch.float32, cache_dtype=None, heads=3, D=24, seed=0):
     """Seven rows on slots out of order (slot 7 unused): A source / target at position 7
     (odd) with b 0.5; B at capacity - 1 with b 1; C at position 0 (only the new entry)
-    with b 0.5; a lone row at position 1."""
+    with b 0.5; a lone row at position 1, its own source with b 0.5 (injects itself: nothing)."""
     g = torch.Generator().manual_seed(seed)
     rows = 7
     cache_dtype = cache_dtype or dtype
@@ -261,7 +264,7 @@ def _decode_case(dtype=torch.float32, cache_dtype=None, heads=3, D=24, seed=0):
                 slots=torch.tensor([3, 0, 5, 1, 2, 4, 6], device=DEVICE),
                 positions=torch.tensor([7, 7, CAPACITY - 1, CAPACITY - 1, 0, 0, 1], device=DEVICE),
                 src_row=torch.tensor([0, 0, 2, 2, 4, 4, 6], device=DEVICE),
-                self_b=torch.tensor([0.0, 0.5, 0.0, 1.0, 0.0, 0.5, 0.0], device=DEVICE), scale=D**-0.5)
+                self_b=torch.tensor([0.0, 0.5, 0.0, 1.0, 0.0, 0.5, 0.5], device=DEVICE), scale=D**-0.5)
 
 
 def _clone(case):
@@ -307,10 +310,11 @@ def _sdpa(case, r):
 
 
 def test_decode_without_injection_is_plain_attention():
-    """b = 0: the kernel and the reference are torch's scaled_dot_product_attention over
-    each row's valid positions (positions 0, 1, 7, capacity - 1)."""
+    """b = 0, or any b on a row that is its own source: the kernel and the reference are
+    torch's scaled_dot_product_attention over each row's valid positions (0, 1, 7, capacity - 1)."""
     case = _decode_case()
-    case["self_b"] = torch.zeros_like(case["self_b"])
+    own_source = case["src_row"] == torch.arange(7, device=DEVICE)
+    case["self_b"] = torch.where(own_source, 0.7, 0.0)
     expected = torch.stack([_sdpa(case, r) for r in range(7)])
     torch.testing.assert_close(_decode(_clone(case), num_splits=3, block_n=4), expected, **F32)
     torch.testing.assert_close(_decode_ref(_clone(case)), expected, **F32)

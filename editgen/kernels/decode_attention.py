@@ -6,7 +6,7 @@ flash_attn_with_kvcache with cache_seqlens).
    row's valid positions 0..pos-1, BLOCK_N at a time, with an online softmax (running max
    m, sum l, unnormalized acc = sum exp(s - m) * V) for the row's own scores AND for its
    source's (the source's q against the source's cache), both weighting the row's OWN
-   values. Rows with b = 0 skip the source pass (no loads).
+   values. Rows with b = 0 (or their own source) skip the source pass (no loads).
 2. `_reduce_kernel`, grid (rows, heads): merges the splits (log-sum-exp) together with this
    step's entry (q . k_new, v_new), which is kept out of the cache walk, forms
    out = out_own - b * (out_own - out_src), and writes k_new, v_new at (slot, pos).
@@ -63,7 +63,8 @@ def _split_kernel(q_ptr, kc_ptr, vc_ptr, slots_ptr, pos_ptr, src_ptr, b_ptr, m_w
     slot = tl.load(slots_ptr + r).to(tl.int64)  # int64: slot * stride passes 2**31 in a large pool
     src = tl.load(src_ptr + r)
     src_slot = tl.load(slots_ptr + src).to(tl.int64)
-    injected = tl.load(b_ptr + r) != 0.0
+    # A row that is its own source would inject itself: S_src = S_own, nothing to compute.
+    injected = (tl.load(b_ptr + r) != 0.0) & (src != r)
 
     # Row r's own length (not the capacity) shared evenly by the splits, in whole blocks,
     # as FlashAttention's split-KV does with cache_seqlens.
@@ -142,7 +143,7 @@ def _reduce_kernel(q_ptr, kn_ptr, vn_ptr, kc_ptr, vc_ptr, slots_ptr, pos_ptr, sr
     at = (r * H + h) * NUM_SPLITS
     s_new = tl.sum(q * k_new.to(tl.float32), axis=0) * scale
     out = _merge(m_ws, l_ws, acc_ws, at, s_new, v_new.to(tl.float32), offs_j, offs_d, NUM_SPLITS, BLOCK_D)
-    if b != 0.0:
+    if (b != 0.0) & (src != r):  # as the split kernel's source pass
         q_src = tl.load(q_ptr + src * sq_r + h * sq_h + offs_d, mask=d_in, other=0.0).to(tl.float32)
         k_src = tl.load(kn_ptr + src * skn_r + h * skn_h + offs_d, mask=d_in, other=0.0).to(tl.float32)
         # The source's probabilities, the row's own values (v_new of row r).

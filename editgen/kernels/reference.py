@@ -2,8 +2,8 @@
 
 fp32 math whatever the input dtype; written for clarity, not speed. The cross-attention
 edit is DecoderStep._cross_attention's formula term for term (docs/design.md, "The
-edit"); the decode self-attention is DecoderStep._self_attention over per-row lengths,
-plus the self-injection S = S_own - b * (S_own - S_src) of docs/design.md ("Kernels").
+edit"); the decode self-attention is DecoderStep._self_attention with its
+self-injection S = S_own - b * (S_own - S_src), over each row's own length.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def decode_self_attention_ref(q, k_new, v_new, k_cache, v_cache, slots, position
     q, k_new, v_new: [R, H, D] (this step's projections); k_cache, v_cache: [S, H, P, D] (one
     layer of the slot pool; row r owns slot slots[r]); positions: int64 [R] (row r attends
     positions 0..positions[r]-1 of its slot plus its new entry); src_row: int64 [R];
-    self_b: [R] (the source's weight b; 0 = no injection); scale as above.
+    self_b: [R] (the source's weight b = self_window * self_blend[i]; 0 = no injection); scale as above.
 
         S_own[r] = softmax([scale * q . k_cache[slot, :, :pos], scale * q . k_new])   # pos + 1 entries
         S[r]     = S_own[r] - b[r] * (S_own[r] - S_own[src_row[r]])
