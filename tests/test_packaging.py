@@ -18,7 +18,7 @@ def readme_install() -> str:
 
 def test_readme_install_is_what_ci_runs():
     install = readme_install()
-    assert install == 'python -m pip install -e ".[cpu,cli,export,eval,dev,serve,ray]" -c constraints.txt'
+    assert install == 'python -m pip install -e ".[cpu,cli,export,eval,dev,serve,ray,kernels]" -c constraints.txt'
     ci = (ROOT / ".ci" / "run").read_text()
     assert install.replace("install -e", "install -q -e") in ci
     assert ci.rstrip().endswith("python -m pytest -q")
