@@ -124,7 +124,12 @@ def test_capture_then_edit_from_capture_matches_paired(tmp_path, capsys):
     assert cap.is_file() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     capsys.readouterr()
     assert run("edit", *MODEL, "--capture", cap, "--target", TARGET, "--no-progress", "-o", tmp_path / "cap") == 0
-    assert "come from the capture" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "come from the capture" in err
+    assert "the source row runs again, teacher-forced on the captured codes" in err  # default: self-injection
+    assert run("edit", *MODEL, "--capture", cap, "--target", TARGET, "--setting", "hard", "--no-progress",
+               "-o", tmp_path / "cap_hard") == 0
+    assert "runs again" not in capsys.readouterr().err  # no self-injection: the source is not run
     assert run(*edit_args(tmp_path / "paired", "--seed", 3)) == 0
     cap_meta, cap_src, cap_edit, _ = read_outputs(tmp_path / "cap")
     par_meta, par_src, par_edit, _ = read_outputs(tmp_path / "paired")

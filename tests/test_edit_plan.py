@@ -236,8 +236,8 @@ def test_named_settings_resolve_to_their_schedules(tok):
     plan = compile_edit(EditSpec(source=BASE, target=BASE), tok, num_layers=4)
     np.testing.assert_array_equal(plan.cross_blend, np.zeros(4))
     np.testing.assert_array_equal(plan.self_blend, np.array([1, 3, 5, 7], np.float32) / 8)
-    assert plan.injects_self
-    assert not compile_edit(EditSpec(source=BASE, target=BASE, setting="hard"), tok, 4).injects_self
+    assert EditSpec(source=BASE, target=BASE).injects_self
+    assert not EditSpec(source=BASE, target=BASE, setting="hard").injects_self
     assert not EditSpec(source=BASE, target=BASE, self_window="0.5:0.5").injects_self
 
 

@@ -197,8 +197,15 @@ def test_generate_wav_and_json_agree(client):
     assert any("top_k 250 is above" in n for n in js["notes"])  # the CLI's note, named for the API
 
 
-def test_stream_events_reassemble_to_the_whole_result(client):
+@pytest.mark.parametrize("mode", ["paired", "captured-rerun", "captured"])
+def test_stream_events_reassemble_to_the_whole_result(client, mode):
+    """Paired, and captured with (default setting: the source row re-runs, the target is row 1)
+    and without self-injection (the target is row 0)."""
     body = {**EDIT, "seconds": 2.0, "seed": 7}
+    if mode != "paired":
+        cap = client.post("/v1/captures", json={"source": EDIT["source"], "seconds": 2.0, "seed": 7})
+        body = {"capture_id": cap.json()["capture_id"], "target": EDIT["target"],
+                "setting": "editgen-code" if mode == "captured-rerun" else "hard"}
     whole = client.post("/v1/edit", json={**body, "format": "json"}).json()
     events = [json.loads(line) for line in
               client.post("/v1/edit", json={**body, "stream": True, "format": "json"}).text.splitlines()]
@@ -238,6 +245,9 @@ def test_capture_then_edit_from_it_and_delete(client):
     r = client.post("/v1/edit", json={"capture_id": capture_id, "target": TGT, "seed": 9, "format": "json"})
     assert r.status_code == 200 and r.json()["mode"] == "captured"
     assert any("come from the capture" in n and "seed ignored" in n for n in r.json()["notes"])
+    assert any("the source row runs again" in n for n in r.json()["notes"])  # default: self-injection
+    hard = client.post("/v1/edit", json={"capture_id": capture_id, "target": TGT, "setting": "hard", "format": "json"})
+    assert hard.status_code == 200 and not any("runs again" in n for n in hard.json()["notes"])
     assert client.delete(f"/v1/captures/{capture_id}").status_code == 204
     assert error_of(client.get(f"/v1/captures/{capture_id}")) == (404, "unknown_capture")
 

@@ -177,7 +177,8 @@ def run(args) -> int:
 
 
 def _run_edit(backend, args, spec, options, capture, region, clip):
-    from editgen.engine.editing import edit, edit_from_capture, reruns_source
+    from editgen.engine.editing import edit, edit_from_capture
+    from editgen.engine.notes import rerun_note
 
     progress = not args.no_progress
     rate = backend.shapes.frame_rate
@@ -186,9 +187,9 @@ def _run_edit(backend, args, spec, options, capture, region, clip):
         note(f"seconds, seed and sampling come from the capture ({o.seconds:g} s, seed {o.seed}, "
              f"guidance {o.guidance_scale:g}); --seconds/--seed/--guidance/... are ignored")
         note_region(region, capture.codes.shape[-1], rate)
-        if reruns_source([spec]):
-            note("self-attention injection needs the source's self-attention, which a capture does not "
-                 "store: the source row runs again, teacher-forced on the captured codes")
+        rerun = rerun_note([spec])
+        if rerun:
+            note(rerun)
         return edit_from_capture(backend, capture, [spec], region=region, progress=progress), "captured"
     if clip is not None:
         codes = audio_codes(backend, clip)

@@ -31,3 +31,13 @@ def region_note(region, frames: int, frame_rate: int) -> str | None:
         return (f"region {region.start:g}:{region.end:g} ends after the audio ({seconds:.2f} s): "
                 f"edited from {region.start:g} s to the end")
     return None
+
+
+def rerun_note(specs) -> str | None:
+    """Captured mode with self-attention injection runs the source row again (editing.reruns_source)."""
+    from editgen.engine.editing import reruns_source
+
+    if reruns_source(specs):
+        return ("self-attention injection needs the source's self-attention, which a capture does not store: "
+                "the source row runs again, teacher-forced on the captured codes")
+    return None

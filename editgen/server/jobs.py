@@ -11,9 +11,8 @@ import numpy as np
 from editgen.engine.audio import check_not_silent, check_source_codes, prepare_source, read_clip_bytes
 from editgen.engine.capture import SourceCapture
 from editgen.engine.edit import EditSpec
-from editgen.engine.editing import (EditResult, Region, capture_job, edit_from_capture_job, edit_job,
-                                    reruns_source)
-from editgen.engine.notes import region_note, request_notes
+from editgen.engine.editing import EditResult, Region, capture_job, edit_from_capture_job, edit_job
+from editgen.engine.notes import region_note, request_notes, rerun_note
 from editgen.engine.options import GenerationOptions
 from editgen.engine.runtime import Generated, generate_job
 from editgen.engine.tokenizer import check_prompt
@@ -116,10 +115,9 @@ class JobFactory:
                              f"guidance {o.guidance_scale:g}); {', '.join(given)} ignored")
             notes.append(region_note(region, capture.codes.shape[-1], rate))
             job = edit_from_capture_job(self.backend, capture, [spec], region=region)
-            rerun = reruns_source([spec])  # then rows are [source, target], as paired
+            rerun = rerun_note([spec])  # then rows are [source, target], as paired
             if rerun:
-                notes.append("self-attention injection needs the source's self-attention, which a capture does "
-                             "not store: the source row runs again, teacher-forced on the captured codes")
+                notes.append(rerun)
             tracks = [Track("edited", _row(1 if rerun else 0)),
                       Track("source", lambda r, f, c=capture.codes: c[:, :f].copy())]
             mode = "captured"

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 
 from editgen.engine.edit.alignment import refine_alignment, replace_mapper
-from editgen.engine.edit.settings import cross_window_steps, reweight_factors, self_window_steps
+from editgen.engine.edit.settings import cross_window_steps, reweight_factors
 from editgen.engine.edit.spec import DEFAULT_WINDOW, EditSpec, word_key
 from editgen.engine.tokenizer import TextTokenizer, TokenizedPrompt, split_words
 
@@ -38,18 +38,10 @@ class EditPlan:
     def num_layers(self) -> int:
         return self.cross_blend.shape[0]
 
-    @property
-    def injects_self(self) -> bool:
-        return bool(self.self_blend.max() > 0.0 and self.self_window[1] > self.self_window[0])
-
     def window(self, step: int, num_steps: int) -> np.ndarray:
         """Cross window w_t at `step` of `num_steps`: float32 [T] (Prompt-to-Prompt's steps)."""
         lo, hi = cross_window_steps(self.window_bounds, num_steps).T
         return ((lo <= step) & (step < hi)).astype(np.float32)
-
-    def self_window_on(self, step: int, num_steps: int) -> bool:
-        lo, hi = self_window_steps(self.self_window, num_steps)
-        return bool(lo <= step < hi)
 
     def to_json(self) -> dict:
         """Plain lists and numbers, for edit.json."""
