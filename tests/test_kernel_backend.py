@@ -140,15 +140,17 @@ def test_captured_mode_matches_torch():
 @pytest.mark.slow
 def test_continuous_batching_codes_equal_running_alone():
     """Requests joining, sharing steps at different positions, one cancelled: each one's
-    codes equal running it alone on this backend; the identity edit (editgen-code,
-    self-injection on, its source at other batch rows than its slots) reproduces its
-    source exactly, alone and shared. Bit-exact, with sampling: on CPU every weight matmul runs one row at a time,
-    the embedding, layer norms and activations are per row, and both kernels run one
-    program per (row, head) that reads only its row, its slot and its source row, with
-    the cache walk split by the row's own length (one split under the interpreter). So a
-    row's bits do not depend on how many rows share the step, which rows, or their slots.
-    On CUDA this is not claimed: cuBLAS picks GEMM kernels by row count and the split
-    count of the decode kernel follows the row count."""
+    codes equal running it alone on this backend (one row alone runs as one row); the
+    identity edit (editgen-code, self-injection on; shared, its batch rows are not its
+    slots once the cancelled request leaves) reproduces its source exactly.
+
+    Bit-exact, with sampling: on CPU every weight matmul runs one row at a time, the
+    embedding, layer norms and activations are per row, and both kernels run one program
+    per (row, head) that reads only its row, its slot and its source row, with the cache
+    walk split by the row's own length (one split under the interpreter). So a row's bits
+    do not depend on how many rows share the step, which ones, or on its slot. On CUDA
+    this is not claimed: cuBLAS picks GEMM kernels by row count, and the decode kernel's
+    split count follows the row count."""
     kb = kernel_backend()
 
     def jobs():
