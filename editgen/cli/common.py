@@ -45,7 +45,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--model", help=MODEL_HELP)
     g.add_argument("--engine", help="engine directory written by `editgen export` (runs on ONNX Runtime)")
-    p.add_argument("--backend", choices=("torch", "ort"), help="torch for --model, ort for --engine when not given")
+    p.add_argument("--backend", choices=("torch", "ort", "triton"),
+                   help="torch (the default) or triton for --model, ort for --engine; triton runs the fused "
+                        "attention kernels on a CUDA GPU, or on CPU under TRITON_INTERPRET=1 (slow, for checks)")
 
 
 def add_generation_args(p: argparse.ArgumentParser) -> None:

@@ -12,14 +12,15 @@ from editgen.engine.requests import Request
 from editgen.engine.options import GenerationOptions
 from editgen.errors import InvalidRequestError
 
-BACKENDS = ("torch", "ort")
+BACKENDS = ("torch", "ort", "triton")
 
 
 def open_backend(*, model: str | None = None, engine: str | None = None, backend: str | None = None,
                  threads: int | None = None) -> Backend:
-    """`model` (a checkpoint, hub id or random:<preset>) runs on the torch backend;
-    `engine` (an exported directory) runs on onnxruntime (the default) or TensorRT.
-    `threads`: onnxruntime intra-op threads (default: one per core)."""
+    """`model` (a checkpoint, hub id or random:<preset>) runs on the torch backend, or with
+    backend="triton" on the fused Triton kernels (CUDA; on CPU only under
+    TRITON_INTERPRET=1, slow); `engine` (an exported directory) runs on onnxruntime (the
+    default) or TensorRT. `threads`: onnxruntime intra-op threads (default: one per core)."""
     if (model is None) == (engine is None):
         raise InvalidRequestError("give exactly one of --model (checkpoint) or --engine (exported directory)")
     if engine is not None:
@@ -30,10 +31,16 @@ def open_backend(*, model: str | None = None, engine: str | None = None, backend
             return OrtBackend(engine, threads=threads)
         raise InvalidRequestError(f"backend {kind!r} cannot run an exported directory: use ort")
     kind = backend or "torch"
-    if kind != "torch":
+    if kind not in ("torch", "triton"):
         raise InvalidRequestError(f"backend {kind!r} needs an exported directory: run `editgen export` and pass --engine")
-    from editgen.engine.backends.torch_backend import TorchBackend
     from editgen.model.loading import load_musicgen
+
+    if kind == "triton":
+        from editgen.engine.backends.kernel_backend import KernelBackend, resolve_device
+
+        device = resolve_device()  # no GPU and no interpreter: one line, before the slow load
+        return KernelBackend(load_musicgen(model), device=device)
+    from editgen.engine.backends.torch_backend import TorchBackend
 
     return TorchBackend(load_musicgen(model))
 
