@@ -109,6 +109,11 @@ def test_self_injection_through_the_cli(tmp_path):
     assert (_codes(tmp_path / "code") != _codes(none)).any()
 
 
+def test_edit_without_guidance(tmp_path):
+    assert run(*edit_args(tmp_path / "g1", "--guidance", 1)) == 0
+    assert json.loads((tmp_path / "g1" / "edit.json").read_text())["options"]["guidance_scale"] == 1.0
+
+
 def test_refine_and_reweight_ops(tmp_path):
     assert run(*edit_args(tmp_path / "refine", "--op", "refine", target="lofi piano with soft jazzy drums")) == 0
     assert json.loads((tmp_path / "refine" / "edit.json").read_text())["plan"]["op"] == "refine"

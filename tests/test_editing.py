@@ -95,6 +95,16 @@ def test_captured_mode_equals_paired_mode(tiny_backend, paired, dtype):
     np.testing.assert_allclose(r.mean_maps, paired.mean_maps, atol=atol, rtol=0)
 
 
+def test_edit_without_guidance(tiny_backend):
+    """guidance 1: no null-text rows; the rows are [source, target] alone (this crashed with
+    two or more prompts: the frame copied conditional codes into rows that do not exist)."""
+    opts = GenerationOptions(seconds=2.0, seed=3, guidance_scale=1.0)
+    r = edit(tiny_backend, [EditSpec(source=SRC, target=SRC)], opts, progress=False)
+    np.testing.assert_array_equal(r.edited_codes[0], r.source_codes)  # identity still exact
+    plain = generate(tiny_backend, SRC, opts, progress=False)
+    np.testing.assert_array_equal(r.source_codes, plain.codes)
+
+
 def test_captured_mode_without_self_injection_equals_paired(tiny_backend):
     """No self-injection: the source is not run; targets read the captured cross maps."""
     spec = EditSpec(source=SRC, target=TGT, setting="paper-text")

@@ -82,7 +82,8 @@ class Request:
         """Codes [rows, K] of this step's frame, the delay pattern applied."""
         t = self.step
         self._frame[: self.rows_cond] = self.pattern.apply(self.sequence[:, :, t], t)
-        self._frame[self.rows_cond:] = self._frame[: self.rows_cond]
+        if self.options.cfg:  # the null-text rows repeat the conditional rows' codes
+            self._frame[self.rows_cond:] = self._frame[: self.rows_cond]
         return self._frame
 
     def edit_inputs(self) -> EditStepInputs:
