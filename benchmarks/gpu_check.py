@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -55,8 +54,10 @@ def main(argv=None) -> int:
     cfg = QUICK if args.quick else FULL
     import torch
 
+    from editgen.engine.backends.kernel_backend import interpreted
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+    if device == "cpu" and not interpreted():
         print(f"{PROG}: no CUDA device; on CPU set TRITON_INTERPRET=1 (and use --quick)", file=sys.stderr)
         return 2
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -67,17 +68,17 @@ def main(argv=None) -> int:
     results = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu (Triton interpreter)",
                "preset": cfg["preset"], "torch": torch.__version__, "tf32": False}
     started = time.perf_counter()
-    results["kernels"] = kernel_errors(loaded.shapes, device)
-    print("kernels", json.dumps(results["kernels"]), flush=True)
-    results["codes"] = code_comparison(loaded, device, cfg["steps"], cfg["workloads"])
-    print("codes", json.dumps(results["codes"]), flush=True)
-    results["agreement"] = half_agreement(loaded, device, cfg["steps"], cfg["half_workloads"])
-    print("agreement", json.dumps(results["agreement"]), flush=True)
-    results["timings"] = timings(loaded, device, cfg, args.bandwidth)
-    print("timings", json.dumps(results["timings"]), flush=True)
-    results["wall_seconds"] = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    sections = {"kernels": lambda: kernel_errors(loaded.shapes, device),
+                "codes": lambda: code_comparison(loaded, device, cfg["steps"], cfg["workloads"]),
+                "agreement": lambda: half_agreement(loaded, device, cfg["steps"], cfg["half_workloads"]),
+                "timings": lambda: timings(loaded, device, cfg, args.bandwidth)}
+    for name, section in sections.items():
+        results[name] = section()
+        results["wall_seconds"] = time.perf_counter() - started
+        print(name, json.dumps(results[name]), flush=True)
+        # After every section: a device loan that ends mid-run still leaves the sections done.
+        (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     plot(results, args.out / "gpu_check.png")
     print(f"wrote {args.out}/results.json, gpu_check.png ({results['wall_seconds']:.0f} s)")
     return 0

@@ -216,6 +216,10 @@ def test_layer_schedules():
     np.testing.assert_array_equal(own("full"), np.ones(4, f32))
     assert cross("soft").dtype == np.float32
     assert str(LayerSchedule.parse("constant:0.30", "cross")) == "constant:0.3"
+    # The spec keeps the user's values exactly (it stores the schedule as text and parses it again).
+    spec = EditSpec(source=BASE, target=BASE, cross_blend="0.1234567,0.5,1,0", self_blend="constant:0.00000123456")
+    np.testing.assert_array_equal(spec.cross_schedule.layer_values(4), np.array([0.1234567, 0.5, 1, 0], f32))
+    np.testing.assert_array_equal(spec.self_schedule.layer_values(4), np.full(4, 0.00000123456, f32))
     with pytest.raises(InvalidRequestError, match="gives 3 values, this model has 4 decoder layers"):
         LayerSchedule.parse("0,0,1", "self").layer_values(4)
 

@@ -305,6 +305,7 @@ def assert_user_error(capsys, argv, out, expect: str):
     (["--pairs", "1000"], "from 1 to"),
     (["--pair-ids", "instrument-01", "nope-99"], "pair id 'nope-99' is not in the protocol set"),
     (["--pair-ids", "mood-01,mood-01"], "twice"),
+    (["--pair-ids", ","], "--pair-ids names no pair"),
     (["--seeds", "0"], "--seeds 0"),
     (["--seconds", "-1"], "seconds must be a positive number"),
     (["--clap", "/nonexistent/clap"], "does not exist"),

@@ -6,7 +6,7 @@ ExportDirError naming the file. Tensor shapes use named dynamic axes (`"rows"`,
 `"positions"`, ...) that the runtime resolves with `TensorSpec.resolve(axes)` to size its
 buffers: plain dictionary lookups, never `eval`.
 
-Layout of manifest.json (format_version 4):
+Layout of manifest.json (format_version 5):
 
     {
       "format_version": 5, "editgen_version": "0.1.0", "model": "random:tiny",

@@ -136,6 +136,8 @@ def select_pairs(pairs: Sequence[ProtocolPair], *, count: int | None = None,
     instrument, refine, reweight, genre, mood, instrument, ...), so that a short run still
     covers every kind of edit; neither: all pairs."""
     if ids is not None:
+        if not ids:
+            raise InvalidRequestError("--pair-ids names no pair: give ids such as instrument-01,refine-01")
         by_id = {p.id: p for p in pairs}
         for i in ids:
             if i not in by_id:

@@ -263,6 +263,8 @@ class KernelBackend:
         self._kv = self._cross_k = self._cross_v = None
         self._gathered = None
         self.slots = None
+        if self.device.type == "cuda":  # the device copy of the weights goes too (CPU shares the loaded model)
+            self.model = self._dec = self._cross = None
 
     def __enter__(self):
         return self

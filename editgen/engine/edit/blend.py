@@ -100,10 +100,11 @@ class LayerSchedule:
         return self.form != "off"
 
     def __str__(self) -> str:
+        # repr, not :g: EditSpec stores this text and parses it again (6 digits would round a_i).
         if self.form == "constant":
-            return f"constant:{self.values[0]:g}"
+            return f"constant:{self.values[0]!r}"
         if self.form == "values":
-            return ",".join(f"{v:g}" for v in self.values)
+            return ",".join(repr(v) for v in self.values)
         return self.form
 
 
