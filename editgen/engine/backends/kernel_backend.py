@@ -34,6 +34,7 @@ import os
 import numpy as np
 
 from editgen.engine.backends.slots import SlotTable
+from editgen.engine.backends.torch_pools import TorchPools
 from editgen.engine.contract import StepBatch, StepOutputs
 from editgen.errors import InvalidRequestError
 
@@ -68,7 +69,7 @@ def resolve_device(device=None):
     return device
 
 
-class KernelBackend:
+class KernelBackend(TorchPools):
     name = "triton"
 
     def __init__(self, loaded, device=None, dtype: str = "float32"):
@@ -104,69 +105,23 @@ class KernelBackend:
         self._kv = self._cross_k = self._cross_v = None
         self._gathered = None  # (slots key, cross K, cross V, text mask) of the last step's rows
 
-    def _t(self, a: np.ndarray):
-        return self._torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
-
-    # -- pools --------------------------------------------------------------------------
+    # -- pools (TorchPools; every position the model has: the kernels read each row's own
+    # length, never the capacity) ------------------------------------------------------
 
     def open(self, max_slots: int) -> None:
-        self.slots = SlotTable(self.shapes, max_slots)
-        self._kv = self._cross_k = self._cross_v = None
         self._gathered = None
-        self._grow(0)
-
-    def _grow(self, slots: int) -> None:
-        """Room for slots 0..slots-1 (rounded up to 4), keeping what the pools hold. At
-        admit only: a step never allocates."""
-        s, torch = self.shapes, self._torch
-        have = 0 if self._kv is None else self._kv.shape[2]
-        if self._kv is not None and slots <= have:
-            return
-        new = -(-slots // 4) * 4
-        # Every position the model has: the kernels read each row's own length, never the capacity.
-        kv = torch.zeros(s.num_layers, 2, new, s.num_heads, s.max_positions, s.head_dim, dtype=self.dtype,
-                         device=self.device)
-        ck = torch.zeros(s.num_layers, new, s.num_heads, s.max_text_tokens, s.head_dim, dtype=self.dtype,
-                         device=self.device)
-        cv = torch.zeros_like(ck)
-        if have:
-            kv[:, :, :have] = self._kv
-            ck[:, :have], cv[:, :have] = self._cross_k, self._cross_v
-        self._kv, self._cross_k, self._cross_v = kv, ck, cv
-
-    def encode_text(self, ids, mask):
-        with self._torch.inference_mode():
-            out = self.model.text_encoder(input_ids=self._t(ids), attention_mask=self._t(mask))
-        return out.last_hidden_state.float().cpu().numpy()
+        super().open(max_slots)
 
     def admit(self, slots, hidden, mask) -> None:
-        self.slots.admit(slots, mask)
-        self._grow(int(np.max(slots)) + 1)
         self._gathered = None  # these slots' cross K/V change
-        index = self._t(np.asarray(slots, np.int64))
-        with self._torch.inference_mode():
-            k, v = self._cross(self._t(np.asarray(hidden, np.float32)), self._t(mask))  # [layers, R, heads, T, head_dim]
-            self._cross_k[:, index] = k.to(self.dtype)
-            self._cross_v[:, index] = v.to(self.dtype)
-
-    def release(self, slots) -> None:
-        self.slots.release(slots)
+        super().admit(slots, hidden, mask)
 
     # -- the step -----------------------------------------------------------------------
 
     def _check(self, batch: StepBatch) -> None:
-        """What SlotTable.expand checks for the other backends (the kernels cannot: a
-        wrong slot or position reads or writes another row's cache)."""
-        table, slots = self.slots, np.asarray(batch.slots, np.int64)
-        if slots.ndim != 1 or slots.size == 0 or slots.min() < 0 or slots.max() >= table.max_slots:
-            raise RuntimeError(f"slots {slots.tolist()} outside 0..{table.max_slots - 1}")
-        if np.unique(slots).size != slots.size:
-            raise RuntimeError(f"slots {slots.tolist()} repeat")
-        if not table.admitted[slots].all():
-            raise RuntimeError(f"step on slots that were not admitted: {slots[~table.admitted[slots]].tolist()}")
-        if not np.array_equal(batch.positions, table.length[slots]):
-            raise RuntimeError("a row's position must equal the positions its slot has written "
-                               f"(got {batch.positions.tolist()}, written {table.length[slots].tolist()})")
+        """SlotTable's step checks (the other backends get them from expand), and what only
+        the kernels need: a position inside the pool, a self-injected row at its source's."""
+        self.slots.check_step(batch)
         if batch.positions.max() >= self.shapes.max_positions:
             raise RuntimeError(f"position {int(batch.positions.max())} past the model's {self.shapes.max_positions}")
         e = batch.edit
@@ -242,32 +197,8 @@ class KernelBackend:
         self.slots.written(batch)
         return out
 
-    # -- audio --------------------------------------------------------------------------
-
-    def decode_audio(self, codes):
-        from editgen.model.codec import decode_codes
-
-        with self._torch.inference_mode():
-            audio = decode_codes(self.model.audio_encoder, self._t(codes), self.shapes.audio_channels)
-        return audio.float().cpu().numpy()  # [n, channels, samples]
-
-    def encode_audio(self, wav):
-        from editgen.model.codec import encode_audio
-
-        codec = self.model.audio_encoder
-        with self._torch.inference_mode():
-            codes = encode_audio(codec, self._t(wav.astype(np.float32)), max(codec.config.target_bandwidths))
-        return codes.cpu().numpy().astype(np.int64)  # [K, frames]
-
     def close(self):
-        self._kv = self._cross_k = self._cross_v = None
+        super().close()
         self._gathered = None
-        self.slots = None
         if self.device.type == "cuda":  # the device copy of the weights goes too (CPU shares the loaded model)
             self.model = self._dec = self._cross = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

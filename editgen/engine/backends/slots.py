@@ -73,13 +73,20 @@ class SlotTable:
         """Positions every admitted slot's cache must keep (its written length)."""
         return int(self.length[self.admitted].max(initial=0))
 
-    def expand(self, batch: StepBatch) -> PhysicalStep:
+    def check_step(self, batch: StepBatch) -> np.ndarray:
+        """The batch's slots (int64 [R]): distinct, in range, admitted, each row at the
+        position its slot has written up to. RuntimeError otherwise (an engine bug: a wrong
+        slot or position would read or write another row's cache)."""
         slots = self._check(batch.slots)
         if not self.admitted[slots].all():
             raise RuntimeError(f"step on slots that were not admitted: {slots[~self.admitted[slots]].tolist()}")
         if not np.array_equal(batch.positions, self.length[slots]):
             raise RuntimeError("a row's position must equal the positions its slot has written "
                                f"(got {batch.positions.tolist()}, written {self.length[slots].tolist()})")
+        return slots
+
+    def expand(self, batch: StepBatch) -> PhysicalStep:
+        slots = self.check_step(batch)
         n = max(int(slots.max()) + 1, MIN_ROWS)
         codes, positions = self._codes[:n], self._positions[:n]
         codes.fill(self.shapes.pad_token_id)

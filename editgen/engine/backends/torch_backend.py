@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from editgen.engine.backends.slots import SlotTable
+from editgen.engine.backends.slots import MIN_ROWS, SlotTable
+from editgen.engine.backends.torch_pools import TorchPools
 from editgen.engine.contract import StepBatch, StepOutputs, attended_positions
 
 
-class TorchBackend:
+class TorchBackend(TorchPools):
     name = "torch"
+    min_slots = MIN_ROWS  # a step runs slots 0..n-1 with n >= MIN_ROWS (slots.py)
 
     def __init__(self, loaded, device: str = "cpu"):
         import torch
@@ -30,52 +32,15 @@ class TorchBackend:
         self.shapes = loaded.shapes
         self.tokenizer = loaded.tokenizer
         self.device = device
+        self.dtype = torch.float32
         self._step = DecoderStep(self.model, row_invariant=True).eval()
         self._cross = CrossKV(self.model).eval()
         self.slots: SlotTable | None = None
         self._kv = self._cross_k = self._cross_v = None
 
-    def _t(self, a: np.ndarray):
-        return self._torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
-
-    def open(self, max_slots: int) -> None:
-        s, torch = self.shapes, self._torch
-        self.slots = SlotTable(s, max_slots)
-        self._kv = self._cross_k = self._cross_v = None
-        self._grow(0)
-
-    def _grow(self, slots: int) -> None:
-        """Room for slots 0..slots-1 (rounded up to 4), keeping what the pool holds."""
-        s, torch = self.shapes, self._torch
-        have = 0 if self._kv is None else self._kv.shape[2]
-        if self._kv is not None and slots <= have:
-            return
-        new = -(-slots // 4) * 4
-        positions = attended_positions(s.max_positions - 1)
-        kv = torch.zeros(s.num_layers, 2, new, s.num_heads, positions, s.head_dim, device=self.device)
-        ck = torch.zeros(s.num_layers, new, s.num_heads, s.max_text_tokens, s.head_dim, device=self.device)
-        cv = torch.zeros_like(ck)
-        if have:
-            kv[:, :, :have] = self._kv
-            ck[:, :have], cv[:, :have] = self._cross_k, self._cross_v
-        self._kv, self._cross_k, self._cross_v = kv, ck, cv
-
-    def encode_text(self, ids, mask):
-        with self._torch.inference_mode():
-            out = self.model.text_encoder(input_ids=self._t(ids), attention_mask=self._t(mask))
-        return out.last_hidden_state.float().cpu().numpy()
-
-    def admit(self, slots, hidden, mask) -> None:
-        self.slots.admit(slots, mask)
-        self._grow(max(int(np.max(slots)) + 1, 2))
-        index = self._t(np.asarray(slots, np.int64))
-        with self._torch.inference_mode():
-            k, v = self._cross(self._t(np.asarray(hidden, np.float32)), self._t(mask))  # [layers, R, heads, T, head_dim]
-            self._cross_k[:, index] = k
-            self._cross_v[:, index] = v
-
-    def release(self, slots) -> None:
-        self.slots.release(slots)
+    def pool_positions(self) -> int:
+        # A step reads a multiple of POSITION_BUCKET positions (batch invariance): room for the last one.
+        return attended_positions(self.shapes.max_positions - 1)
 
     def step(self, batch: StepBatch) -> StepOutputs:
         torch, t = self._torch, self._t
@@ -96,28 +61,3 @@ class TorchBackend:
             out = StepOutputs(logits[slots].cpu().numpy(), maps.cpu().numpy())
         self.slots.written(batch)
         return out
-
-    def decode_audio(self, codes):
-        from editgen.model.codec import decode_codes
-
-        with self._torch.inference_mode():
-            audio = decode_codes(self.model.audio_encoder, self._t(codes), self.shapes.audio_channels)
-        return audio.float().cpu().numpy()  # [n, channels, samples]
-
-    def encode_audio(self, wav):
-        from editgen.model.codec import encode_audio
-
-        codec = self.model.audio_encoder
-        with self._torch.inference_mode():
-            codes = encode_audio(codec, self._t(wav.astype(np.float32)), max(codec.config.target_bandwidths))
-        return codes.cpu().numpy().astype(np.int64)  # [K, frames]
-
-    def close(self):
-        self._kv = self._cross_k = self._cross_v = None
-        self.slots = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
