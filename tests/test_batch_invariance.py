@@ -21,6 +21,19 @@ SRC = "lofi piano with warm drums"
 SEEDS = (1, 2, 3)
 
 
+def run_schedule(core, plan: dict, *, cancel_at: int, cancelled) -> None:
+    """Steps `core` until it is idle: before step k the jobs plan[k] are submitted, and at
+    step cancel_at the job `cancelled` is cancelled."""
+    step = 0
+    while step == 0 or core.has_work:
+        for job in plan.get(step, []):
+            core.submit(job.request)
+        if step == cancel_at:
+            core.cancel(cancelled.request)
+        core.step()
+        step += 1
+
+
 @pytest.fixture(params=["ort-fp32", "ort-int8", "torch"])
 def backend(request, exported):
     if request.param == "torch":
@@ -67,14 +80,7 @@ def test_codes_do_not_depend_on_what_shares_the_step(backend):
     cancelled = generate_job(backend, "to be cancelled", GenerationOptions(seconds=5.0, seed=5))
     plan = {0: [extra[0], checked[0]], 13: [checked[1], cancelled], 40: [extra[1]], 77: [checked[2]],
             150: [extra[2]], 201: [checked[3], extra[3]], 230: [checked[4]]}
-    step = 0
-    while step == 0 or core.has_work:
-        for job in plan.get(step, []):
-            core.submit(job.request)
-        if step == 120:
-            core.cancel(cancelled.request)
-        core.step()
-        step += 1
+    run_schedule(core, plan, cancel_at=120, cancelled=cancelled)
     assert cancelled.request.step == 120 - 13
     for job, want in zip(checked, alone):
         np.testing.assert_array_equal(codes(job), want)

@@ -35,7 +35,7 @@ from editgen.engine.options import GenerationOptions  # noqa: E402
 from editgen.engine.runtime import generate_job  # noqa: E402
 from editgen.errors import InvalidRequestError  # noqa: E402
 from tests.conftest import loaded_model, torch_backend  # noqa: E402
-from tests.test_batch_invariance import _Spy  # noqa: E402
+from tests.test_batch_invariance import _Spy, run_schedule  # noqa: E402
 from tests.test_onnx import FullMaps, scripted_steps  # noqa: E402
 
 SPEC = "random:tiny"
@@ -170,14 +170,7 @@ def test_continuous_batching_codes_equal_running_alone():
     checked = jobs()
     cancelled = generate_job(kb, "to be cancelled", GenerationOptions(seconds=0.5, seed=1, guidance_scale=1.0))
     plan = {0: [checked[0], cancelled], 2: [checked[1]], 5: [checked[2]]}
-    step = 0
-    while step == 0 or core.has_work:
-        for job in plan.get(step, []):
-            core.submit(job.request)
-        if step == 4:
-            core.cancel(cancelled.request)
-        core.step()
-        step += 1
+    run_schedule(core, plan, cancel_at=4, cancelled=cancelled)
     assert cancelled.request.step == 4
     for job, want in zip(checked, alone):
         np.testing.assert_array_equal(job.request.codes(), want)

@@ -33,6 +33,7 @@ from editgen.errors import EditGenError, InvalidRequestError  # noqa: E402
 from editgen.eval.protocol import (CATEGORIES, CATEGORY_OPS, PAIRS_FILE, check_tokenizer,  # noqa: E402
                                    load_pairs, select_pairs)
 from tests.conftest import loaded_model  # noqa: E402
+from tests.test_cli_edit import assert_user_error  # noqa: E402
 
 SETTINGS = ("editgen-code", "paper-text", "hard")
 MODEL = ["--model", "random:tiny"]
@@ -284,18 +285,6 @@ def test_protocol_scores_are_eval_batch(protocol_run, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- bad input: exit 2, one line, no output
-
-def assert_user_error(capsys, argv, out, expect: str):
-    capsys.readouterr()
-    assert run(*argv) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    err = [line for line in lines if not line.startswith("editgen: note: ")]
-    assert len(err) == 1 and err[0].startswith("editgen: error: "), lines
-    assert expect.lower() in err[0].lower(), err[0]
-    assert not out.exists()
-    if out.parent.is_dir():
-        assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary left
-
 
 @pytest.mark.parametrize("extra, expect", [
     (["--settings", "editgen-code,fancy"], "setting 'fancy' is not one of"),
