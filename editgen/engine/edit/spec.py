@@ -63,8 +63,7 @@ class EditSpec:
         target = self._checked_target()
         object.__setattr__(self, "target", target)
         words = tuple(dict.fromkeys(word_key(w) for w in split_words(target)))  # ordered, unique
-        weights = _word_map("word_weights", self.word_weights, words, target,
-                            WEIGHT_MIN, WEIGHT_MAX, allow_default=False)
+        weights = _word_weights(self.word_weights, words, target)
         if self.op == "reweight" and not weights:
             raise InvalidRequestError("op reweight needs at least one word weight, "
                                       "e.g. piano=1.5 (c in [-2, 2])")
@@ -137,15 +136,15 @@ def _checked_key(name: str, raw, words: tuple[str, ...], target: str, *, allow_d
     return key
 
 
-def _word_map(name: str, given: Mapping[str, float], words: tuple[str, ...], target: str,
-              lo: float, hi: float, *, allow_default: bool) -> dict[str, float]:
-    """Validate {word: value}: each word in the target, each value a number in [lo, hi]."""
+def _word_weights(given: Mapping[str, float], words: tuple[str, ...], target: str) -> dict[str, float]:
+    """Validate {word: c}: each word in the target, each c a number in [WEIGHT_MIN, WEIGHT_MAX]."""
+    name, lo, hi = "word_weights", WEIGHT_MIN, WEIGHT_MAX
     if not isinstance(given, Mapping):
         raise InvalidRequestError(f"{name} must be a mapping of word to number, "
                                   f"got {type(given).__name__}")
     out: dict[str, float] = {}
     for raw, value in given.items():
-        key = _checked_key(name, raw, words, target, allow_default=allow_default, seen=out)
+        key = _checked_key(name, raw, words, target, allow_default=False, seen=out)
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise InvalidRequestError(f"{name}[{raw!r}] is {value!r}, must be a number "
                                       f"in [{lo:g}, {hi:g}]")
