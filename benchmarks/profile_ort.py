@@ -83,7 +83,10 @@ def node_kinds(optimized_path: str) -> dict[str, str]:
         elif any(x.startswith(("cross_key_", "cross_value_")) for x in node.input):
             kinds[node.name] = "cross_attention_kv"
         elif node.op_type in ("MatMul", "MatMulNBits", "Gemm", "FusedMatMul", "MatMulInteger",
-                              "DynamicQuantizeMatMul") and any(x in weights for x in node.input[1:]):
+                              "DynamicQuantizeMatMul", "MatMulIntegerToFloat") and any(
+                x in weights for x in node.input[1:]):
+            kinds[node.name] = "weights"
+        elif "/rowq/" in node.name:  # int8_rowwise's per-row activation quantization and row scale
             kinds[node.name] = "weights"
         else:
             kinds[node.name] = "other"

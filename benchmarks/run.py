@@ -16,6 +16,7 @@ the published numbers in docs/bench/ are only replaced by passing --out docs/ben
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
 import platform
@@ -119,9 +120,10 @@ def points_for(frames: list[int], batches: list[int]) -> tuple[list[list[int]], 
 
 
 def ensure_export(preset: str, variant: str, exports: Path) -> Path:
-    """exports/<preset>_<variant>, exported (in a subprocess) when missing."""
+    """exports/<preset>_<variant>, exported (in a subprocess) when missing or stale (another
+    format version, or int8 by another method than the export's default)."""
     path = exports / f"{preset}_{variant}"
-    if (path / "manifest.json").is_file():
+    if (path / "manifest.json").is_file() and _current_export(path / "manifest.json"):
         return path
     exports.mkdir(parents=True, exist_ok=True)
     tmp = exports / f".{preset}_{variant}.partial"
@@ -141,6 +143,15 @@ def ensure_export(preset: str, variant: str, exports: Path) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
     return path
+
+
+def _current_export(manifest_path: Path) -> bool:
+    from editgen.engine.manifest import FORMAT_VERSION
+    from editgen.export.quantize import METHOD
+
+    manifest = json.loads(manifest_path.read_text())
+    int8 = manifest.get("int8")
+    return manifest.get("format_version") == FORMAT_VERSION and (int8 is None or int8.get("method") == METHOD)
 
 
 def run_config(spec: dict, in_process: bool) -> dict:

@@ -138,3 +138,20 @@ def test_e2e_quick_writes_latency_throughput_and_plot(tmp_path, exported):
         assert r["rows"] == 4 * r["requests"]
         assert r["audio_s_per_s"] == pytest.approx(r["requests"] * r["seconds_each"] / r["wall_s"])
     assert (out / "e2e.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_int8_methods_times_every_method_and_checks_row_invariance(tmp_path):
+    """benchmarks.int8_methods on one layer: every method timed at every row count; the
+    export's methods are row-invariant (onnxruntime's per-tensor dynamic one is reported,
+    whatever it gives)."""
+    from benchmarks import int8_methods
+
+    out = tmp_path / "int8"
+    assert int8_methods.main(["--layers", "1", "--repeats", "1", "--threads", "1", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["methods"]) == list(int8_methods.METHODS)
+    for method, r in results["methods"].items():
+        assert [int(k) for k in r["ms_by_rows"]] == list(int8_methods.ROWS) and min(r["ms_by_rows"].values()) > 0
+        if method != "dynamic":
+            assert r["row_invariant"] is True, method
+    assert (out / "int8_methods.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

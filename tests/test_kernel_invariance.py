@@ -1,8 +1,9 @@
 """The kernel properties batch invariance rests on, at random:small's sizes (hidden 1024,
 FFN 4096, head_dim 64), where the tiny test models may take other kernel paths:
 
-- onnxruntime's fp32 MatMul and int8 MatMulNBits give a row the same bits for any number
-  of rows >= 2 (MIN_ROWS): a row's numbers do not depend on who shares its step;
+- onnxruntime's fp32 MatMul and both int8 methods of the export (per-row quantized
+  MatMulIntegerToFloat, MatMulNBits) give a row the same bits for any number of rows >= 2
+  (MIN_ROWS): a row's numbers do not depend on who shares its step;
 - self-attention over a cache read of any multiple of POSITION_BUCKET positions gives a
   row the same bits (masked positions beyond the row's own are exact zeros), in
   onnxruntime and torch: the read length follows the longest row of the step.
@@ -40,19 +41,20 @@ def _matmul_model(weight):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-@pytest.mark.parametrize("quantize", [False, True], ids=["fp32", "int8"])
-def test_weight_matmul_rows_do_not_depend_on_row_count(quantize, tmp_path):
+@pytest.mark.parametrize("method", [None, "rowwise", "matmul_nbits"], ids=["fp32", "int8-rowwise", "int8-nbits"])
+def test_weight_matmul_rows_do_not_depend_on_row_count(method, tmp_path):
+    import onnx
+
     rng = np.random.default_rng(0)
     model = _matmul_model((rng.standard_normal((HIDDEN, FFN)) * 0.02).astype(np.float32))
-    if quantize:  # as editgen.export.quantize does it
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    if method is not None:  # as the export quantizes its decoder step
+        from editgen.export.quantize import METHODS, quantize_step_graph
 
-        from editgen.export.quantize import BLOCK_SIZE
-
-        q = MatMulNBitsQuantizer(model, bits=8, block_size=BLOCK_SIZE, is_symmetric=True, accuracy_level=4)
-        q.process()
-        model = q.model.model
-        assert any(node.op_type == "MatMulNBits" for node in model.graph.node)
+        assert method in METHODS
+        onnx.save(model, str(tmp_path / "fp32.onnx"))
+        quantize_step_graph(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", method)
+        model = onnx.load(str(tmp_path / "int8.onnx"))
+        assert not any(node.op_type == "MatMul" for node in model.graph.node)
     session = _session(model)
     x = rng.standard_normal((64, 1, HIDDEN)).astype(np.float32)
     want = session.run(None, {"x": x[:MIN_ROWS]})[0][0]

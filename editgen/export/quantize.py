@@ -1,14 +1,15 @@
 """`--quantize int8`: weight-only 8-bit decoder step for CPU, and its agreement with fp32.
 
-Method (METHOD): onnxruntime's MatMulNBitsQuantizer with bits=8, symmetric blocks of
-BLOCK_SIZE along K: every MatMul with a constant weight (attention projections, FFN, LM
-heads) becomes com.microsoft.MatMulNBits with int8 weights; graph inputs, outputs,
-softmax, the edit and the KV cache stay fp32. accuracy_level 4 lets the CPU kernel
-quantize activations per block on the fly for int8 dot products (accuracy_level 0, fp32
-compute, ran about 8x slower on random:small). `quantize_dynamic` (MatMulInteger with
-dynamic activation quantization) is kept as method "dynamic": on random:small (2 CPU
-cores) it was as accurate, about 3% slower per step at capacity 53 (weight-bound), tied
-at capacity 503 (cache-bound), and took 4x longer to quantize.
+Method (METHOD) "rowwise" (editgen.export.int8_rowwise): every MatMul with a constant
+weight (attention projections, FFN, LM heads) runs on int8 weights (symmetric, one scale
+per output column) and int8 activations quantized per row on the fly; graph inputs,
+outputs, softmax, the edit and the KV cache stay fp32. It is batch-invariant (every op is
+row-wise) and its cost barely grows with the rows. "matmul_nbits" (onnxruntime's
+MatMulNBits, bits=8, blocks of BLOCK_SIZE, accuracy_level 4) is the previous method, kept
+for comparison: also batch-invariant, but its 8-bit kernel is compute-bound on rows.
+onnxruntime's own `quantize_dynamic` is not offered: its activation scale covers the whole
+batch, so a row's codes would depend on the rows sharing its step. Measured comparison:
+docs/benchmarks.md, "int8 methods".
 
 Agreement (written to manifest["int8"]): greedy decoding with guidance 3.0 of one prompt
 for AGREEMENT_STEPS steps, two ways:
@@ -30,8 +31,8 @@ from editgen.engine.generate import generate_codes
 from editgen.engine.options import GenerationOptions
 from editgen.engine.sampling import classifier_free_guidance
 
-METHODS = ("matmul_nbits", "dynamic")
-METHOD = "matmul_nbits"
+METHODS = ("rowwise", "matmul_nbits")
+METHOD = "rowwise"
 BLOCK_SIZE = 128
 AGREEMENT_STEPS = 50
 AGREEMENT_PROMPT = "lofi piano with warm drums"
@@ -49,12 +50,10 @@ def quantize_step_graph(src: Path, dst: Path, method: str = METHOD, *, external_
                                      accuracy_level=4)
         quant.process()
         quant.model.save_model_to_file(str(dst), use_external_data_format=external_data)
-    elif method == "dynamic":
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+    elif method == "rowwise":
+        from editgen.export.int8_rowwise import rowwise_int8
 
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                         per_channel=True, use_external_data_format=external_data,
-                         extra_options={"MatMulConstBOnly": True})
+        rowwise_int8(src, dst, external_data=external_data)
     else:
         raise ValueError(f"unknown int8 method {method!r}: one of {METHODS}")
 

@@ -20,9 +20,9 @@ from editgen.engine.contract import StepBatch, attended_positions
 from editgen.engine.edit.step_inputs import EditStepInputs
 from editgen.errors import InvalidRequestError
 
-# ONNX Runtime's int8 MatMulNBits (and torch's matmul) take another kernel for one row,
-# with other rounding: a step never runs fewer rows, so a row's numbers do not depend on
-# whether it runs alone (tests/test_batch_invariance.py).
+# torch's matmul (and ONNX Runtime's MatMulNBits, the earlier int8 method) take another
+# kernel for one row, with other rounding: a step never runs fewer rows, so a row's
+# numbers do not depend on whether it runs alone (tests/test_batch_invariance.py).
 MIN_ROWS = 2
 
 
