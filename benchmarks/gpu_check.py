@@ -138,7 +138,8 @@ def _err(got, want) -> float:
 
 
 class RecordingBackend:
-    """Records each step's logits [R, K, vocab] (host copies) of the wrapped backend."""
+    """Records each step's logits [R, K, vocab] (host copies) of the wrapped backend, when it
+    returns them (a backend that samples on its device returns codes)."""
 
     def __init__(self, inner):
         self.inner, self.logits = inner, []
@@ -148,7 +149,8 @@ class RecordingBackend:
 
     def step(self, batch):
         out = self.inner.step(batch)
-        self.logits.append(out.logits.copy())
+        if out.logits is not None:
+            self.logits.append(out.logits.copy())
         return out
 
 

@@ -110,8 +110,11 @@ class _Spy:
 
     def step(self, batch):
         out = self.inner.step(batch)
-        arrays = [batch.slots, batch.positions, batch.codes, batch.want_maps, out.logits, out.cross_attn]
+        arrays = [batch.slots, batch.positions, batch.codes, batch.want_maps, out.cross_attn]
+        arrays += [a for a in (out.logits, out.codes) if a is not None]  # codes: a backend that samples
         arrays += [getattr(batch.edit, f) for f in batch.edit.__dataclass_fields__]
+        if batch.sampling is not None:
+            arrays += [getattr(batch.sampling, f) for f in batch.sampling.__dataclass_fields__]
         self.sizes.append(sum(a.nbytes for a in arrays))
         return out
 

@@ -181,7 +181,10 @@ def test_continuous_batching_codes_equal_running_alone():
 
 
 class _Logits(_Spy):
-    """Also keeps every step's logits."""
+    """Also keeps every step's logits: the engine core samples on the host from them (the
+    backend's device sampling is compared with the host's in test_device_sampling_*)."""
+
+    samples_on_device = False
 
     def __init__(self, inner):
         super().__init__(inner)
@@ -211,6 +214,26 @@ def test_plain_generation_matches_torch():
     want_codes, want_logits = _plain_run(None)
     np.testing.assert_array_equal(codes, want_codes)
     np.testing.assert_allclose(logits, want_logits, **LOGITS_TOL)
+
+
+@pytest.mark.slow
+def test_device_sampling_equals_host_sampling():
+    """Top-k sampling with guidance through the engine core: the backend sampling on its
+    device (codes come back) gives the codes the host samples from its logits, and the
+    plot maps it reduces on the device equal the host's means."""
+    from editgen.engine.hooks import MeanMaps
+
+    def run(backend):
+        job = generate_job(backend, SRC, GenerationOptions(seconds=0.2, seed=3, top_k=20, temperature=1.2))
+        maps = MeanMaps(job.request.steps, 1, backend.shapes.max_text_tokens)
+        job.request.recorders = (maps,)
+        EngineCore(backend, max_rows=2).run(job.request)
+        return job.request.codes(), maps.maps
+
+    codes, maps = run(kernel_backend())  # samples_on_device: codes and [1, M, 1, T] maps come back
+    want_codes, want_maps = run(_Logits(kernel_backend()))  # the same backend, sampled on the host
+    np.testing.assert_array_equal(codes, want_codes)
+    np.testing.assert_allclose(maps, want_maps, atol=1e-6, rtol=0)
 
 
 # Measured on random:tiny (20 greedy steps without guidance): code agreement 1.0 for both,

@@ -10,7 +10,8 @@ the rows that asked for them (StepOutputs): nothing O(cache) crosses this bounda
     open(max_slots)                      size the pools (allocated on the backend's device)
     admit(slots, hidden, text_mask)      cross K/V of these rows, written once
     step(batch) -> StepOutputs           reads its cache, writes this position's K/V at
-                                         (slot, position) of every batch row
+                                         (slot, position) of every batch row; logits, or
+                                         codes where the backend samples on its device
     release(slots)                       the slots are free for the next admit
 """
 
@@ -77,16 +78,40 @@ class StepBatch:
     codes: np.ndarray  # int64 [R, K] codes of this frame (delay pattern applied)
     edit: EditStepInputs  # rows R
     want_maps: np.ndarray  # bool [R] rows whose cross-attention maps are returned
+    # Every row that wants maps needs only their mean over layers and heads: a backend may
+    # return cross_attn as [1, M, 1, T] (reduced where the maps are) instead of in full.
+    map_means_only: bool = False
+    # Set for backends with `samples_on_device`: they return codes, not logits.
+    sampling: SamplingBatch | None = None
 
     @property
     def rows(self) -> int:
         return int(self.slots.shape[0])
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class SamplingBatch:
+    """One step's sampling, for a backend that samples where its logits are. N = the
+    step's conditional rows over all its requests, in batch order. Row n's codes: guided =
+    uncond + (cond - uncond) * guidance in float32 (guided = cond where uncond_rows[n] ==
+    cond_rows[n]); then argmax where top_k is 0, else editgen.engine.sampling.pick_top_k of
+    guided with uniforms[n], top_k[n], temperature[n]. The uniforms come from the rows' own
+    streams (Sampler.draw), so codes equal the host's for equal logits."""
+
+    cond_rows: np.ndarray  # int64 [N] batch row of each conditional row
+    uncond_rows: np.ndarray  # int64 [N] its null-text row (== cond_rows: no guidance)
+    guidance: np.ndarray  # float32 [N]
+    temperature: np.ndarray  # float64 [N]
+    top_k: np.ndarray  # int64 [N], 0 = greedy
+    uniforms: np.ndarray  # float64 [N, K] (zeros for greedy rows)
+
+
 @dataclasses.dataclass
 class StepOutputs:
-    logits: np.ndarray  # float32 [R, K, vocab]
-    cross_attn: np.ndarray  # float32 [layers, M, heads, T] maps used (after the edit), M = want_maps.sum()
+    logits: np.ndarray | None  # float32 [R, K, vocab]; None when the backend sampled (codes)
+    cross_attn: np.ndarray  # float32 [layers, M, heads, T] maps used (after the edit), M = want_maps.sum(),
+    #                         or [1, M, 1, T] (their means) when the batch allowed it
+    codes: np.ndarray | None = None  # int64 [N, K] when batch.sampling was given (SamplingBatch's rows)
 
 
 class Backend(Protocol):
@@ -106,7 +131,9 @@ class Backend(Protocol):
 
     def step(self, batch: StepBatch) -> StepOutputs:
         """One decoder step of `batch`; writes each row's K/V at (slot, position). The
-        returned arrays may be the backend's buffers: valid until the next call."""
+        returned arrays may be the backend's buffers: valid until the next call. A backend
+        whose class sets `samples_on_device = True` gets `batch.sampling` and returns codes
+        (SamplingBatch) instead of logits; the others never see it set."""
 
     def release(self, slots: np.ndarray) -> None: ...
 

@@ -14,7 +14,7 @@ import collections
 import numpy as np
 
 from editgen.engine.backends.slots import MIN_ROWS
-from editgen.engine.contract import Backend, StepBatch
+from editgen.engine.contract import Backend, SamplingBatch, StepBatch
 from editgen.engine.edit.step_inputs import EditStepInputs
 from editgen.engine.requests import Request, State
 from editgen.errors import InvalidRequestError
@@ -34,6 +34,8 @@ class EngineCore:
         self.running: list[Request] = []
         self._free = np.ones(max_rows, dtype=bool)  # slot -> free
         self.steps_run = 0
+        # The backend samples where its logits are: it gets the rows' uniforms and returns codes.
+        self.samples_on_device = bool(getattr(backend, "samples_on_device", False))
 
     # -- requests -----------------------------------------------------------------------
 
@@ -80,10 +82,13 @@ class EngineCore:
                 ended.append(request)
             return ended
         self.steps_run += 1
-        for request, (row, map_row) in zip(list(self.running), spans):
+        for request, (row, map_row, code_row) in zip(list(self.running), spans):
             maps = out.cross_attn[:, map_row: map_row + request.rows_cond] if request.wants_maps else None
             try:
-                request.advance(out.logits[row: row + request.rows], maps)
+                if out.codes is not None:
+                    request.advance(maps, codes=out.codes[code_row: code_row + request.rows_cond])
+                else:
+                    request.advance(maps, logits=out.logits[row: row + request.rows])
             except Exception as exc:  # a hook's error is that request's
                 self._fail(request, exc)
             if request.done:
@@ -135,11 +140,16 @@ class EngineCore:
             mask = np.concatenate([mask, np.zeros_like(mask)])
         self.backend.admit(slots, hidden, mask)
 
-    def _batch(self) -> tuple[StepBatch, list[tuple[int, int]]]:
-        """The running requests' rows, in order. spans: (first row, first map row) per request."""
-        slots, positions, codes, edits, want, spans = [], [], [], [], [], []
-        row = map_row = 0
+    def _batch(self) -> tuple[StepBatch, list[tuple[int, int, int]]]:
+        """The running requests' rows, in order. spans: (first row, first map row, first
+        code row) per request."""
+        slots, positions, codes, edits, want, spans, sampling = [], [], [], [], [], [], []
+        row = map_row = code_row = 0
+        books = self.backend.shapes.num_codebooks
         for request in self.running:
+            if self.samples_on_device:
+                cond, uncond, *rest = request.sampling_inputs(books)
+                sampling.append((cond + row, uncond + row, *rest))
             slots.append(request.slots)
             positions.append(np.full(request.rows, request.step, dtype=np.int64))
             codes.append(request.frame())
@@ -148,15 +158,19 @@ class EngineCore:
             wants = np.zeros(request.rows, dtype=bool)
             wants[: request.rows_cond] = request.wants_maps
             want.append(wants)
-            spans.append((row, map_row))
+            spans.append((row, map_row, code_row))
             row += request.rows
             map_row += request.rows_cond if request.wants_maps else 0
+            code_row += request.rows_cond
         fields = {}
         for name in _EDIT_FIELDS:
             parts = [getattr(e, name) + offset if name == "src_row" else getattr(e, name) for e, offset in edits]
             fields[name] = np.concatenate(parts, axis=1 if name == "captured" else 0)
+        means_only = all(r.map_means_only for r in self.running if r.wants_maps)
         batch = StepBatch(slots=np.concatenate(slots), positions=np.concatenate(positions),
-                          codes=np.concatenate(codes), edit=EditStepInputs(**fields), want_maps=np.concatenate(want))
+                          codes=np.concatenate(codes), edit=EditStepInputs(**fields), want_maps=np.concatenate(want),
+                          map_means_only=means_only,
+                          sampling=SamplingBatch(*map(np.concatenate, zip(*sampling))) if sampling else None)
         return batch, spans
 
     def _retire(self, request: Request) -> None:

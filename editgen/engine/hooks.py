@@ -40,7 +40,10 @@ class ForceFrames:
 
 
 class MeanMaps:
-    """Cross-attention averaged over layers and heads: [steps, rows_cond, T] (for plots)."""
+    """Cross-attention averaged over layers and heads: [steps, rows_cond, T] (for plots).
+    Takes full maps or, reduced by the backend, [1, rows, 1, T]."""
+
+    means_only = True
 
     def __init__(self, steps: int, rows: int, text_len: int):
         self.maps = np.zeros((steps, rows, text_len), dtype=np.float32)

@@ -75,6 +75,11 @@ class Request:
         return bool(self.recorders)
 
     @property
+    def map_means_only(self) -> bool:
+        """Its recorders read only the maps' mean over layers and heads (hooks.MeanMaps)."""
+        return all(getattr(record, "means_only", False) for record in self.recorders)
+
+    @property
     def done(self) -> bool:
         return self.state in (State.FINISHED, State.CANCELLED, State.FAILED)
 
@@ -89,12 +94,29 @@ class Request:
     def edit_inputs(self) -> EditStepInputs:
         return self.edits.inputs(self.step, self.steps)
 
-    def advance(self, logits: np.ndarray, maps: np.ndarray | None) -> None:
-        """logits [rows, K, vocab]; maps [layers, rows_cond, heads, T] when it wants them."""
+    def sampling_inputs(self, books: int) -> tuple[np.ndarray, ...]:
+        """This step's rows of a SamplingBatch, rows relative to the request's first:
+        (cond_rows, uncond_rows, guidance, temperature, top_k, uniforms). Draws this step's
+        uniforms: call once per step, then advance(codes=...)."""
+        o, n = self.options, self.rows_cond
+        cond = np.arange(n, dtype=np.int64)
+        uniforms = self.sampler.draw(books)
+        return (cond, cond + n if o.cfg else cond, np.full(n, o.guidance_scale, np.float32),
+                np.full(n, o.temperature, np.float64), np.full(n, 0 if o.greedy else o.top_k, np.int64),
+                np.zeros((n, books)) if uniforms is None else uniforms)
+
+    def advance(self, maps: np.ndarray | None, *, logits: np.ndarray | None = None,
+                codes: np.ndarray | None = None) -> None:
+        """One step's result: logits [rows, K, vocab] (sampled here), or the codes [rows_cond,
+        K] a backend sampled from sampling_inputs(); maps [layers, rows_cond, heads, T] (or
+        [1, rows_cond, 1, T] means) when it wants them."""
         t = self.step
-        if self.options.cfg:
-            logits = classifier_free_guidance(logits, self.options.guidance_scale)
-        codes = self.sampler(logits)  # [rows_cond, K]
+        if codes is None:
+            if self.options.cfg:
+                logits = classifier_free_guidance(logits, self.options.guidance_scale)
+            codes = self.sampler(logits)  # [rows_cond, K]
+        else:
+            codes = np.array(codes, dtype=np.int64)  # overrides write into it
         for override in self.overrides:
             override(t + 1, codes)
         self.sequence[:, :, t + 1] = codes

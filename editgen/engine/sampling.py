@@ -18,30 +18,54 @@ def classifier_free_guidance(logits: np.ndarray, scale: float) -> np.ndarray:
 
 
 class Sampler:
-    """Top-k / temperature sampling, or greedy argmax, over [rows, K, V] logits."""
+    """Top-k / temperature sampling, or greedy argmax, over [rows, K, V] logits.
+
+    A step's sampling is `draw()` (each row's uniforms from its own stream) then
+    `pick_top_k` on those; a backend that samples on its device gets the same uniforms
+    (editgen.engine.contract.SamplingBatch) and applies the same rule."""
 
     def __init__(self, rows: int, *, seed: int, top_k: int, temperature: float, greedy: bool):
         self.top_k, self.temperature, self.greedy = top_k, temperature, greedy
         self.streams = [np.random.Generator(np.random.PCG64(seed)) for _ in range(rows)]
 
+    def draw(self, books: int) -> np.ndarray | None:
+        """This step's uniforms [rows, books] (None when greedy: nothing is drawn). One per
+        codebook per row, whatever the logits, so every row consumes its stream at the
+        same rate."""
+        if self.greedy:
+            return None
+        return np.stack([s.random(books) for s in self.streams])
+
     def __call__(self, logits: np.ndarray) -> np.ndarray:
         """logits: [rows, K, V] -> codes [rows, K] int64."""
-        if self.greedy:
+        u = self.draw(logits.shape[1])
+        if u is None:
             return logits.argmax(axis=-1).astype(np.int64)
-        rows, books, vocab = logits.shape
-        k = min(self.top_k, vocab)
-        # Draw first, one uniform per codebook per row, so every row consumes its stream
-        # at the same rate whatever its logits.
-        u = np.stack([s.random(books) for s in self.streams])  # [rows, K]
-        scaled = logits.astype(np.float64) / self.temperature
-        top = np.argpartition(-scaled, k - 1, axis=-1)[..., :k]  # [rows, K, k], unordered
-        top_logits = np.take_along_axis(scaled, top, axis=-1)
-        # Order by (logit desc, id asc) so the draw is independent of argpartition's order.
-        order = np.lexsort((top, -top_logits), axis=-1)
-        top = np.take_along_axis(top, order, axis=-1)
-        top_logits = np.take_along_axis(top_logits, order, axis=-1)
-        probs = np.exp(top_logits - top_logits[..., :1])
-        cdf = np.cumsum(probs, axis=-1)
-        pick = (cdf < (u * cdf[..., -1])[..., None]).sum(axis=-1)  # first index with cdf >= u
-        pick = np.minimum(pick, k - 1)
-        return np.take_along_axis(top, pick[..., None], axis=-1)[..., 0].astype(np.int64)
+        return pick_top_k(logits, u, self.top_k, self.temperature)
+
+
+def top_k_ids(scaled: np.ndarray, k: int) -> np.ndarray:
+    """[..., V] -> ids [..., k] of the k largest, ordered by (value desc, id asc): the first
+    k of a stable descending sort, ties at the k-th value going to the lower ids."""
+    top = np.argpartition(-scaled, k - 1, axis=-1)[..., :k]  # the set, unordered
+    kth = np.take_along_axis(scaled, top, axis=-1).min(axis=-1)
+    ties = (scaled >= kth[..., None]).sum(axis=-1) > k  # argpartition chose among equals
+    if ties.any():
+        top[ties] = np.argsort(-scaled[ties], axis=-1, kind="stable")[..., :k]
+    values = np.take_along_axis(scaled, top, axis=-1)
+    return np.take_along_axis(top, np.lexsort((top, -values), axis=-1), axis=-1)
+
+
+def pick_top_k(logits: np.ndarray, u: np.ndarray, top_k: int, temperature: float) -> np.ndarray:
+    """logits [rows, K, V], u [rows, K] in [0, 1) -> codes [rows, K] int64: the first of the
+    top-k ids (in top_k_ids' order) whose cumulative softmax reaches u of the total."""
+    vocab = logits.shape[-1]
+    k = min(top_k, vocab)
+    scaled = logits.astype(np.float64) / temperature
+    top = top_k_ids(scaled, k)  # [rows, K, k]
+    top_logits = np.take_along_axis(scaled, top, axis=-1)
+    probs = np.exp(top_logits - top_logits[..., :1])
+    cdf = np.cumsum(probs, axis=-1)
+    pick = (cdf < (u * cdf[..., -1])[..., None]).sum(axis=-1)  # first index with cdf >= u
+    pick = np.minimum(pick, k - 1)
+    return np.take_along_axis(top, pick[..., None], axis=-1)[..., 0].astype(np.int64)

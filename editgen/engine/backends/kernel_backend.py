@@ -21,9 +21,12 @@ CPU only under Triton's interpreter (TRITON_INTERPRET=1 set before Python starts
 correctness path, slow (every program interpreted in numpy). Nothing here has run on a
 GPU yet; the kernels alone are tested there by tests/test_triton_kernels.py's gpu tests.
 
-Next steps, not here:
-- CUDA graph capture of the step per row-count bucket (the pool and grids are static).
-- device-side sampling (CFG, top-k, the sampler on the GPU: codes, not logits, come back).
+Per step only small arrays cross to the host: the backend samples on its device
+(`samples_on_device`: CFG, greedy or top-k with the rows' uniforms, device_sampling.py),
+so the codes [N, K] come back instead of the logits, and maps for plots come back as their
+mean over layers and heads ([1, M, 1, T]) when that is all the step's rows want.
+
+Not here: CUDA graph capture of the step per row-count bucket (nothing here can run it).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import os
 
 import numpy as np
 
+from editgen.engine.backends.device_sampling import sample_codes
 from editgen.engine.backends.slots import SlotTable
 from editgen.engine.backends.torch_pools import TorchPools
 from editgen.engine.contract import StepBatch, StepOutputs
@@ -71,6 +75,7 @@ def resolve_device(device=None):
 
 class KernelBackend(TorchPools):
     name = "triton"
+    samples_on_device = True
 
     def __init__(self, loaded, device=None, dtype: str = "float32"):
         if dtype not in DTYPES:
@@ -188,12 +193,17 @@ class KernelBackend(TorchPools):
                 h = layer.final_layer_norm(x)
                 x = x + d._linear(layer.fc2, layer.activation_fn(d._linear(layer.fc1, h)))
             x = d.final_norm(x)
-            logits = d._linear(d.lm_head, x).view(R, s.num_codebooks, s.vocab_size)
+            logits = d._linear(d.lm_head, x).view(R, s.num_codebooks, s.vocab_size).float()
             if probs is None:
                 maps = np.zeros((L, 0, H, s.max_text_tokens), np.float32)
+            elif batch.map_means_only:
+                maps = probs[:, t(want)].mean(dim=(0, 2), keepdim=True).cpu().numpy()  # [1, M, 1, T]
             else:
                 maps = probs[:, t(want)].cpu().numpy()
-            out = StepOutputs(logits.float().cpu().numpy(), maps)
+            if batch.sampling is not None:
+                out = StepOutputs(None, maps, codes=sample_codes(logits, batch.sampling).cpu().numpy())
+            else:
+                out = StepOutputs(logits.cpu().numpy(), maps)
         self.slots.written(batch)
         return out
 

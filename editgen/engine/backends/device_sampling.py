@@ -1,0 +1,51 @@
+"""Sampling where the logits are (torch, any device): a step returns codes, not logits.
+
+The rule is the host's (editgen.engine.sampling.pick_top_k, contract.SamplingBatch) with
+the uniforms the host drew, computed the same way: CFG in float32 as two separate ops,
+temperature and softmax in float64, top-k as the first k of a stable descending sort
+(ties to the lower id), then the cumulative sum. The codes equal the host's
+(tests/test_device_sampling.py); only a draw within a few ulp of the boundary between two
+tokens could fall the other way (numpy's and torch's exp may differ in the last bit, and
+a GPU sums the cdf as a parallel scan).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from editgen.engine.contract import SamplingBatch
+
+
+def sample_codes(logits, sampling: SamplingBatch):
+    """logits: float32 tensor [R, K, V] on the backend's device -> int64 tensor [N, K]."""
+    import torch
+
+    device = logits.device
+
+    def t(a: np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+    cond = logits[t(sampling.cond_rows)]  # [N, K, V]
+    uncond = logits[t(sampling.uncond_rows)]
+    scale = t(sampling.guidance)[:, None, None]
+    guided = uncond + (cond - uncond) * scale  # as classifier_free_guidance, float32
+    has_cfg = t(sampling.cond_rows != sampling.uncond_rows)[:, None, None]
+    guided = torch.where(has_cfg, guided, cond)
+    codes = guided.argmax(dim=-1)  # greedy rows; first of equal maxima, as numpy
+    top_k = np.minimum(sampling.top_k, logits.shape[-1])
+    sampled = np.flatnonzero(top_k > 0)
+    if sampled.size == 0:
+        return codes
+    index = t(sampled)
+    k = int(top_k[sampled].max())
+    scaled = guided[index].double() / t(sampling.temperature[sampled])[:, None, None]  # [S, K, V]
+    values, ids = torch.sort(scaled, dim=-1, descending=True, stable=True)
+    values, ids = values[..., :k], ids[..., :k]
+    inside = torch.arange(k, device=device)[None, None, :] < t(top_k[sampled])[:, None, None]  # [S, 1, k]
+    probs = torch.where(inside, torch.exp(values - values[..., :1]), 0.0)
+    cdf = torch.cumsum(probs, dim=-1)  # flat after each row's k: later entries never count below
+    total = cdf.gather(-1, t(top_k[sampled] - 1)[:, None, None].expand(-1, cdf.shape[1], 1))  # [S, K, 1]
+    pick = (cdf < t(sampling.uniforms[sampled])[..., None] * total).sum(dim=-1)  # first index with cdf >= u
+    pick = torch.minimum(pick, t(top_k[sampled] - 1)[:, None])
+    codes[index] = ids.gather(-1, pick[..., None])[..., 0]
+    return codes
