@@ -20,6 +20,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def quiet_free_port(low: int = 20000, high: int = 32000) -> int:
+    """A free port between Ray's worker ports (10002-19999) and Linux's ephemeral range
+    (32768+): a server that binds it a while later does not race the many outgoing
+    connections Ray opens meanwhile (free_port's pick, from the ephemeral range, did once)."""
+    import random
+
+    for port in random.Random().sample(range(low, high), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {low}..{high}")
+
+
 @contextlib.contextmanager
 def live_server(app, timeout: float = 30.0):
     """Serve `app` with uvicorn on 127.0.0.1:<free port> in a thread; yields the base URL."""

@@ -20,7 +20,7 @@ import httpx  # noqa: E402
 from editgen.engine.runtime import open_backend  # noqa: E402
 from editgen.server.config import ServerConfig  # noqa: E402
 from editgen.server.ray_serve import RaySettings, build_deployment  # noqa: E402
-from tests.server_util import free_port  # noqa: E402
+from tests.server_util import quiet_free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_two_replicas_serve_the_same_app(exported):
     from ray import serve
 
-    port = free_port()
+    port = quiet_free_port()
     env = {"PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
              runtime_env={"env_vars": env})
