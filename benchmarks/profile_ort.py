@@ -63,7 +63,8 @@ def profile(engine_dir: str, *, past: int, batch: int, steps: int, workload: str
 
 
 KINDS = {
-    "weights": "MatMul/MatMulNBits/Gemm on a constant weight (projections, FFN, lm heads)",
+    "weights": "MatMul/MatMulNBits/MatMulIntegerToFloat/Gemm on a constant weight (projections, FFN, lm heads), "
+               "with the per-row activation quantization of the int8 graph",
     "self_attention_kv": "ops reading a past_key_i / past_value_i input (q K^T, P V over the cache)",
     "cross_attention_kv": "ops reading a cross_key_i / cross_value_i input",
     "other": "everything else (norms, softmax, the edit, embeddings, reshapes)",

@@ -35,7 +35,8 @@ def _host(logits, cfg: bool, guidance: float, top_k: int, temperature: float, u)
 # (rows_cond, cfg, guidance, top_k, temperature): greedy, top-1, small k, the default 250,
 # k above the vocabulary, no guidance, temperatures around 1.
 REQUESTS = [(1, True, 3.0, 250, 1.0), (2, True, 1.7, 5, 0.7), (1, False, 1.0, 250, 1.3), (2, True, 3.0, 0, 1.0),
-            (1, True, 4.5, 1, 1.0), (1, False, 1.0, 10_000, 0.9), (3, True, 2.0, 40, 1.0)]
+            (1, True, 4.5, 1, 1.0), (1, False, 1.0, 10_000, 0.9), (3, True, 2.0, 40, 1.0), (1, False, 1.0, 0, 1.0),
+            (1, False, 1.0, 3, 1.0)]
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -45,9 +46,10 @@ def test_device_codes_equal_the_hosts(seed):
     rng = np.random.default_rng(seed)
     rows = sum(n * (2 if cfg else 1) for n, cfg, *_ in REQUESTS)
     logits = (rng.standard_normal((rows, K, V)) * 3).astype(np.float32)
-    logits[0, 0, :7] = logits[0, 0].max() + 1  # equal maxima: argmax and the sort must agree on ties
     parts, want, row = [], [], 0
     for n, cfg, guidance, top_k, temperature in REQUESTS:
+        if not cfg:  # equal maxima (no guidance to break them): argmax and the sort must agree on ties
+            logits[row, 0, 3:10] = logits[row, 0].max() + 1
         u = np.zeros((n, K)) if top_k == 0 else rng.random((n, K))
         cond = np.arange(n) + row
         uncond = cond + n if cfg else cond
@@ -164,3 +166,18 @@ def test_sampler_draw_is_what_call_consumes():
     for _ in range(3):
         np.testing.assert_array_equal(a(logits), pick_top_k(logits, b.draw(K), 10, 1.0))
     assert Sampler(1, seed=0, top_k=5, temperature=1.0, greedy=True).draw(K) is None
+
+
+def test_a_backend_returning_logits_against_its_flag_fails_the_step():
+    """The step's uniforms were drawn for the backend to use: logits instead of codes would
+    make the host draw again and shift every row's stream, so the step's requests fail."""
+
+    class Confused(FakeBackend):
+        samples_on_device = True  # ... and returns logits anyway
+
+    backend = Confused()
+    requests, _ = _requests(backend)
+    core = EngineCore(backend, max_rows=16)
+    core.submit(requests[0])
+    core.step()
+    assert requests[0].state.value == "failed" and "samples_on_device" in str(requests[0].error)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from editgen.export.int8_rowwise import EPS, ZERO_POINT, quantize_weight, rowwise_int8
+from editgen.export.int8_rowwise import EPS, WEIGHT_MAX, ZERO_POINT, quantize_weight, rowwise_int8
 
 K, N = 96, 40
 
 
-def _graph(tmp_path, weight, *, weight_also_added: bool = False):
+def _graph(tmp_path, weight, *, weight_also_added: bool = False, opset: int = 17, matmuls: int = 1):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -19,11 +19,18 @@ def _graph(tmp_path, weight, *, weight_also_added: bool = False):
     if weight_also_added:  # the weight read by another node too: its initializer must stay
         nodes.append(helper.make_node("Add", ["w", "w"], ["w2"], name="add"))
         outputs.append(helper.make_tensor_value_info("w2", TensorProto.FLOAT, [K, N]))
+    for i in range(1, matmuls):  # more matmuls sharing the weight
+        nodes.append(helper.make_node("MatMul", ["x", "w"], [f"y{i}"], name=f"mm{i}"))
+        outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, ["rows", 1, N]))
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", 1, K])],
                               outputs, [numpy_helper.from_array(weight, "w")])
     src, dst = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
-    assert rowwise_int8(src, dst, external_data=False) == 1
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), str(src))
+    assert rowwise_int8(src, dst, external_data=False) == matmuls
+    model = onnx.load(str(dst))
+    onnx.checker.check_model(model)
+    int8 = [t for t in model.graph.initializer if t.data_type == TensorProto.INT8]
+    assert len(int8) == 1  # a shared weight is quantized once
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -46,8 +53,23 @@ def test_weight_quantization_is_symmetric_per_column():
     w[:, 3] = 0.0  # a zero column gets scale 1, not a division by zero
     wq, scale = quantize_weight(w)
     assert wq.dtype == np.int8 and scale.shape == (N,) and scale[3] == 1.0
-    assert np.abs(wq).max() == 127 and not (wq[:, 3]).any()
+    assert np.abs(wq).max() == WEIGHT_MAX and not (wq[:, 3]).any()
     assert np.all(np.abs(wq * scale - w) <= scale / 2 + 1e-7)
+    # MLAS's u8 x s8 kernels without VNNI add two products in int16 with saturation: the
+    # largest pair (activations up to 255) must fit.
+    assert 2 * 255 * WEIGHT_MAX <= np.iinfo(np.int16).max
+
+
+@pytest.mark.parametrize("opset", [17, 18])
+def test_opsets_and_shared_weights(tmp_path, opset):
+    """ReduceMax's axes are an attribute up to opset 17 and an input from 18; two matmuls
+    reading one weight share its int8 copy; both outputs equal the formula."""
+    rng = np.random.default_rng(4)
+    weight = rng.standard_normal((K, N)).astype(np.float32)
+    x = rng.standard_normal((3, 1, K)).astype(np.float32)
+    y, y1 = _graph(tmp_path, weight, opset=opset, matmuls=2).run(None, {"x": x})
+    np.testing.assert_allclose(y, _reference(x, weight), rtol=1e-5, atol=0)
+    np.testing.assert_array_equal(y1, y)
 
 
 def test_matmul_equals_its_formula_and_stays_near_fp32(tmp_path):

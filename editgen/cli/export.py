@@ -15,7 +15,7 @@ def register(sub) -> None:
     p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
                    help="weights and compute of the decoder graphs: fp32, or fp16 (for GPU)")
     p.add_argument("--quantize", choices=("int8",), default=None,
-                   help="int8: weight-only 8-bit decoder step (for CPU); agreement with fp32 goes in the manifest")
+                   help="int8: the decoder step's weight matmuls in int8 (for CPU); agreement with fp32 goes in the manifest")
     p.set_defaults(func=run)
 
 

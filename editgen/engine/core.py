@@ -76,6 +76,9 @@ class EngineCore:
         batch, spans = self._batch()
         try:
             out = self.backend.step(batch)
+            if (batch.sampling is None) != (out.codes is None):  # the uniforms were drawn for this step
+                raise RuntimeError(f"backend {self.backend.name!r} returned "
+                                   f"{'logits' if out.codes is None else 'codes'} against its samples_on_device")
         except Exception as exc:  # fails the requests of this step only; the engine goes on
             for request in list(self.running):
                 self._fail(request, exc)

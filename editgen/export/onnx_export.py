@@ -15,8 +15,8 @@ over tolerance raises ExportValidationError.
 `dtype="fp16"` converts cross_kv and decoder_step (the per-request hot path) to fp16
 weights and compute, keeping their float inputs/outputs fp32 (so the runtime and its KV
 cache are the same for every export) and Softmax in fp32; T5 (fp16 overflow) and EnCodec
-stay fp32. `quantize="int8"` replaces decoder_step with a weight-only int8 graph
-(editgen.export.quantize) and records its agreement with fp32 in the manifest.
+stay fp32. `quantize="int8"` replaces decoder_step with a graph whose weight matmuls are
+int8 (editgen.export.quantize) and records its agreement with fp32 in the manifest.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""`--quantize int8`: weight-only 8-bit decoder step for CPU, and its agreement with fp32.
+"""`--quantize int8`: the decoder step with int8 weight matmuls for CPU, and its agreement with fp32.
 
 Method (METHOD) "rowwise" (editgen.export.int8_rowwise): every MatMul with a constant
-weight (attention projections, FFN, LM heads) runs on int8 weights (symmetric, one scale
-per output column) and int8 activations quantized per row on the fly; graph inputs,
+weight (attention projections, FFN, LM heads) runs on int8 weights (symmetric, 7 bits, one
+scale per output column) and 8-bit activations quantized per row on the fly; graph inputs,
 outputs, softmax, the edit and the KV cache stay fp32. It is batch-invariant (every op is
 row-wise) and its cost barely grows with the rows. "matmul_nbits" (onnxruntime's
 MatMulNBits, bits=8, blocks of BLOCK_SIZE, accuracy_level 4) is the previous method, kept
@@ -40,7 +40,7 @@ INT8_FILE = "decoder_step.int8.onnx"
 
 
 def quantize_step_graph(src: Path, dst: Path, method: str = METHOD, *, external_data: bool = False) -> None:
-    """Write the weight-only int8 version of the graph at `src` to `dst`."""
+    """Write the int8 version of the graph at `src` to `dst` (its weight matmuls)."""
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)  # one INFO line per node
     if method == "matmul_nbits":
         import onnx

@@ -6,7 +6,8 @@ temperature and softmax in float64, top-k as the first k of a stable descending 
 (ties to the lower id), then the cumulative sum. The codes equal the host's
 (tests/test_device_sampling.py); only a draw within a few ulp of the boundary between two
 tokens could fall the other way (numpy's and torch's exp may differ in the last bit, and
-a GPU sums the cdf as a parallel scan).
+a GPU sums the cdf as a parallel scan). NaN logits are not handled (they sort first here,
+last on the host).
 """
 
 from __future__ import annotations
@@ -37,11 +38,11 @@ def sample_codes(logits, sampling: SamplingBatch):
     if sampled.size == 0:
         return codes
     index = t(sampled)
-    k = int(top_k[sampled].max())
     scaled = guided[index].double() / t(sampling.temperature[sampled])[:, None, None]  # [S, K, V]
     values, ids = torch.sort(scaled, dim=-1, descending=True, stable=True)
-    values, ids = values[..., :k], ids[..., :k]
-    inside = torch.arange(k, device=device)[None, None, :] < t(top_k[sampled])[:, None, None]  # [S, 1, k]
+    # Every row's cdf runs over the whole vocabulary, masked after its own k: its length
+    # never depends on the other rows' k (a GPU scan's rounding could).
+    inside = torch.arange(values.shape[-1], device=device)[None, None, :] < t(top_k[sampled])[:, None, None]
     probs = torch.where(inside, torch.exp(values - values[..., :1]), 0.0)
     cdf = torch.cumsum(probs, dim=-1)  # flat after each row's k: later entries never count below
     total = cdf.gather(-1, t(top_k[sampled] - 1)[:, None, None].expand(-1, cdf.shape[1], 1))  # [S, K, 1]
