@@ -31,6 +31,7 @@ def _graph(tmp_path, weight, *, weight_also_added: bool = False, opset: int = 17
     onnx.checker.check_model(model)
     int8 = [t for t in model.graph.initializer if t.data_type == TensorProto.INT8]
     assert len(int8) == 1  # a shared weight is quantized once
+    assert [n.op_type for n in model.graph.node].count("QuantizeLinear") == 1  # and their shared input x
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -63,7 +64,8 @@ def test_weight_quantization_is_symmetric_per_column():
 @pytest.mark.parametrize("opset", [17, 18])
 def test_opsets_and_shared_weights(tmp_path, opset):
     """ReduceMax's axes are an attribute up to opset 17 and an input from 18; two matmuls
-    reading one weight share its int8 copy; both outputs equal the formula."""
+    reading one weight and one input share the int8 copy of each; both outputs equal the
+    formula."""
     rng = np.random.default_rng(4)
     weight = rng.standard_normal((K, N)).astype(np.float32)
     x = rng.standard_normal((3, 1, K)).astype(np.float32)

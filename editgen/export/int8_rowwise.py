@@ -55,7 +55,7 @@ def rowwise_int8(src: Path, dst: Path, *, external_data: bool) -> int:
               numpy_helper.from_array(np.array(ZERO_POINT, np.uint8), "rowq_zero_point")]
     if opset >= 18:  # ReduceMax takes its axes as an input from opset 18
         consts.append(numpy_helper.from_array(np.array([-1], np.int64), "rowq_last_axis"))
-    nodes, replaced, used, quantized = [], 0, set(), {}
+    nodes, replaced, used, quantized, activations = [], 0, set(), {}, {}
     for node in graph.node:
         if node.op_type != "MatMul" or node.input[1] not in weights:
             nodes.append(node)
@@ -68,21 +68,14 @@ def rowwise_int8(src: Path, dst: Path, *, external_data: bool) -> int:
             quantized[w_name] = (p + "w", p + "w_scale")
         wq_name, scale_name = quantized[w_name]
         used.add(w_name)
-        reduce_max = (helper.make_node("ReduceMax", [p + "abs", "rowq_last_axis"], [p + "max"], name=p + "ReduceMax",
-                                       keepdims=1) if opset >= 18 else
-                      helper.make_node("ReduceMax", [p + "abs"], [p + "max"], name=p + "ReduceMax", axes=[-1],
-                                       keepdims=1))
+        if x not in activations:  # an input read by several matmuls is quantized once
+            nodes += _quantize_rows(helper, x, p, opset)
+            activations[x] = (p + "q", p + "scale")
+        q_name, row_scale = activations[x]
         nodes += [
-            helper.make_node("Abs", [x], [p + "abs"], name=p + "Abs"),
-            reduce_max,
-            helper.make_node("Max", [p + "max", "rowq_eps"], [p + "max_eps"], name=p + "Max"),
-            helper.make_node("Mul", [p + "max_eps", "rowq_inv127"], [p + "scale"], name=p + "Scale"),
-            helper.make_node("Div", [x, p + "scale"], [p + "scaled"], name=p + "Div"),
-            helper.make_node("QuantizeLinear", [p + "scaled", "rowq_one", "rowq_zero_point"], [p + "q"],
-                             name=p + "QuantizeLinear"),
-            helper.make_node("MatMulIntegerToFloat", [p + "q", wq_name, "rowq_one", scale_name, "rowq_zero_point"],
+            helper.make_node("MatMulIntegerToFloat", [q_name, wq_name, "rowq_one", scale_name, "rowq_zero_point"],
                              [p + "y"], name=p + "MatMulIntegerToFloat", domain="com.microsoft"),
-            helper.make_node("Mul", [p + "y", p + "scale"], [y], name=p + "RowScale"),
+            helper.make_node("Mul", [p + "y", row_scale], [y], name=p + "RowScale"),
         ]
         replaced += 1
     # Top-level nodes only: the decoder step has no subgraphs (If/Loop), whose matmuls this
@@ -101,3 +94,22 @@ def rowwise_int8(src: Path, dst: Path, *, external_data: bool) -> int:
     else:
         onnx.save_model(model, str(dst))
     return replaced
+
+
+def _quantize_rows(helper, x: str, p: str, opset: int) -> list:
+    """Nodes computing `p`scale (per row, [..., 1]) and `p`q (uint8) of input `x`."""
+    if opset >= 18:  # ReduceMax takes its axes as an input from opset 18
+        reduce_max = helper.make_node("ReduceMax", [p + "abs", "rowq_last_axis"], [p + "max"], name=p + "ReduceMax",
+                                      keepdims=1)
+    else:
+        reduce_max = helper.make_node("ReduceMax", [p + "abs"], [p + "max"], name=p + "ReduceMax", axes=[-1],
+                                      keepdims=1)
+    return [
+        helper.make_node("Abs", [x], [p + "abs"], name=p + "Abs"),
+        reduce_max,
+        helper.make_node("Max", [p + "max", "rowq_eps"], [p + "max_eps"], name=p + "Max"),
+        helper.make_node("Mul", [p + "max_eps", "rowq_inv127"], [p + "scale"], name=p + "Scale"),
+        helper.make_node("Div", [x, p + "scale"], [p + "scaled"], name=p + "Div"),
+        helper.make_node("QuantizeLinear", [p + "scaled", "rowq_one", "rowq_zero_point"], [p + "q"],
+                         name=p + "QuantizeLinear"),
+    ]
