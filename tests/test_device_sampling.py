@@ -68,7 +68,8 @@ def test_ties_at_the_kth_value_go_to_the_lower_ids():
     scaled = np.zeros((3, 2, 50))
     scaled[..., ::3] = 1.0  # 17 equal maxima per row, k = 5 cuts through them
     scaled[1, 1, 40] = 2.0
-    ids = top_k_ids(scaled, 5)
+    ids, values = top_k_ids(scaled, 5)
+    np.testing.assert_array_equal(values, np.take_along_axis(scaled, ids, axis=-1))
     np.testing.assert_array_equal(ids[0, 0], [0, 3, 6, 9, 12])
     np.testing.assert_array_equal(ids[1, 1], [40, 0, 3, 6, 9])
     want = np.argsort(-scaled, axis=-1, kind="stable")[..., :5]

@@ -44,16 +44,17 @@ class Sampler:
         return pick_top_k(logits, u, self.top_k, self.temperature)
 
 
-def top_k_ids(scaled: np.ndarray, k: int) -> np.ndarray:
-    """[..., V] -> ids [..., k] of the k largest, ordered by (value desc, id asc): the first
-    k of a stable descending sort, ties at the k-th value going to the lower ids."""
+def top_k_ids(scaled: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """[..., V] -> (ids, values) [..., k] of the k largest, ordered by (value desc, id asc):
+    the first k of a stable descending sort, ties at the k-th value going to the lower ids."""
     top = np.argpartition(-scaled, k - 1, axis=-1)[..., :k]  # the set, unordered
-    kth = np.take_along_axis(scaled, top, axis=-1).min(axis=-1)
-    ties = (scaled >= kth[..., None]).sum(axis=-1) > k  # argpartition chose among equals
+    values = np.take_along_axis(scaled, top, axis=-1)
+    ties = (scaled >= values.min(axis=-1)[..., None]).sum(axis=-1) > k  # argpartition chose among equals
     if ties.any():
         top[ties] = np.argsort(-scaled[ties], axis=-1, kind="stable")[..., :k]
-    values = np.take_along_axis(scaled, top, axis=-1)
-    return np.take_along_axis(top, np.lexsort((top, -values), axis=-1), axis=-1)
+        values[ties] = np.take_along_axis(scaled[ties], top[ties], axis=-1)
+    order = np.lexsort((top, -values), axis=-1)
+    return np.take_along_axis(top, order, axis=-1), np.take_along_axis(values, order, axis=-1)
 
 
 def pick_top_k(logits: np.ndarray, u: np.ndarray, top_k: int, temperature: float) -> np.ndarray:
@@ -62,8 +63,7 @@ def pick_top_k(logits: np.ndarray, u: np.ndarray, top_k: int, temperature: float
     vocab = logits.shape[-1]
     k = min(top_k, vocab)
     scaled = logits.astype(np.float64) / temperature
-    top = top_k_ids(scaled, k)  # [rows, K, k]
-    top_logits = np.take_along_axis(scaled, top, axis=-1)
+    top, top_logits = top_k_ids(scaled, k)  # [rows, K, k]
     probs = np.exp(top_logits - top_logits[..., :1])
     cdf = np.cumsum(probs, axis=-1)
     pick = (cdf < (u * cdf[..., -1])[..., None]).sum(axis=-1)  # first index with cdf >= u

@@ -38,15 +38,16 @@ def sample_codes(logits, sampling: SamplingBatch):
     if sampled.size == 0:
         return codes
     index = t(sampled)
+    last = t(top_k[sampled] - 1)[:, None, None]  # [S, 1, 1] each row's k - 1
     scaled = guided[index].double() / t(sampling.temperature[sampled])[:, None, None]  # [S, K, V]
     values, ids = torch.sort(scaled, dim=-1, descending=True, stable=True)
     # Every row's cdf runs over the whole vocabulary, masked after its own k: its length
     # never depends on the other rows' k (a GPU scan's rounding could).
-    inside = torch.arange(values.shape[-1], device=device)[None, None, :] < t(top_k[sampled])[:, None, None]
+    inside = torch.arange(values.shape[-1], device=device)[None, None, :] <= last
     probs = torch.where(inside, torch.exp(values - values[..., :1]), 0.0)
     cdf = torch.cumsum(probs, dim=-1)  # flat after each row's k: later entries never count below
-    total = cdf.gather(-1, t(top_k[sampled] - 1)[:, None, None].expand(-1, cdf.shape[1], 1))  # [S, K, 1]
+    total = cdf.gather(-1, last.expand(-1, cdf.shape[1], 1))  # [S, K, 1]
     pick = (cdf < t(sampling.uniforms[sampled])[..., None] * total).sum(dim=-1)  # first index with cdf >= u
-    pick = torch.minimum(pick, t(top_k[sampled] - 1)[:, None])
+    pick = torch.minimum(pick, last[..., 0])
     codes[index] = ids.gather(-1, pick[..., None])[..., 0]
     return codes
