@@ -50,7 +50,7 @@ from editgen.version import __version__
 #    shapes has audio_channels.
 # 5: self-attention injection: decoder_step takes edit_self_blend [rows, layers] and
 #    edit_self_window [rows].
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 MANIFEST_FILE = "manifest.json"
 GRAPHS = ("text_encoder", "cross_kv", "decoder_step", "encodec_decode", "encodec_encode")
 DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32,
@@ -152,6 +152,17 @@ class Manifest:
 
     def graph_path(self, name: str) -> Path:
         return self.root / self.graphs[name].file
+
+    @property
+    def segment_graphs(self) -> tuple[GraphInfo, ...]:
+        """The segmented decoder step (editgen.model.step_segments) of an int8 export, in
+        order, or () when the export has none."""
+        raw = self.data.get("segments") or {}
+        where = self.root / MANIFEST_FILE
+        try:
+            return tuple(_graph(entry["name"], entry, where) for entry in raw.get("graphs", ()))
+        except (KeyError, TypeError) as exc:
+            raise ExportDirError(f"{where} segments are malformed ({type(exc).__name__}: {exc})") from None
 
     @property
     def encodec_min_samples(self) -> int:

@@ -19,15 +19,20 @@ def open_backend(*, model: str | None = None, engine: str | None = None, backend
                  threads: int | None = None) -> Backend:
     """`model` (a checkpoint, hub id or random:<preset>) runs on the torch backend, or with
     backend="triton" on the fused Triton kernels (CUDA; on CPU only under
-    TRITON_INTERPRET=1, slow); `engine` (an exported directory) runs on onnxruntime (the
-    default) or TensorRT. `threads`: onnxruntime intra-op threads (default: one per core)."""
+    TRITON_INTERPRET=1, slow); `engine` (an exported directory) runs on onnxruntime: an
+    int8 export on CPU with its int8 KV cache (editgen.engine.backends.ort_segmented) where
+    the kernel builds, else its standard step. `threads`: onnxruntime intra-op threads
+    (default: one per core)."""
     if (model is None) == (engine is None):
         raise InvalidRequestError("give exactly one of --model (checkpoint) or --engine (exported directory)")
     if engine is not None:
         kind = backend or "ort"
         if kind == "ort":
             from editgen.engine.backends.ort_backend import OrtBackend
+            from editgen.engine.backends.ort_segmented import SegmentedOrtBackend, use_segmented
 
+            if use_segmented(engine):  # an int8 export on CPU: the int8 KV cache
+                return SegmentedOrtBackend(engine, threads=threads)
             return OrtBackend(engine, threads=threads)
         raise InvalidRequestError(f"backend {kind!r} cannot run an exported directory: use ort")
     kind = backend or "torch"

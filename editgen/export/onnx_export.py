@@ -16,7 +16,8 @@ over tolerance raises ExportValidationError.
 weights and compute, keeping their float inputs/outputs fp32 (so the runtime and its KV
 cache are the same for every export) and Softmax in fp32; T5 (fp16 overflow) and EnCodec
 stay fp32. `quantize="int8"` replaces decoder_step with a graph whose weight matmuls are
-int8 (editgen.export.quantize) and records its agreement with fp32 in the manifest.
+int8 (editgen.export.quantize) and records its agreement with fp32 in the manifest; it
+also writes the segmented step of the int8-KV engine (editgen.export.segments).
 """
 
 from __future__ import annotations
@@ -86,6 +87,15 @@ def export_engine(loaded, out_dir: str | Path, *, dtype: str = "fp32", quantize:
     write_manifest(out, manifest)
     if quantize == "int8":
         from editgen.export.quantize import quantize_engine_int8
+        from editgen.export.segments import export_segments, segments_agreement
+
+        manifest["segments"] = export_segments(loaded.model, shapes, out, log)
+        write_manifest(out, manifest)  # the segmented engine reads it to check itself
+        start = time.perf_counter()
+        report = manifest["segments"]["agreement"] = segments_agreement(out)
+        log(f"  step segments   int8 KV: teacher-forced token agreement {report['teacher_forced_token_agreement']:.4f}, "
+            f"free-running {report['free_running_token_agreement']:.4f}, max logit error "
+            f"{report['max_logit_error']:.3g} ({time.perf_counter() - start:.1f} s)")
 
         start = time.perf_counter()
         quantize_engine_int8(out, manifest, external_data_bytes)

@@ -142,14 +142,19 @@ def agreement(engine_dir: Path, int8_file: str, steps: int = AGREEMENT_STEPS, gu
     providers = ["CPUExecutionProvider"]
     with OrtBackend(engine_dir, providers=providers) as ref, \
             OrtBackend(engine_dir, providers=providers, step_file=int8_file) as test:
-        shapes = ref.shapes
-        frames = steps - shapes.channel_codebooks + 1
-        options = GenerationOptions(seconds=frames / shapes.frame_rate, guidance_scale=guidance, greedy=True)
-        prompt = ref.tokenizer.encode(AGREEMENT_PROMPT)
-        paired = _Paired(ref, test, guidance)
-        generate_codes(paired, [prompt], options, overrides=[paired.force], progress=False)
-        free_ref = generate_codes(ref, [prompt], options, progress=False).codes
-        free_test = generate_codes(test, [prompt], options, progress=False).codes
+        return compare_backends(ref, test, steps, guidance)
+
+
+def compare_backends(ref, test, steps: int = AGREEMENT_STEPS, guidance: float = 3.0) -> dict:
+    """Agreement of backend `test` with `ref` (see the module docstring)."""
+    shapes = ref.shapes
+    frames = steps - shapes.channel_codebooks + 1
+    options = GenerationOptions(seconds=frames / shapes.frame_rate, guidance_scale=guidance, greedy=True)
+    prompt = ref.tokenizer.encode(AGREEMENT_PROMPT)
+    paired = _Paired(ref, test, guidance)
+    generate_codes(paired, [prompt], options, overrides=[paired.force], progress=False)
+    free_ref = generate_codes(ref, [prompt], options, progress=False).codes
+    free_test = generate_codes(test, [prompt], options, progress=False).codes
     return {
         "steps": steps, "guidance_scale": guidance, "prompt": AGREEMENT_PROMPT,
         "teacher_forced_token_agreement": paired.agree / paired.total,

@@ -101,56 +101,87 @@ class DecoderStep(nn.Module):
         that every layer's K/V is its own graph input (`StepGraph`): ONNX Runtime has no
         strided views, and slicing one [layers, ...] input inside the graph copies the
         slice every step. Callers holding one buffer pass views (`kv[i, 0]`): no copy."""
-        rows = codes.shape[0]
         capacity = past_keys[0].shape[2]  # cache positions read (the "positions" axis)
-        # codes: [rows, K] -> sum of the K codebook embeddings: [rows, hidden]
-        # One flat table so the export is a single Gather.
-        offsets = torch.arange(self.num_codebooks, device=codes.device) * self.embed.shape[1]
-        x = self.embed.reshape(-1, self.embed.shape[2])[codes + offsets].sum(dim=1)
-        x = x + self.positions[positions]  # positions: [rows], one per row
-        x = x[:, None, :]  # [rows, 1, hidden]
-
+        x = self.embed_codes(codes, positions)  # [rows, 1, hidden]
         # Everything that does not depend on the layer is computed once here, in the shapes
         # the layers broadcast it to (one node each in the graph, not one per layer).
         past_valid = torch.arange(capacity, device=codes.device)[None, :] < positions[:, None]  # [rows, capacity]
         self_bias = torch.where(past_valid, 0.0, NEG)[:, None, None, :]  # [rows, 1, 1, capacity]
-        cross_bias = (1.0 - text_mask.to(x.dtype)) * NEG  # [rows, T]
-        cross_bias = cross_bias[:, None, None, :]
-        edit = _EditTerms(
-            src_row=edit_src_row,
-            use_captured=edit_use_captured[:, None, None, None] > 0.5,
-            captured=edit_captured[:, :, :, None, :],  # [layers, rows, heads, 1, T]
-            mapper=edit_mapper[:, None],  # [rows, 1, T, T]
-            alpha=edit_alpha[:, None, None, :], one_minus_alpha=(1.0 - edit_alpha)[:, None, None, :],
-            weight=edit_weight[:, None, None, :],
-            window=edit_window[:, None, None, :], one_minus_window=(1.0 - edit_window)[:, None, None, :],
-            one_minus_blend=(1.0 - edit_blend).T[:, :, None, None, None],  # [layers, rows, 1, 1, 1]
-            # b_i while the self window is on, else 0: [layers, rows, 1, 1, 1]
-            self_b=(edit_self_blend * edit_self_window[:, None]).T[:, :, None, None, None],
-        )
+        cross_bias = self.cross_bias(text_mask, x.dtype)
+        edit = self.edit_terms(edit_src_row, edit_mapper, edit_alpha, edit_weight, edit_window, edit_blend,
+                               edit_use_captured, edit_captured, edit_self_blend, edit_self_window)
 
         new_kv, probs = [], []
         for i, layer in enumerate(self.layers):
-            h = layer.self_attn_layer_norm(x)
-            attn, kv = self._self_attention(layer.self_attn, h, past_keys[i], past_values[i], self_bias, i, edit)
-            x = x + attn
+            attn, kv = self._self_attention(layer.self_attn, self.qkv_projection(i, x), past_keys[i], past_values[i],
+                                            self_bias, i, edit)
+            x, p = self.layer_tail(i, x, attn, cross_keys[i], cross_values[i], cross_bias, edit)
             new_kv.append(kv)
-
-            h = layer.encoder_attn_layer_norm(x)
-            attn, p = self._cross_attention(layer.encoder_attn, h, cross_keys[i], cross_values[i], cross_bias, i, edit)
-            x = x + attn
             probs.append(p)
 
-            h = layer.final_layer_norm(x)
-            x = x + self._linear(layer.fc2, layer.activation_fn(self._linear(layer.fc1, h)))
-
-        x = self.final_norm(x)  # [rows, 1, hidden]: 3-D, so the export's LM head is a MatMul (int8 quantizes it)
-        logits = self._linear(self.lm_head, x).view(rows, self.num_codebooks, self.vocab)
+        logits = self.lm_logits(x)
         # Stacked once here, not reshaped per layer: [layers, rows, 2, heads, head_dim] ->
         # [layers, 2, rows, heads, head_dim]; [layers, rows, heads, 1, T] -> [layers, rows, heads, T].
         new_kv = torch.stack(new_kv).transpose(1, 2)
         probs = torch.stack(probs).flatten(3)
         return logits, new_kv, probs
+
+    def embed_codes(self, codes, positions):
+        """codes [rows, K], positions [rows] -> the sum of the K codebook embeddings plus the
+        position's: [rows, 1, hidden]. One flat table, so the export is a single Gather."""
+        offsets = torch.arange(self.num_codebooks, device=codes.device) * self.embed.shape[1]
+        x = self.embed.reshape(-1, self.embed.shape[2])[codes + offsets].sum(dim=1)
+        x = x + self.positions[positions]
+        return x[:, None, :]
+
+    @staticmethod
+    def cross_bias(text_mask, dtype):  # [rows, T] -> additive mask [rows, 1, 1, T]
+        return ((1.0 - text_mask.to(dtype)) * NEG)[:, None, None, :]
+
+    @staticmethod
+    def edit_terms(src_row, mapper, alpha, weight, window, blend, use_captured, captured,
+                   self_blend=None, self_window=None) -> "_EditTerms":
+        """The step's edit inputs as broadcast-ready terms (self-injection's only when given)."""
+        self_b = None
+        if self_blend is not None:  # b_i while the self window is on, else 0: [layers, rows, 1, 1, 1]
+            self_b = (self_blend * self_window[:, None]).T[:, :, None, None, None]
+        return _EditTerms(
+            src_row=src_row,
+            use_captured=use_captured[:, None, None, None] > 0.5,
+            captured=captured[:, :, :, None, :],  # [layers, rows, heads, 1, T]
+            mapper=mapper[:, None],  # [rows, 1, T, T]
+            alpha=alpha[:, None, None, :], one_minus_alpha=(1.0 - alpha)[:, None, None, :],
+            weight=weight[:, None, None, :],
+            window=window[:, None, None, :], one_minus_window=(1.0 - window)[:, None, None, :],
+            one_minus_blend=(1.0 - blend).T[:, :, None, None, None],  # [layers, rows, 1, 1, 1]
+            self_b=self_b,
+        )
+
+    def qkv_projection(self, layer_index, x):
+        """Layer `layer_index`'s self-attention LayerNorm and q, k, v projections (q scaled
+        when fused): [rows, 1, hidden] -> [rows, 1, 3 * hidden]."""
+        layer = self.layers[layer_index]
+        h = layer.self_attn_layer_norm(x)
+        if self.fused:
+            return self._linear(self.qkv[layer_index], h)
+        attn = layer.self_attn
+        return torch.cat([self._linear(attn.q_proj, h), self._linear(attn.k_proj, h),
+                          self._linear(attn.v_proj, h)], dim=-1)
+
+    def layer_tail(self, layer_index, x, attn_out, cross_k, cross_v, cross_bias, e: "_EditTerms"):
+        """The rest of a layer after its self-attention: out projection and residual, the
+        (edited) cross-attention, the FFN. attn_out: [rows, 1, hidden] (heads merged)."""
+        layer = self.layers[layer_index]
+        x = x + self._linear(layer.self_attn.out_proj, attn_out)
+        h = layer.encoder_attn_layer_norm(x)
+        attn, p = self._cross_attention(layer.encoder_attn, h, cross_k, cross_v, cross_bias, layer_index, e)
+        x = x + attn
+        h = layer.final_layer_norm(x)
+        return x + self._linear(layer.fc2, layer.activation_fn(self._linear(layer.fc1, h))), p
+
+    def lm_logits(self, x):  # [rows, 1, hidden] -> [rows, K, vocab]
+        x = self.final_norm(x)  # 3-D, so the export's LM head is a MatMul (int8 quantizes it)
+        return self._linear(self.lm_head, x).view(x.shape[0], self.num_codebooks, self.vocab)
 
     def _linear(self, layer, x):
         """x @ W^T (+ b) for an nn.Linear or a weight [out, in]; x: [rows, ...]."""
@@ -171,20 +202,17 @@ class DecoderStep(nn.Module):
         s = q @ k.transpose(-1, -2)
         return s if self.q_scale == 1.0 else s * self.q_scale
 
-    def _self_attention(self, attn, h, k_cache, v_cache, bias, layer_index, e: "_EditTerms"):
-        """k_cache, v_cache: [rows, heads, capacity, head_dim]; bias: [rows, 1, 1, capacity]. Returns the
-        output and this position's K, V: [rows, 2, heads, head_dim].
+    def _self_attention(self, attn, qkv, k_cache, v_cache, bias, layer_index, e: "_EditTerms"):
+        """qkv: [rows, 1, 3 * hidden] (qkv_projection); k_cache, v_cache: [rows, heads, capacity,
+        head_dim]; bias: [rows, 1, 1, capacity]. Returns the attention output, heads merged
+        ([rows, 1, hidden], before the out projection), and this position's K, V: [rows, 2,
+        heads, head_dim].
 
         Self-injection (docs/design.md, "The edit"): S = S_own - b * (S_own - S_src), S_src the
         probabilities of row src_row, which sits at the same position (paired rows step
         together); the values stay the row's own. With b = 0, or a row that is its own
         source, S is S_own bit for bit."""
-        rows = h.shape[0]
-        if self.fused:
-            qkv = self._linear(self.qkv[layer_index], h)  # [rows, 1, 3 * hidden]: q, k, v
-        else:
-            qkv = torch.cat([self._linear(attn.q_proj, h), self._linear(attn.k_proj, h),
-                             self._linear(attn.v_proj, h)], dim=-1)
+        rows = qkv.shape[0]
         q, k_new, v_new = qkv.view(rows, 3 * self.heads, 1, self.head_dim).split(self.heads, dim=1)
         scores_past = self._scores(q, k_cache) + bias  # [rows, heads, 1, capacity]
         score_new = self._scores(q, k_new)  # [rows, heads, 1, 1]
@@ -192,7 +220,7 @@ class DecoderStep(nn.Module):
         p = p - e.self_b[layer_index] * (p - p[e.src_row])
         out = p[..., :-1] @ v_cache + p[..., -1:] * v_new
         kv = qkv.view(rows, 3, self.heads, self.head_dim)[:, 1:]
-        return self._linear(attn.out_proj, self._merge(out)), kv
+        return self._merge(out), kv
 
     def _cross_attention(self, attn, h, k, v, bias, layer_index, e: "_EditTerms"):
         # k, v: [rows, heads, T, head_dim]; returns the output and P: [rows, heads, 1, T].

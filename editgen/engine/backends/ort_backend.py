@@ -74,6 +74,13 @@ class OrtBackend:
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._text = self._session("text_encoder")
         self._cross = self._session("cross_kv")
+        self._open_step(step_file)
+        self._outputs: dict[str, np.ndarray] = {}
+        self._out_rows = -1
+        self.slots: SlotTable | None = None
+        self.pool: HostKVPool | None = None
+
+    def _open_step(self, step_file: str | None) -> None:
         self._step = self._session("decoder_step", step_file)
         self._on_cuda = self._step.get_providers()[0] == "CUDAExecutionProvider"
         self._step_info = self.manifest.graphs["decoder_step"]
@@ -89,15 +96,11 @@ class OrtBackend:
         self._bound: dict[str, _Binding] = {}
         self.binds = 0  # bind_input calls so far (0 per step in steady state)
         self.input_copies = 0  # inputs converted or made contiguous before binding (0 in steady state)
-        self._outputs: dict[str, np.ndarray] = {}
-        self._out_rows = -1
-        self.slots: SlotTable | None = None
-        self.pool: HostKVPool | None = None
 
     # -- sessions -----------------------------------------------------------------------
 
-    def _session(self, graph: str, file: str | None = None) -> ort.InferenceSession:
-        info: GraphInfo = self.manifest.graphs[graph]
+    def _session(self, graph: str, file: str | None = None, info: GraphInfo | None = None) -> ort.InferenceSession:
+        info = info or self.manifest.graphs[graph]
         path = self.manifest.root / (file or info.file)
         if not path.is_file():
             raise ExportDirError(f"engine directory {self.manifest.root} is missing {path.name}")

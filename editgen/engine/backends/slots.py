@@ -169,17 +169,21 @@ class HostKVPool:
             new_positions = max(attended, attended_positions(max(live_positions - 1, 0)))
         else:
             new_positions = self.positions
-        kv = self._empty_kv(new_slots, new_positions)
-        keep_slots, keep_positions = min(self.slot_capacity, new_slots), min(self.positions, new_positions)
-        kv[:, :, :keep_slots, :, :keep_positions] = self.kv[:, :, :keep_slots, :, :keep_positions]
-        self.kv = kv
+        self._resize_kv(new_slots, new_positions)
         if new_slots != self.cross_k.shape[1]:
             for name in ("cross_k", "cross_v"):
                 old = getattr(self, name)
-                new = np.zeros(old.shape[:1] + (new_slots,) + old.shape[2:], self.dtype)
+                new = np.zeros(old.shape[:1] + (new_slots,) + old.shape[2:], old.dtype)
                 new[:, : old.shape[1]] = old
                 setattr(self, name, new)
         self.restrides += 1
+
+    def _resize_kv(self, slots: int, positions: int) -> None:
+        """New self-attention arrays of `slots` x `positions`, the live prefix copied."""
+        kv = self._empty_kv(slots, positions)
+        keep_slots, keep_positions = min(self.slot_capacity, slots), min(self.positions, positions)
+        kv[:, :, :keep_slots, :, :keep_positions] = self.kv[:, :, :keep_slots, :, :keep_positions]
+        self.kv = kv
 
     def write(self, slots: np.ndarray, positions: np.ndarray, new_kv: np.ndarray) -> None:
         """new_kv: [layers, 2, n, heads, head_dim] for rows 0..n-1; writes rows `slots` at

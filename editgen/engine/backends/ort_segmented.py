@@ -1,0 +1,162 @@
+"""The ORT engine with an int8 self-attention cache: the decoder step as num_layers + 1
+onnxruntime segments (editgen.model.step_segments) with the C++ int8 KV attention kernel
+(editgen.kernels.cpu_attention) between them. CPU only; torch-free.
+
+Why: on CPU the fp32 K/V reads are the largest part of a long edit's step
+(docs/benchmarks.md, "int8 KV cache"); an int8 cache with per-position scales reads 3.8x
+fewer bytes, and no onnxruntime operator reads it at memory speed while letting the
+self-attention probabilities be injected.
+
+Per step, for rows 0..n-1 of the pool (SlotTable.expand, as OrtBackend):
+    segment 0                  codes, positions -> x, qkv of layer 0
+    for layer i: kernel        qkv, the pool's int8 K/V of layer i -> attn (and the new K/V
+                               quantized into the pool at each batch row's position)
+                 segment i + 1 x, attn, cross K/V of layer i, edit -> x, qkv of layer i + 1,
+                               the layer's cross-attention maps (last: logits)
+Every segment has its own IOBinding, bound to buffers kept per row count: in steady state a
+step binds nothing and copies nothing O(cache).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from editgen.engine.backends.kv8_pool import Int8KVPool
+from editgen.engine.backends.ort_backend import OrtBackend
+from editgen.engine.backends.slots import SlotTable
+from editgen.engine.contract import SEGMENT_EDIT_INPUTS, StepBatch, StepOutputs
+from editgen.errors import ExportDirError
+from editgen.kernels import cpu_attention
+_EDIT_FIELDS = tuple(name.removeprefix("edit_") for name in SEGMENT_EDIT_INPUTS)
+
+
+@dataclasses.dataclass
+class _RowBuffers:
+    """Every per-step array of one row count n (bound once, reused every step)."""
+
+    x: tuple[np.ndarray, np.ndarray]  # float32 [n, 1, hidden] x2: segment i reads one, writes the other
+    qkv: np.ndarray  # float32 [n, 1, 3 * hidden]
+    attn: np.ndarray  # float32 [n, 1, hidden]
+    logits: np.ndarray  # float32 [n, K, vocab]
+    maps: np.ndarray  # float32 [layers, n, heads, T]
+    write: np.ndarray  # uint8 [n]
+    self_b: np.ndarray  # float32 [layers, n]
+
+
+class SegmentedOrtBackend(OrtBackend):
+    """Backend protocol over an int8 export with segments (`manifest.segment_graphs`).
+    CPU provider only. `threads`: onnxruntime's intra-op threads and the kernel's (default:
+    the CPUs this process may use)."""
+
+    name = "ort-kv8"
+
+    def __init__(self, engine_dir: str | Path, *, threads: int | None = None):
+        super().__init__(engine_dir, providers=["CPUExecutionProvider"], threads=threads)
+
+    def _open_step(self, step_file: str | None) -> None:
+        self._segments = self.manifest.segment_graphs
+        if len(self._segments) != self.shapes.num_layers + 1:
+            raise ExportDirError(f"{self.manifest.root} has no int8-KV segments: re-export it with "
+                                 "`editgen export --quantize int8`")
+        cpu_attention.load()  # KernelBuildError now, not at the first step
+        self._kernel_threads = self.threads or len(os.sched_getaffinity(0))
+        self._step = [self._session(info.name, info=info) for info in self._segments]
+        self._bindings = [session.io_binding() for session in self._step]
+        self._bound: list[dict[str, tuple]] = [{} for _ in self._step]
+        self.binds = 0
+        self._rows: dict[int, _RowBuffers] = {}
+        self._scratch = np.zeros(0, np.float32)
+
+    def open(self, max_slots: int) -> None:
+        self.slots = SlotTable(self.shapes, max_slots)
+        self.pool = Int8KVPool(self.shapes)
+        self._rows.clear()
+
+    def _buffers(self, n: int) -> _RowBuffers:
+        buf = self._rows.get(n)
+        if buf is None:
+            s = self.shapes
+            hidden = s.hidden_size
+            buf = _RowBuffers(
+                x=(np.zeros((n, 1, hidden), np.float32), np.zeros((n, 1, hidden), np.float32)),
+                qkv=np.zeros((n, 1, 3 * hidden), np.float32), attn=np.zeros((n, 1, hidden), np.float32),
+                logits=np.zeros((n, s.num_codebooks, s.vocab_size), np.float32),
+                maps=np.zeros((s.num_layers, n, s.num_heads, s.max_text_tokens), np.float32),
+                write=np.zeros(n, np.uint8), self_b=np.zeros((s.num_layers, n), np.float32))
+            self._rows[n] = buf
+        return buf
+
+    def step(self, batch: StepBatch) -> StepOutputs:
+        """One decoder step (editgen.engine.contract)."""
+        if self._step is None:
+            raise RuntimeError("step() on a closed SegmentedOrtBackend")
+        phys = self.slots.expand(batch)
+        n, pool = phys.rows, self.pool
+        pool.ensure(n, phys.attended, self.slots.needed_positions())
+        buf = self._buffers(n)
+        buf.write.fill(0)
+        buf.write[batch.slots] = 1
+        edit = phys.edit
+        np.multiply(edit.self_blend.T, edit.self_window, out=buf.self_b)  # [layers, n]: b while the window is on
+        need = n * self.shapes.num_heads * (pool.positions + cpu_attention.BLOCK)
+        if self._scratch.size < need:
+            self._scratch = np.zeros(need, np.float32)
+
+        self._run(0, {"codes": phys.codes, "positions": phys.positions}, {"x": buf.x[0], "qkv": buf.qkv})
+        edits = {f"edit_{name}": getattr(edit, name) for name in _EDIT_FIELDS}
+        last = self.shapes.num_layers
+        for i in range(last):
+            cpu_attention.kv8_attention(buf.qkv, phys.positions, buf.write, edit.src_row, buf.self_b[i],
+                                        pool.k8[i], pool.kscale[i], pool.v8[i], pool.vscale[i], self._scratch,
+                                        buf.attn, self._kernel_threads)
+            x_in, x_out = buf.x[i % 2], buf.x[(i + 1) % 2]
+            inputs = {"x": x_in, "attn": buf.attn, "cross_key": pool.cross_k[i, :n], "cross_value": pool.cross_v[i, :n],
+                      "text_mask": phys.text_mask, **edits}
+            outputs = ({"logits": buf.logits, "cross_attn": buf.maps[i]} if i + 1 == last
+                       else {"x_next": x_out, "qkv": buf.qkv, "cross_attn": buf.maps[i]})
+            self._run(i + 1, inputs, outputs)
+        self.slots.written(batch)
+        return StepOutputs(logits=buf.logits[batch.slots], cross_attn=buf.maps[:, batch.slots[batch.want_maps]])
+
+    def _run(self, index: int, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
+        binding, bound = self._bindings[index], self._bound[index]
+        for name, array in inputs.items():
+            if self._changed(bound, name, array):
+                binding.bind_input(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
+        for name, array in outputs.items():
+            if self._changed(bound, name, array):
+                binding.bind_output(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
+        self._step[index].run_with_iobinding(binding)
+
+    def _changed(self, bound: dict, name: str, array: np.ndarray) -> bool:
+        if not array.flags.c_contiguous:
+            raise AssertionError(f"segment input/output {name} is not contiguous")
+        key = (array.ctypes.data, array.shape, array.dtype.str)
+        if bound.get(name) == key:
+            return False
+        bound[name] = key
+        self.binds += 1
+        return True
+
+    def end_profiling(self) -> Path:
+        raise NotImplementedError("profile the segmented step with benchmarks.profile_ort --standard-step")
+
+    def close(self) -> None:
+        super().close()
+        self._bindings = []
+        self._rows.clear()
+
+
+def use_segmented(engine_dir: str | Path) -> bool:
+    """Whether `open_backend` runs this export with the int8 KV cache: it has segments, the
+    CPU provider is the one onnxruntime would use, and the kernel builds here."""
+    from editgen.engine.manifest import load_manifest
+
+    if not load_manifest(engine_dir).segment_graphs or "CUDAExecutionProvider" in ort.get_available_providers():
+        return False
+    return cpu_attention.available()

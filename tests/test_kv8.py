@@ -1,0 +1,175 @@
+"""The int8-KV engine: the C++ attention kernel against its numpy reference, its row
+invariance, the segmented step against DecoderStep, and how the runtime picks it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from editgen.engine.backends.kv8_pool import Int8KVPool
+from editgen.engine.backends.ort_segmented import SegmentedOrtBackend
+from editgen.engine.contract import segment_io
+from editgen.engine.runtime import open_backend
+from editgen.kernels.cpu_attention import (BLOCK, k_positions, kv8_attention, kv8_attention_ref, quantize_ref)
+from editgen.model.step_module import DecoderStep
+from editgen.model.step_segments import StepSegment
+from tests.conftest import loaded_model
+
+
+def cache(rng, slots, heads, positions, head_dim):
+    """A filled int8 pool layer: k8, kscale, v8, vscale (distinct values everywhere)."""
+    k8 = rng.integers(-127, 128, (slots, heads, positions // BLOCK, head_dim, BLOCK), dtype=np.int8)
+    v8 = rng.integers(-127, 128, (slots, heads, positions, head_dim), dtype=np.int8)
+    kscale = (rng.random((slots, heads, positions)) * 0.02 / np.sqrt(head_dim)).astype(np.float32)
+    vscale = (rng.random((slots, heads, positions)) * 0.01).astype(np.float32)
+    return k8, kscale, v8, vscale
+
+
+def call(qkv, positions, write, src, self_b, k8, kscale, v8, vscale, threads=1):
+    rows, heads = qkv.shape[0], v8.shape[1]
+    out = np.full((rows, 1, heads * v8.shape[3]), np.nan, np.float32)
+    scratch = np.full(rows * heads * (v8.shape[2] + BLOCK), np.nan, np.float32)  # garbage must not leak
+    kv8_attention(qkv, positions, write, src, self_b, k8, kscale, v8, vscale, scratch, out, threads)
+    return out
+
+
+@pytest.mark.parametrize("head_dim", [16, 64])
+def test_kernel_equals_its_reference_with_self_injection_and_writes(head_dim):
+    rng = np.random.default_rng(head_dim)
+    rows, heads, positions = 5, 3, 96
+    k8, kscale, v8, vscale = cache(rng, rows + 2, heads, positions, head_dim)
+    qkv = rng.standard_normal((rows, 1, 3 * heads * head_dim), dtype=np.float32)
+    pos = np.array([40, 40, 0, 95, 17], np.int64)  # a row at 0 reads only its new K/V
+    src = np.array([0, 0, 2, 3, 3], np.int64)
+    self_b = np.array([0.0, 0.6, 0.0, 0.0, -0.5], np.float32)  # row 1 injects row 0; row 4 row 3 (negative b)
+    pos[4] = 95  # paired rows sit at the same position
+    write = np.array([1, 1, 0, 1, 1], np.uint8)
+    before = [a.copy() for a in (k8, kscale, v8, vscale)]
+    want = kv8_attention_ref(qkv, pos, src, self_b, k8, kscale, v8, vscale)
+    got = call(qkv, pos, write, src, self_b, k8, kscale, v8, vscale, threads=2)
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+
+    k_new, v_new = qkv.reshape(rows, 3, heads, head_dim)[:, 1:].transpose(1, 0, 2, 3)
+    k_q, k_s = quantize_ref(k_new)
+    v_q, v_s = quantize_ref(v_new)
+    keys = k_positions(k8)
+    for r in range(rows):
+        p = pos[r]
+        if write[r]:
+            np.testing.assert_array_equal(keys[r, :, p], k_q[r])
+            np.testing.assert_array_equal(v8[r, :, p], v_q[r])
+            np.testing.assert_allclose(kscale[r, :, p], k_s[r], rtol=1e-7)
+            np.testing.assert_allclose(vscale[r, :, p], v_s[r], rtol=1e-7)
+        else:
+            np.testing.assert_array_equal(keys[r, :, p], k_positions(before[0])[r, :, p])
+    changed = np.argwhere(v8 != before[2])  # nothing but (row, head, its position) was written
+    assert all(write[r] and p == pos[r] for r, _, p, _ in changed)
+
+
+def test_quantizing_zeros_gives_zero_scale_and_codes():
+    q, s = quantize_ref(np.zeros((2, 64), np.float32))
+    assert not q.any() and not s.any()
+    rng = np.random.default_rng(0)
+    k8, kscale, v8, vscale = cache(rng, 2, 1, 16, 64)
+    qkv = np.zeros((2, 1, 3 * 64), np.float32)
+    call(qkv, np.array([3, 3]), np.ones(2, np.uint8), np.arange(2), np.zeros(2, np.float32), k8, kscale, v8, vscale)
+    assert not k_positions(k8)[:, 0, 3].any() and kscale[0, 0, 3] == 0 and vscale[1, 0, 3] == 0
+
+
+def test_a_rows_output_does_not_depend_on_other_rows_or_the_pool_length():
+    """Bit for bit: row 0 alone, with other rows at other positions, and in a longer pool."""
+    rng = np.random.default_rng(1)
+    heads, hd = 4, 64
+    k8, kscale, v8, vscale = cache(rng, 6, heads, 128, hd)
+    qkv = rng.standard_normal((6, 1, 3 * heads * hd), dtype=np.float32)
+    no_write = np.zeros(6, np.uint8)
+    alone = call(qkv[:1], np.array([77]), no_write[:1], np.zeros(1, np.int64), np.zeros(1, np.float32),
+                 k8, kscale, v8, vscale)
+    crowd = call(qkv, np.array([77, 3, 127, 0, 64, 77]), no_write, np.array([0, 1, 2, 3, 4, 0]),
+                 np.array([0, 0, 0, 0, 0, 0.5], np.float32), k8, kscale, v8, vscale, threads=2)
+    longer = [np.zeros((6, heads, 256 // BLOCK, hd, BLOCK), np.int8), np.zeros((6, heads, 256), np.float32),
+              np.zeros((6, heads, 256, hd), np.int8), np.zeros((6, heads, 256), np.float32)]
+    longer[0][:, :, : 128 // BLOCK] = k8
+    longer[1][:, :, :128], longer[2][:, :, :128], longer[3][:, :, :128] = kscale, v8, vscale
+    grown = call(qkv[:2], np.array([77, 200]), no_write[:2], np.arange(2), np.zeros(2, np.float32), *longer)
+    np.testing.assert_array_equal(crowd[0], alone[0])
+    np.testing.assert_array_equal(grown[0], alone[0])
+
+
+def test_segments_chained_with_fp32_attention_equal_decoder_step():
+    """The cut is exact: segment 0, then per layer DecoderStep's own self-attention and
+    the next segment, give DecoderStep's logits and maps (fp32, no quantization)."""
+    loaded = loaded_model("random:tiny")
+    s = loaded.shapes
+    step = DecoderStep(loaded.model, fused=True).eval()
+    L, H, D, T = s.num_layers, s.num_heads, s.head_dim, s.max_text_tokens
+    gen = torch.Generator().manual_seed(0)
+    rows, capacity = 4, 16
+    positions = torch.tensor([5, 5, 9, 9])
+    codes = torch.randint(0, s.vocab_size, (rows, s.num_codebooks), generator=gen)
+    past = [torch.randn(rows, H, capacity, D, generator=gen) for _ in range(2 * L)]
+    cross = [torch.randn(rows, H, T, D, generator=gen) for _ in range(2 * L)]
+    mask = torch.zeros(rows, T, dtype=torch.int64)
+    mask[0, :5] = mask[2, :7] = 1
+    edit = (torch.tensor([0, 1, 0, 1]), torch.softmax(torch.randn(rows, T, T, generator=gen), -1),
+            torch.rand(rows, T, generator=gen), torch.rand(rows, T, generator=gen) * 2,
+            torch.ones(rows, T), torch.rand(rows, L, generator=gen), torch.zeros(rows),
+            torch.zeros(L, rows, H, T))
+    self_blend, self_window = torch.rand(rows, L, generator=gen), torch.tensor([0.0, 0.0, 1.0, 1.0])
+    with torch.no_grad():
+        want_logits, _, want_maps = step(codes, positions, past[0::2], past[1::2], cross[0::2], cross[1::2], mask,
+                                         *edit, self_blend, self_window)
+        segments = [StepSegment(step, i) for i in range(L + 1)]
+        x, qkv = segments[0](codes, positions)
+        valid = torch.arange(capacity)[None, :] < positions[:, None]
+        bias = torch.where(valid, 0.0, -3.4e38)[:, None, None, :]
+        terms = step.edit_terms(*edit, self_blend, self_window)
+        maps = []
+        for i in range(L):
+            attn, _ = step._self_attention(step.layers[i].self_attn, qkv, past[2 * i], past[2 * i + 1], bias, i, terms)
+            out = segments[i + 1](x, attn, cross[2 * i], cross[2 * i + 1], mask, *edit)
+            maps.append(out[-1])
+            x, qkv = out[0], out[1] if i + 1 < L else None
+        torch.testing.assert_close(out[0], want_logits, rtol=0, atol=0)
+        torch.testing.assert_close(torch.stack(maps), want_maps, rtol=0, atol=0)
+    assert [len(segment_io(i, L)[1]) for i in (0, 1, L)] == [2, 3, 2]
+
+
+def test_int8_export_runs_segmented_and_agrees_with_fp32(exported):
+    engine = exported("random:tiny", quantize="int8")
+    backend = open_backend(engine=str(engine), threads=1)
+    try:
+        assert isinstance(backend, SegmentedOrtBackend)
+    finally:
+        backend.close()
+    report = SegmentedOrtBackend(engine, threads=1).manifest.data["segments"]
+    assert report["kv_cache"] == "int8" and len(report["graphs"]) == loaded_model("random:tiny").shapes.num_layers + 1
+    agreement = report["agreement"]
+    assert agreement["teacher_forced_token_agreement"] > 0.9 and agreement["max_logit_error"] < 0.05
+    # an fp32 export has no segments: the standard step
+    fp32 = open_backend(engine=str(exported("random:tiny")), threads=1)
+    assert type(fp32).__name__ == "OrtBackend"
+    fp32.close()
+
+
+def test_pool_keeps_the_live_prefix_when_it_grows_and_shrinks():
+    shapes = loaded_model("random:tiny").shapes
+    pool = Int8KVPool(shapes)
+    pool.ensure(2, 64, 0)
+    rng = np.random.default_rng(0)
+    pool.k8[...] = rng.integers(-9, 9, pool.k8.shape, dtype=np.int8)
+    pool.v8[...] = rng.integers(-9, 9, pool.v8.shape, dtype=np.int8)
+    pool.kscale[...] = rng.random(pool.kscale.shape)
+    k, v, ks = pool.k8.copy(), pool.v8.copy(), pool.kscale.copy()
+    n, p = pool.slot_capacity, pool.positions
+    pool.ensure(n + 2, 4 * p, p)  # more slots and positions
+    assert pool.positions >= 4 * p and pool.slot_capacity >= n + 2 and pool.positions % BLOCK == 0
+    np.testing.assert_array_equal(pool.k8[:, :n, :, : p // BLOCK], k)
+    np.testing.assert_array_equal(pool.v8[:, :n, :, :p], v)
+    np.testing.assert_array_equal(pool.kscale[:, :n, :, :p], ks)
+    pool.ensure(n + 2, p, p // 2)  # every live row fits in half: shrinks, prefix kept
+    assert pool.positions == p
+    np.testing.assert_array_equal(pool.v8[:, :n], v)
+    with pytest.raises(AssertionError):
+        pool.write(np.arange(1), np.zeros(1), None)
