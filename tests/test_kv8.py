@@ -11,7 +11,8 @@ from editgen.engine.backends.kv8_pool import Int8KVPool
 from editgen.engine.backends.ort_segmented import SegmentedOrtBackend
 from editgen.engine.contract import segment_io
 from editgen.engine.runtime import open_backend
-from editgen.kernels.cpu_attention import (BLOCK, k_positions, kv8_attention, kv8_attention_ref, quantize_ref)
+from editgen.kernels.cpu_attention import (BLOCK, k_positions, kv8_attention, kv8_attention_ref, quantize_ref,
+                                           scale_positions, v_positions)
 from editgen.model.step_module import DecoderStep
 from editgen.model.step_segments import StepSegment
 from tests.conftest import loaded_model
@@ -19,17 +20,18 @@ from tests.conftest import loaded_model
 
 def cache(rng, slots, heads, positions, head_dim):
     """A filled int8 pool layer: k8, kscale, v8, vscale (distinct values everywhere)."""
-    k8 = rng.integers(-127, 128, (slots, heads, positions // BLOCK, head_dim, BLOCK), dtype=np.int8)
-    v8 = rng.integers(-127, 128, (slots, heads, positions, head_dim), dtype=np.int8)
-    kscale = (rng.random((slots, heads, positions)) * 0.02 / np.sqrt(head_dim)).astype(np.float32)
-    vscale = (rng.random((slots, heads, positions)) * 0.01).astype(np.float32)
+    blocks = positions // BLOCK
+    k8 = rng.integers(-127, 128, (blocks, slots, heads, head_dim, BLOCK), dtype=np.int8)
+    v8 = rng.integers(-127, 128, (blocks, slots, heads, BLOCK, head_dim), dtype=np.int8)
+    kscale = (rng.random((blocks, slots, heads, BLOCK)) * 0.02 / np.sqrt(head_dim)).astype(np.float32)
+    vscale = (rng.random((blocks, slots, heads, BLOCK)) * 0.01).astype(np.float32)
     return k8, kscale, v8, vscale
 
 
 def call(qkv, positions, write, src, self_b, k8, kscale, v8, vscale, threads=1):
-    rows, heads = qkv.shape[0], v8.shape[1]
-    out = np.full((rows, 1, heads * v8.shape[3]), np.nan, np.float32)
-    scratch = np.full(rows * heads * (v8.shape[2] + BLOCK), np.nan, np.float32)  # garbage must not leak
+    rows, heads, head_dim = qkv.shape[0], k8.shape[2], k8.shape[3]
+    out = np.full((rows, 1, heads * head_dim), np.nan, np.float32)
+    scratch = np.full(rows * heads * (k8.shape[0] * BLOCK + BLOCK), np.nan, np.float32)  # garbage must not leak
     kv8_attention(qkv, positions, write, src, self_b, k8, kscale, v8, vscale, scratch, out, threads)
     return out
 
@@ -53,18 +55,20 @@ def test_kernel_equals_its_reference_with_self_injection_and_writes(head_dim):
     k_new, v_new = qkv.reshape(rows, 3, heads, head_dim)[:, 1:].transpose(1, 0, 2, 3)
     k_q, k_s = quantize_ref(k_new)
     v_q, v_s = quantize_ref(v_new)
-    keys = k_positions(k8)
+    keys, values = k_positions(k8), v_positions(v8)
+    k_scales, v_scales = scale_positions(kscale), scale_positions(vscale)
     for r in range(rows):
         p = pos[r]
         if write[r]:
             np.testing.assert_array_equal(keys[r, :, p], k_q[r])
-            np.testing.assert_array_equal(v8[r, :, p], v_q[r])
-            np.testing.assert_allclose(kscale[r, :, p], k_s[r], rtol=1e-7)
-            np.testing.assert_allclose(vscale[r, :, p], v_s[r], rtol=1e-7)
+            np.testing.assert_array_equal(values[r, :, p], v_q[r])
+            np.testing.assert_allclose(k_scales[r, :, p], k_s[r], rtol=1e-7)
+            np.testing.assert_allclose(v_scales[r, :, p], v_s[r], rtol=1e-7)
         else:
             np.testing.assert_array_equal(keys[r, :, p], k_positions(before[0])[r, :, p])
-    changed = np.argwhere(v8 != before[2])  # nothing but (row, head, its position) was written
-    assert all(write[r] and p == pos[r] for r, _, p, _ in changed)
+    for new, old in ((keys, k_positions(before[0])), (values, v_positions(before[2]))):
+        changed = np.argwhere(new != old)  # nothing but (row, head, its position) was written
+        assert len(changed) and all(write[r] and p == pos[r] for r, _, p, _ in changed)
 
 
 def test_quantizing_zeros_gives_zero_scale_and_codes():
@@ -74,7 +78,8 @@ def test_quantizing_zeros_gives_zero_scale_and_codes():
     k8, kscale, v8, vscale = cache(rng, 2, 1, 16, 64)
     qkv = np.zeros((2, 1, 3 * 64), np.float32)
     call(qkv, np.array([3, 3]), np.ones(2, np.uint8), np.arange(2), np.zeros(2, np.float32), k8, kscale, v8, vscale)
-    assert not k_positions(k8)[:, 0, 3].any() and kscale[0, 0, 3] == 0 and vscale[1, 0, 3] == 0
+    assert not k_positions(k8)[:, 0, 3].any() and not v_positions(v8)[:, 0, 3].any()
+    assert scale_positions(kscale)[0, 0, 3] == 0 and scale_positions(vscale)[1, 0, 3] == 0
 
 
 def test_a_rows_output_does_not_depend_on_other_rows_or_the_pool_length():
@@ -88,11 +93,11 @@ def test_a_rows_output_does_not_depend_on_other_rows_or_the_pool_length():
                  k8, kscale, v8, vscale)
     crowd = call(qkv, np.array([77, 3, 127, 0, 64, 77]), no_write, np.array([0, 1, 2, 3, 4, 0]),
                  np.array([0, 0, 0, 0, 0, 0.5], np.float32), k8, kscale, v8, vscale, threads=2)
-    longer = [np.zeros((6, heads, 256 // BLOCK, hd, BLOCK), np.int8), np.zeros((6, heads, 256), np.float32),
-              np.zeros((6, heads, 256, hd), np.int8), np.zeros((6, heads, 256), np.float32)]
-    longer[0][:, :, : 128 // BLOCK] = k8
-    longer[1][:, :, :128], longer[2][:, :, :128], longer[3][:, :, :128] = kscale, v8, vscale
-    grown = call(qkv[:2], np.array([77, 200]), no_write[:2], np.arange(2), np.zeros(2, np.float32), *longer)
+    longer = cache(rng, 9, heads, 256, hd)  # more positions and more slots
+    for big, small in zip(longer, (k8, kscale, v8, vscale)):
+        big[: small.shape[0], :6] = small
+    grown = call(qkv[:2], np.array([77, 200]), no_write[:2], np.arange(2), np.zeros(2, np.float32), *longer,
+                 threads=2)
     np.testing.assert_array_equal(crowd[0], alone[0])
     np.testing.assert_array_equal(grown[0], alone[0])
 
@@ -162,14 +167,14 @@ def test_pool_keeps_the_live_prefix_when_it_grows_and_shrinks():
     pool.v8[...] = rng.integers(-9, 9, pool.v8.shape, dtype=np.int8)
     pool.kscale[...] = rng.random(pool.kscale.shape)
     k, v, ks = pool.k8.copy(), pool.v8.copy(), pool.kscale.copy()
-    n, p = pool.slot_capacity, pool.positions
-    pool.ensure(n + 2, 4 * p, p)  # more slots and positions
-    assert pool.positions >= 4 * p and pool.slot_capacity >= n + 2 and pool.positions % BLOCK == 0
-    np.testing.assert_array_equal(pool.k8[:, :n, :, : p // BLOCK], k)
-    np.testing.assert_array_equal(pool.v8[:, :n, :, :p], v)
-    np.testing.assert_array_equal(pool.kscale[:, :n, :, :p], ks)
-    pool.ensure(n + 2, p, p // 2)  # every live row fits in half: shrinks, prefix kept
-    assert pool.positions == p
-    np.testing.assert_array_equal(pool.v8[:, :n], v)
+    n, b = pool.slot_capacity, pool.positions // BLOCK
+    pool.ensure(n + 2, 4 * b * BLOCK, b * BLOCK)  # more slots and positions
+    assert pool.positions >= 4 * b * BLOCK and pool.slot_capacity >= n + 2 and pool.positions % BLOCK == 0
+    np.testing.assert_array_equal(pool.k8[:, :b, :n], k)
+    np.testing.assert_array_equal(pool.v8[:, :b, :n], v)
+    np.testing.assert_array_equal(pool.kscale[:, :b, :n], ks)
+    pool.ensure(n + 2, b * BLOCK, b * BLOCK // 2)  # every live row fits in half: shrinks, prefix kept
+    assert pool.positions == b * BLOCK
+    np.testing.assert_array_equal(pool.v8[:, :, :n], v)
     with pytest.raises(AssertionError):
         pool.write(np.arange(1), np.zeros(1), None)

@@ -69,8 +69,9 @@ def load() -> ctypes.CDLL:
             out = Path(tmp) / lib.name
             done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(out)], capture_output=True, text=True)
             if done.returncode != 0:
-                last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-                raise KernelBuildError(f"building the int8 KV attention kernel with {compiler} failed: {last}")
+                lines = done.stderr.strip().splitlines() or ["no output"]
+                first = next((line for line in lines if "error" in line), lines[-1])
+                raise KernelBuildError(f"building the int8 KV attention kernel with {compiler} failed: {first.strip()}")
             os.replace(out, lib)  # atomic: concurrent first uses both end with a whole file
     # Idle OpenMP threads must not spin: onnxruntime's threads run between two calls.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -79,7 +80,7 @@ def load() -> ctypes.CDLL:
     except OSError as exc:
         raise KernelBuildError(f"cannot load the int8 KV attention kernel {lib}: {exc}") from None
     p = ctypes.c_void_p
-    dll.editgen_kv8_attention.argtypes = [ctypes.c_int] * 4 + [p] * 11 + [ctypes.c_int]
+    dll.editgen_kv8_attention.argtypes = [ctypes.c_int] * 5 + [p] * 11 + [ctypes.c_int]
     dll.editgen_kv8_attention.restype = ctypes.c_int
     return dll
 
@@ -105,19 +106,22 @@ def kv8_attention(qkv: np.ndarray, positions: np.ndarray, write: np.ndarray, src
 
     qkv: float32 [R, 1, 3 * hidden] (q pre-scaled); positions: int64 [R]; write: uint8 [R]
     (rows whose new K/V is written at their position); src_row: int64 [R]; self_b: float32
-    [R]; k8: int8 [>= R, heads, P / 16, 64, 16]; v8: int8 [>= R, heads, P, 64]; kscale,
-    vscale: float32 [>= R, heads, P]; scratch: float32 [>= R * heads * (P + 16)]; out:
-    float32 [R, 1, hidden]."""
-    rows, heads, positions_axis, head_dim = qkv.shape[0], v8.shape[1], v8.shape[2], v8.shape[3]
-    assert positions.shape == (rows,) and int(positions.max(initial=0)) < positions_axis
-    assert scratch.size >= rows * heads * (positions_axis + BLOCK) and k8.shape[1:] == (heads, positions_axis // BLOCK,
-                                                                                      head_dim, BLOCK)
+    [R]; the cache (P positions, S >= R slots, blocks of 16 positions): k8 int8 [P / 16, S,
+    heads, head_dim, 16], v8 int8 [P / 16, S, heads, 16, head_dim], kscale, vscale float32
+    [P / 16, S, heads, 16]; scratch: float32 [>= R * heads * (P + 16)]; out: float32
+    [R, 1, hidden]."""
+    rows = qkv.shape[0]
+    blocks, slots, heads, head_dim = k8.shape[:4]
+    positions_axis = blocks * BLOCK
+    assert positions.shape == (rows,) and int(positions.max(initial=0)) < positions_axis and rows <= slots
+    assert v8.shape == (blocks, slots, heads, BLOCK, head_dim) and kscale.shape == vscale.shape == (blocks, slots, heads, BLOCK)
+    assert scratch.size >= rows * heads * (positions_axis + BLOCK) and out.size == rows * heads * head_dim
     status = load().editgen_kv8_attention(
-        rows, heads, head_dim, positions_axis, _ptr(positions, np.int64, "positions"), _ptr(write, np.uint8, "write"),
-        _ptr(qkv, np.float32, "qkv"), _ptr(src_row, np.int64, "src_row"), _ptr(self_b, np.float32, "self_b"),
-        _ptr(k8, np.int8, "k8"), _ptr(kscale, np.float32, "kscale"), _ptr(v8, np.int8, "v8"),
-        _ptr(vscale, np.float32, "vscale"), _ptr(scratch, np.float32, "scratch"), _ptr(out, np.float32, "out"),
-        int(threads))
+        rows, slots, heads, head_dim, positions_axis, _ptr(positions, np.int64, "positions"),
+        _ptr(write, np.uint8, "write"), _ptr(qkv, np.float32, "qkv"), _ptr(src_row, np.int64, "src_row"),
+        _ptr(self_b, np.float32, "self_b"), _ptr(k8, np.int8, "k8"), _ptr(kscale, np.float32, "kscale"),
+        _ptr(v8, np.int8, "v8"), _ptr(vscale, np.float32, "vscale"), _ptr(scratch, np.float32, "scratch"),
+        _ptr(out, np.float32, "out"), int(threads))
     if status != 0:
         raise ValueError(f"the int8 KV kernel has no head_dim {head_dim} (it has {HEAD_DIMS})")
 
@@ -132,18 +136,30 @@ def quantize_ref(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def k_positions(k8: np.ndarray) -> np.ndarray:
-    """The blocked K layout [..., P / 16, head_dim, 16] as [..., P, head_dim]."""
-    *lead, blocks, d, b = k8.shape
-    return np.swapaxes(k8, -1, -2).reshape(*lead, blocks * b, d)
+    """K [P / 16, S, heads, head_dim, 16] as [S, heads, P, head_dim]."""
+    blocks, slots, heads, d, b = k8.shape
+    return k8.transpose(1, 2, 0, 4, 3).reshape(slots, heads, blocks * b, d)
+
+
+def v_positions(v8: np.ndarray) -> np.ndarray:
+    """V [P / 16, S, heads, 16, head_dim] as [S, heads, P, head_dim]."""
+    blocks, slots, heads, b, d = v8.shape
+    return v8.transpose(1, 2, 0, 3, 4).reshape(slots, heads, blocks * b, d)
+
+
+def scale_positions(scale: np.ndarray) -> np.ndarray:
+    """Scales [P / 16, S, heads, 16] as [S, heads, P]."""
+    blocks, slots, heads, b = scale.shape
+    return scale.transpose(1, 2, 0, 3).reshape(slots, heads, blocks * b)
 
 
 def kv8_attention_ref(qkv, positions, src_row, self_b, k8, kscale, v8, vscale) -> np.ndarray:
     """The kernel's output (float64 [R, 1, hidden]) for rows 0..R-1, as the formula in
     cpu/kv8_attention.cc says, without the cache write."""
-    rows, heads, head_dim = qkv.shape[0], v8.shape[1], v8.shape[3]
+    rows, heads, head_dim = qkv.shape[0], k8.shape[2], k8.shape[3]
     q, k_new, v_new = qkv.reshape(rows, 3, heads, head_dim).astype(np.float64).transpose(1, 0, 2, 3)
-    keys = k_positions(k8).astype(np.float64) * kscale[..., None]
-    values = v8.astype(np.float64) * vscale[..., None]
+    keys = k_positions(k8).astype(np.float64) * scale_positions(kscale)[..., None]
+    values = v_positions(v8).astype(np.float64) * scale_positions(vscale)[..., None]
     probs = []
     for r in range(rows):
         n = int(positions[r])

@@ -60,6 +60,7 @@ class OrtBackend:
     `end_profiling()` returns the trace file (benchmarks.profile_ort reads it)."""
 
     name = "ort"
+    session_config: dict[str, str] = {}  # onnxruntime session config entries of every session
 
     def __init__(self, engine_dir: str | Path, *, providers: list[str] | None = None,
                  step_file: str | None = None, threads: int | None = None, profile_dir: str | Path | None = None):
@@ -109,6 +110,8 @@ class OrtBackend:
         options.log_severity_level = 3
         if self.threads:
             options.intra_op_num_threads = self.threads
+        for key, value in self.session_config.items():
+            options.add_session_config_entry(key, value)
         if graph == "decoder_step" and self.profile_dir is not None:
             options.enable_profiling = True
             options.profile_file_prefix = str(self.profile_dir / "step")

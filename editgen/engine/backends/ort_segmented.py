@@ -32,6 +32,7 @@ from editgen.engine.backends.slots import SlotTable
 from editgen.engine.contract import SEGMENT_EDIT_INPUTS, StepBatch, StepOutputs
 from editgen.errors import ExportDirError
 from editgen.kernels import cpu_attention
+
 _EDIT_FIELDS = tuple(name.removeprefix("edit_") for name in SEGMENT_EDIT_INPUTS)
 
 
@@ -48,12 +49,21 @@ class _RowBuffers:
     self_b: np.ndarray  # float32 [layers, n]
 
 
+def _ptr(array: np.ndarray) -> int:
+    assert array.flags.c_contiguous
+    return array.__array_interface__["data"][0]
+
+
 class SegmentedOrtBackend(OrtBackend):
     """Backend protocol over an int8 export with segments (`manifest.segment_graphs`).
     CPU provider only. `threads`: onnxruntime's intra-op threads and the kernel's (default:
     the CPUs this process may use)."""
 
     name = "ort-kv8"
+    # A step is num_layers + 1 runs of as many sessions, each with its own thread pool:
+    # threads that kept spinning after their run took the cores from the next session's
+    # (a 10 s edit took 210 s instead of 25 s). They stop when their run returns.
+    session_config = {"session.force_spinning_stop": "1"}
 
     def __init__(self, engine_dir: str | Path, *, threads: int | None = None):
         super().__init__(engine_dir, providers=["CPUExecutionProvider"], threads=threads)
@@ -71,11 +81,13 @@ class SegmentedOrtBackend(OrtBackend):
         self.binds = 0
         self._rows: dict[int, _RowBuffers] = {}
         self._scratch = np.zeros(0, np.float32)
+        self._bound_key: tuple | None = None
 
     def open(self, max_slots: int) -> None:
         self.slots = SlotTable(self.shapes, max_slots)
         self.pool = Int8KVPool(self.shapes)
         self._rows.clear()
+        self._bound_key = None
 
     def _buffers(self, n: int) -> _RowBuffers:
         buf = self._rows.get(n)
@@ -107,23 +119,39 @@ class SegmentedOrtBackend(OrtBackend):
         if self._scratch.size < need:
             self._scratch = np.zeros(need, np.float32)
 
-        self._run(0, {"codes": phys.codes, "positions": phys.positions}, {"x": buf.x[0], "qkv": buf.qkv})
-        edits = {f"edit_{name}": getattr(edit, name) for name in _EDIT_FIELDS}
-        last = self.shapes.num_layers
-        for i in range(last):
-            cpu_attention.kv8_attention(buf.qkv, phys.positions, buf.write, edit.src_row, buf.self_b[i],
-                                        pool.k8[i], pool.kscale[i], pool.v8[i], pool.vscale[i], self._scratch,
-                                        buf.attn, self._kernel_threads)
-            x_in, x_out = buf.x[i % 2], buf.x[(i + 1) % 2]
-            inputs = {"x": x_in, "attn": buf.attn, "cross_key": pool.cross_k[i, :n], "cross_value": pool.cross_v[i, :n],
-                      "text_mask": phys.text_mask, **edits}
-            outputs = ({"logits": buf.logits, "cross_attn": buf.maps[i]} if i + 1 == last
-                       else {"x_next": x_out, "qkv": buf.qkv, "cross_attn": buf.maps[i]})
-            self._run(i + 1, inputs, outputs)
+        key = (n, id(self.slots), id(pool.k8), id(pool.cross_k), id(self._scratch))
+        if key != self._bound_key:  # a new row count, pool or scratch: bind every segment again
+            self._bind_all(n, phys, buf)
+            self._bound_key = key
+        kernel, layers = cpu_attention.load().editgen_kv8_attention, self.shapes.num_layers
+        fixed = [_ptr(a) for a in (phys.positions, buf.write, buf.qkv, edit.src_row)]
+        pools = [(_ptr(a), a[0].nbytes) for a in (pool.k8, pool.kscale, pool.v8, pool.vscale)]
+        self_b, scratch, attn = _ptr(buf.self_b), _ptr(self._scratch), _ptr(buf.attn)
+        shape = (n, pool.slot_capacity, self.shapes.num_heads, self.shapes.head_dim, pool.positions)
+        self._step[0].run_with_iobinding(self._bindings[0])
+        for i in range(layers):
+            k8, ks, v8, vs = (base + i * size for base, size in pools)
+            status = kernel(*shape, *fixed, self_b + i * n * 4, k8, ks, v8, vs, scratch, attn, self._kernel_threads)
+            assert status == 0, status
+            self._step[i + 1].run_with_iobinding(self._bindings[i + 1])
         self.slots.written(batch)
         return StepOutputs(logits=buf.logits[batch.slots], cross_attn=buf.maps[:, batch.slots[batch.want_maps]])
 
-    def _run(self, index: int, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
+    def _bind_all(self, n: int, phys, buf: _RowBuffers) -> None:
+        """Bind every segment's inputs and outputs to the buffers of row count n (kept until
+        the row count, the pool or the scratch changes)."""
+        pool, edit = self.pool, phys.edit
+        edits = {f"edit_{name}": getattr(edit, name) for name in _EDIT_FIELDS}
+        self._run_binding(0, {"codes": phys.codes, "positions": phys.positions}, {"x": buf.x[0], "qkv": buf.qkv})
+        last = self.shapes.num_layers
+        for i in range(last):
+            inputs = {"x": buf.x[i % 2], "attn": buf.attn, "cross_key": pool.cross_k[i, :n],
+                      "cross_value": pool.cross_v[i, :n], "text_mask": phys.text_mask, **edits}
+            outputs = ({"logits": buf.logits, "cross_attn": buf.maps[i]} if i + 1 == last
+                       else {"x_next": buf.x[(i + 1) % 2], "qkv": buf.qkv, "cross_attn": buf.maps[i]})
+            self._run_binding(i + 1, inputs, outputs)
+
+    def _run_binding(self, index: int, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
         binding, bound = self._bindings[index], self._bound[index]
         for name, array in inputs.items():
             if self._changed(bound, name, array):
@@ -131,7 +159,6 @@ class SegmentedOrtBackend(OrtBackend):
         for name, array in outputs.items():
             if self._changed(bound, name, array):
                 binding.bind_output(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
-        self._step[index].run_with_iobinding(binding)
 
     def _changed(self, bound: dict, name: str, array: np.ndarray) -> bool:
         if not array.flags.c_contiguous:

@@ -10,15 +10,20 @@
  * then k_new, v_new are quantized (absmax / 127 per row and head, round to nearest even)
  * and written at position n of rows with write[r] set.
  *
- * Layout (one layer): k8 [slots, heads, positions / 16, head_dim, 16]: blocks of 16 positions,
- * transposed inside a block, so the scores of 16 positions are one vector FMA per head
- * channel; v8 [slots, heads, positions, head_dim]; kscale, vscale [slots, heads, positions].
+ * Layout (one layer), in blocks of 16 positions, block-major so that one step reads one
+ * sequential sweep (a (row, head) alone would be a short stream per block: on this VM
+ * short streams ran at 2-5 GB/s, the sweep near the memory's speed):
+ *   k8      [positions / 16, slots, heads, head_dim, 16]  transposed in a block: the scores
+ *                                                          of 16 positions are one vector FMA
+ *                                                          per head channel
+ *   v8      [positions / 16, slots, heads, 16, head_dim]
+ *   kscale, vscale [positions / 16, slots, heads, 16]
  * Rows are slots 0..rows-1.
  *
- * Every (row, head) is computed alone, in a fixed order that does not depend on the
- * number of rows, the other rows or `positions`: a row's result does not depend on what
- * shares its step. head_dim 16, 32, 64 or 128. Compiled with -march=native on the machine that runs it, so the
- * vector width is the CPU's.
+ * Every (row, head) is computed in a fixed order (positions ascending, channels
+ * ascending) that does not depend on the number of rows, the other rows, `positions`,
+ * `slots` or the threads: a row's result does not depend on what shares its step.
+ * head_dim 16, 32, 64 or 128. Compiled with -march=native on the machine that runs it.
  */
 #include <immintrin.h>
 
@@ -28,6 +33,9 @@
 #include <cstring>
 
 #define BLOCK 16
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 typedef float f32x16 __attribute__((vector_size(64)));
 typedef int32_t i32x16 __attribute__((vector_size(64)));
@@ -81,120 +89,173 @@ static inline f32x16 exp_nonpositive(f32x16 x) {
   return x < floor_x ? f32x16{} : y * scale;
 }
 
+/* absmax / 127 quantization of x[0..D) into q[d * stride], its scale into *scale. */
 template <int D>
-static void quantize_row(const float *x, int8_t *q, int q_stride, float *scale) {
+static void quantize_row(const float *x, int8_t *q, int stride, float *scale) {
   float m = 0.0f;
   for (int d = 0; d < D; d++) m = fmaxf(m, fabsf(x[d]));
-  float s = m / 127.0f;
-  float inv = m > 0.0f ? 127.0f / m : 0.0f;
-  for (int d = 0; d < D; d++) q[(size_t)d * q_stride] = (int8_t)nearbyintf(x[d] * inv);
-  *scale = s;
+  const float inv = m > 0.0f ? 127.0f / m : 0.0f;
+  for (int d = 0; d < D; d++) q[(size_t)d * stride] = (int8_t)nearbyintf(x[d] * inv);
+  *scale = m / 127.0f;
 }
 
-/* Scores of one (row, head) into p[0..n] (unnormalized exp), returns their sum. */
-template <int D>
-static float scores(const float *q, const float *k_new, const int8_t *k8, const float *kscale, int n, float *p) {
-  for (int blk = 0; blk * BLOCK < n; blk++) {
-    const int8_t *kb = k8 + (size_t)blk * D * BLOCK;
-    f32x16 acc = {};
-    for (int d = 0; d < D; d++) acc += q[d] * load_i8(kb + d * BLOCK);
-    store_f32(p + blk * BLOCK, acc * load_f32(kscale + blk * BLOCK));
-  }
-  float s_new = 0.0f;
-  for (int d = 0; d < D; d++) s_new += q[d] * k_new[d];
-  p[n] = s_new;  /* overwrites the block's tail past n */
-  float m = -INFINITY;
-  for (int t = 0; t <= n; t++) m = fmaxf(m, p[t]);
-  f32x16 sum16 = {};
-  int t = 0;
-  for (; t + BLOCK <= n + 1; t += BLOCK) {
-    f32x16 e = exp_nonpositive(load_f32(p + t) - m);
-    store_f32(p + t, e);
-    sum16 += e;
-  }
-  float sum = 0.0f;
-  for (int i = 0; i < BLOCK; i++) sum += sum16[i];
-  for (; t <= n; t++) {
-    f32x16 e = exp_nonpositive(f32x16{} + (p[t] - m));
-    p[t] = e[0];
-    sum += e[0];
-  }
-  return sum;
-}
+/* K/V bytes below which one thread does the whole call: waking a second thread (a futex
+ * round trip, tens of microseconds) costs more than reading this much. */
+static const size_t SMALL_CALL_BYTES = 1u << 20;
 
 template <int D>
-static void attention(int rows, int heads, int positions, const int64_t *row_position, const uint8_t *write,
-                      const float *qkv, const int64_t *src_row, const float *self_b, int8_t *k8, float *kscale,
-                      int8_t *v8, float *vscale, float *scratch, float *out, int threads) {
-  constexpr int HEAD_DIM = D;
-  const int hidden = heads * HEAD_DIM;
-  const size_t k_head = (size_t)positions * HEAD_DIM;  /* int8 per (slot, head), K and V alike */
-  const int stride = positions + BLOCK;               /* scratch floats per (row, head) */
-#pragma omp parallel num_threads(threads)
+struct Attention {
+  int rows, slots, heads, hidden;
+  const int64_t *row_position;
+  const uint8_t *write;
+  const float *qkv;
+  const int64_t *src_row;
+  const float *self_b;
+  int8_t *k8, *v8;
+  float *kscale, *vscale, *scratch, *out;
+  int stride;  /* scratch floats per (row, head) */
+
+  size_t block_items() const { return (size_t)slots * heads; }  /* (slot, head) pairs per block */
+  int position(int rh) const { return (int)row_position[rh / heads]; }
+  const float *q(int rh) const { return qkv + (size_t)(rh / heads) * 3 * hidden + (rh % heads) * D; }
+
+  /* Scores of items [lo, hi) block by block, then each item's softmax into its scratch row. */
+  void probabilities(int lo, int hi, int blocks) const {
+    for (int blk = 0; blk < blocks; blk++) {
+      const int8_t *kb = k8 + (size_t)blk * block_items() * D * BLOCK;
+      const float *sb = kscale + (size_t)blk * block_items() * BLOCK;
+      for (int rh = lo; rh < hi; rh++) {
+        if (blk * BLOCK >= position(rh)) continue;
+        const int8_t *k = kb + (size_t)rh * D * BLOCK;
+        const float *qv = q(rh);
+        f32x16 acc = {};
+        for (int d = 0; d < D; d++) acc += qv[d] * load_i8(k + d * BLOCK);
+        store_f32(scratch + (size_t)rh * stride + blk * BLOCK, acc * load_f32(sb + (size_t)rh * BLOCK));
+      }
+    }
+    for (int rh = lo; rh < hi; rh++) softmax(rh);
+  }
+
+  void softmax(int rh) const {
+    const int n = position(rh);
+    float *p = scratch + (size_t)rh * stride;
+    const float *qv = q(rh), *kn = qv + hidden;
+    float s_new = 0.0f;
+    for (int d = 0; d < D; d++) s_new += qv[d] * kn[d];
+    p[n] = s_new; /* overwrites the last block's tail past n */
+    float m = -INFINITY;
+    for (int t = 0; t <= n; t++) m = fmaxf(m, p[t]);
+    f32x16 sum16 = {};
+    int t = 0;
+    for (; t + BLOCK <= n + 1; t += BLOCK) {
+      const f32x16 e = exp_nonpositive(load_f32(p + t) - m);
+      store_f32(p + t, e);
+      sum16 += e;
+    }
+    float sum = 0.0f;
+    for (int i = 0; i < BLOCK; i++) sum += sum16[i];
+    for (; t <= n; t++) {
+      const f32x16 e = exp_nonpositive(f32x16{} + (p[t] - m));
+      p[t] = e[0];
+      sum += e[0];
+    }
+    const float inv = 1.0f / sum;
+    for (t = 0; t <= n; t++) p[t] *= inv;
+  }
+
+  float weight(int rh, int t, bool inject) const {  /* p_t, self-injected */
+    const float p = scratch[(size_t)rh * stride + t];
+    const int r = rh / heads;
+    if (!inject || self_b[r] == 0.0f) return p;
+    const float ps = scratch[((size_t)src_row[r] * heads + rh % heads) * stride + t];
+    return p - self_b[r] * (p - ps);
+  }
+
+  /* Outputs of items [lo, hi): V block by block, then this position's value; then the new
+   * K/V of rows with write set (position n: no item reads it in this call). */
+  void outputs(int lo, int hi, int blocks, bool inject) const {
+    for (int rh = lo; rh < hi; rh++) memset(out + (size_t)rh * D, 0, D * sizeof(float));
+    for (int blk = 0; blk < blocks; blk++) {
+      const int8_t *vb = v8 + (size_t)blk * block_items() * BLOCK * D;
+      const float *sb = vscale + (size_t)blk * block_items() * BLOCK;
+      for (int rh = lo; rh < hi; rh++) {
+        const int n = position(rh), first = blk * BLOCK;
+        if (first >= n) continue;
+        const int8_t *v = vb + (size_t)rh * BLOCK * D;
+        const float *vs = sb + (size_t)rh * BLOCK;
+        float *o_mem = out + (size_t)rh * D;
+        f32x16 o[D / 16];
+        for (int c = 0; c < D / 16; c++) o[c] = load_f32(o_mem + 16 * c);
+        const int count = n - first < BLOCK ? n - first : BLOCK;
+        for (int j = 0; j < count; j++) {
+          const float w = weight(rh, first + j, inject) * vs[j];
+          for (int c = 0; c < D / 16; c++) o[c] += w * load_i8(v + j * D + 16 * c);
+        }
+        for (int c = 0; c < D / 16; c++) store_f32(o_mem + 16 * c, o[c]);
+      }
+    }
+    for (int rh = lo; rh < hi; rh++) {
+      const int n = position(rh);
+      const float *kn = q(rh) + hidden, *vn = kn + hidden;
+      const float wn = weight(rh, n, inject);
+      float *o = out + (size_t)rh * D;
+      for (int c = 0; c < D / 16; c++) store_f32(o + 16 * c, load_f32(o + 16 * c) + wn * load_f32(vn + 16 * c));
+      if (!write[rh / heads]) continue;
+      const size_t at = ((size_t)(n / BLOCK) * block_items() + rh) * BLOCK, j = n % BLOCK;
+      quantize_row<D>(kn, k8 + at * D + j, BLOCK, kscale + at + j);
+      quantize_row<D>(vn, v8 + (at + j) * D, 1, vscale + at + j);
+    }
+  }
+};
+
+template <int D>
+static void attention(int rows, int slots, int heads, int positions, const int64_t *row_position,
+                      const uint8_t *write, const float *qkv, const int64_t *src_row, const float *self_b,
+                      int8_t *k8, float *kscale, int8_t *v8, float *vscale, float *scratch, float *out, int threads) {
+  const Attention<D> a{rows, slots, heads, heads * D, row_position, write, qkv, src_row, self_b,
+                       k8, v8, kscale, vscale, scratch, out, positions + BLOCK};
+  bool inject = false; /* some row mixes in another row's probabilities */
+  size_t bytes = 0;
+  int longest = 0;
+  for (int r = 0; r < rows; r++) {
+    inject |= self_b[r] != 0.0f && src_row[r] != r;
+    bytes += (size_t)row_position[r] * heads * D * 2;
+    longest = row_position[r] > longest ? (int)row_position[r] : longest;
+  }
+  const int blocks = (longest + BLOCK - 1) / BLOCK;
+  const int items = rows * heads;
+  const int team = bytes < SMALL_CALL_BYTES ? 1 : threads;
+#pragma omp parallel num_threads(team)
   {
     const unsigned int csr = _mm_getcsr();
     _mm_setcsr(csr | 0x8040); /* flush denormals (FTZ, DAZ): tiny probabilities would stall the FPU */
-#pragma omp for schedule(static)
-    for (int rh = 0; rh < rows * heads; rh++) {
-      const int r = rh / heads, h = rh % heads;
-      const float *q = qkv + (size_t)r * 3 * hidden + h * HEAD_DIM;
-      const float *kn = q + hidden;
-      float *p = scratch + (size_t)rh * stride;
-      const int n = (int)row_position[r];
-      float sum = scores<D>(q, kn, k8 + (size_t)rh * k_head, kscale + (size_t)rh * positions, n, p);
-      const float inv = 1.0f / sum;
-      for (int t = 0; t <= n; t++) p[t] *= inv;
+#ifdef _OPENMP
+    const int me = omp_get_thread_num(), size = omp_get_num_threads();
+#else
+    const int me = 0, size = 1;
+#endif
+    const int lo = (int)((long)items * me / size), hi = (int)((long)items * (me + 1) / size);
+    a.probabilities(lo, hi, blocks);
+    if (inject) {
+#pragma omp barrier
     }
-    /* implicit barrier: every row's probabilities are ready for self-injection */
-#pragma omp for schedule(static)
-    for (int rh = 0; rh < rows * heads; rh++) {
-      const int r = rh / heads, h = rh % heads;
-      const int n = (int)row_position[r];
-      const float *q = qkv + (size_t)r * 3 * hidden + h * HEAD_DIM;
-      const float *vn = q + 2 * hidden;
-      float *p = scratch + (size_t)rh * stride;
-      const float b = self_b[r];
-      if (b != 0.0f) {
-        const float *ps = scratch + ((size_t)src_row[r] * heads + h) * stride;
-        for (int t = 0; t <= n; t++) p[t] = p[t] - b * (p[t] - ps[t]);
-      }
-      const int8_t *v = v8 + (size_t)rh * k_head;
-      const float *vs = vscale + (size_t)rh * positions;
-      f32x16 o[D / 16] = {};  /* unrolled by the compiler: D / 16 accumulators in registers */
-      for (int t = 0; t < n; t++) {
-        const float w = p[t] * vs[t];
-        const int8_t *vt = v + (size_t)t * HEAD_DIM;
-        for (int c = 0; c < D / 16; c++) o[c] += w * load_i8(vt + 16 * c);
-      }
-      const float wn = p[n];
-      float *dst = out + (size_t)r * hidden + h * HEAD_DIM;
-      for (int c = 0; c < D / 16; c++) store_f32(dst + 16 * c, o[c] + wn * load_f32(vn + 16 * c));
-    }
-    /* implicit barrier: p_src was read; now the new K/V go into the cache */
-#pragma omp for schedule(static)
-    for (int rh = 0; rh < rows * heads; rh++) {
-      const int r = rh / heads;
-      if (!write[r]) continue;
-      const int h = rh % heads, n = (int)row_position[r];
-      const float *kn = qkv + (size_t)r * 3 * hidden + hidden + h * HEAD_DIM;
-      const float *vn = kn + hidden;
-      int8_t *kb = k8 + (size_t)rh * k_head + (size_t)(n / BLOCK) * HEAD_DIM * BLOCK + n % BLOCK;
-      quantize_row<D>(kn, kb, BLOCK, kscale + (size_t)rh * positions + n);
-      quantize_row<D>(vn, v8 + (size_t)rh * k_head + (size_t)n * HEAD_DIM, 1, vscale + (size_t)rh * positions + n);
-    }
+    a.outputs(lo, hi, blocks, inject);
     _mm_setcsr(csr);
   }
 }
 
 /* Returns 0, or -1 for a head_dim without a specialization. */
-extern "C" int editgen_kv8_attention(int rows, int heads, int head_dim, int positions, const int64_t *row_position,
-                                     const uint8_t *write, const float *qkv, const int64_t *src_row,
-                                     const float *self_b, int8_t *k8, float *kscale, int8_t *v8, float *vscale,
-                                     float *scratch, float *out, int threads) {
+extern "C" int editgen_kv8_attention(int rows, int slots, int heads, int head_dim, int positions,
+                                     const int64_t *row_position, const uint8_t *write, const float *qkv,
+                                     const int64_t *src_row, const float *self_b, int8_t *k8, float *kscale,
+                                     int8_t *v8, float *vscale, float *scratch, float *out, int threads) {
+  if (rows > slots || positions % BLOCK) return -2;
   switch (head_dim) {
-#define CASE(D) \
-  case D: attention<D>(rows, heads, positions, row_position, write, qkv, src_row, self_b, k8, kscale, v8, vscale, \
-                       scratch, out, threads); return 0;
+#define CASE(D)                                                                                                   \
+  case D:                                                                                                         \
+    attention<D>(rows, slots, heads, positions, row_position, write, qkv, src_row, self_b, k8, kscale, v8, vscale, \
+                 scratch, out, threads);                                                                          \
+    return 0;
     CASE(16) CASE(32) CASE(64) CASE(128)
 #undef CASE
   }
