@@ -5,7 +5,8 @@
 
 1. Edit latency: one Prompt-to-Prompt edit (source + target, CFG: 4 rows) of 10 s and
    30 s through the public API (`editgen.edit`: text encoding, every step, EnCodec decode
-   of both clips), ORT fp32 and int8, next to transformers' `generate` of the same rows
+   of both clips), ORT fp32 and int8 (as `open_backend` runs them: int8 with its int8 KV
+   cache where the kernel builds), next to transformers' `generate` of the same rows
    (two prompts with guidance: 4 rows, sampling, its own decode). Per-step times along
    the request are recorded too (steps/s at each position: the step-level figures).
 2. Throughput: 1, 2, 4, 8 concurrent 10 s edits submitted at once to one EngineCore;
@@ -51,9 +52,9 @@ class TimedBackend:
 
 def edit_latency(engine_dir: str, seconds: float, threads: int) -> dict:
     import editgen
-    from editgen.engine.backends.ort_backend import OrtBackend
+    from editgen.engine.runtime import open_backend
 
-    with OrtBackend(engine_dir, threads=threads) as ort_backend:
+    with open_backend(engine=engine_dir, threads=threads) as ort_backend:  # int8: the int8 KV engine
         backend = TimedBackend(ort_backend)
         options = editgen.GenerationOptions(seconds=seconds, seed=0)
         start = time.perf_counter()
@@ -63,7 +64,8 @@ def edit_latency(engine_dir: str, seconds: float, threads: int) -> dict:
         wall = time.perf_counter() - start
         restrides = ort_backend.pool.restrides if ort_backend.pool is not None else None
     positions, step_s = map(np.asarray, zip(*backend.trace))
-    return {"seconds": seconds, "steps": len(step_s), "rows": 4, "wall_s": wall, "decode_s": wall - (steps_done - start),
+    return {"backend": type(ort_backend).__name__, "seconds": seconds, "steps": len(step_s), "rows": 4, "wall_s": wall,
+            "decode_s": wall - (steps_done - start),
             "steps_s": len(step_s) / wall, "rtf": seconds / wall, "step_ms_sum": float(step_s.sum() * 1e3),
             "pool_restrides": restrides, "trace": _trace(positions, step_s)}
 
@@ -91,9 +93,9 @@ def transformers_latency(preset: str, seconds: float, threads: int) -> dict:
 
 def concurrent_edits(engine_dir: str, count: int, seconds: float, threads: int) -> dict:
     import editgen
-    from editgen.engine.backends.ort_backend import OrtBackend
+    from editgen.engine.runtime import open_backend
 
-    with OrtBackend(engine_dir, threads=threads) as ort_backend:
+    with open_backend(engine=engine_dir, threads=threads) as ort_backend:
         backend = TimedBackend(ort_backend)
         core = editgen.EngineCore(backend, max_rows=4 * count)
         jobs = [editgen.edit_job(backend, [editgen.EditSpec(source=SOURCE, target=TARGETS[i % len(TARGETS)])],
@@ -110,7 +112,8 @@ def concurrent_edits(engine_dir: str, count: int, seconds: float, threads: int) 
     step_s = np.asarray([s for _, s in backend.trace])
     rows = sum(job.request.rows for job in jobs)
     steps = jobs[0].request.steps
-    return {"requests": count, "rows": rows, "seconds_each": seconds, "wall_s": wall,
+    return {"backend": type(ort_backend).__name__, "requests": count, "rows": rows, "seconds_each": seconds,
+            "wall_s": wall,
             "audio_s_per_s": count * seconds / wall, "row_steps_s": rows * steps / wall,
             "step_ms_median": float(np.median(step_s) * 1e3), "step_ms_sum": float(step_s.sum() * 1e3)}
 

@@ -22,7 +22,7 @@ from editgen.engine.contract import StepBatch
 from editgen.engine.edit import EditBatch, EditSpec, EditStepInputs
 from editgen.engine.editing import capture_source, compile_specs, edit, edit_from_capture
 from editgen.engine.generate import generate_codes
-from editgen.engine.manifest import MANIFEST_FILE, TensorSpec, load_manifest
+from editgen.engine.manifest import FORMAT_VERSION, MANIFEST_FILE, TensorSpec, load_manifest
 from editgen.engine.options import GenerationOptions
 from editgen.errors import AudioError, ExportDirError
 from tests.conftest import loaded_model, torch_backend
@@ -378,7 +378,7 @@ def test_stereo_manifest_codec_graphs(exported):
     """A stereo export: shapes carry audio_channels; the EnCodec graphs have a static
     channel axis of 2 (decode [clips, 2, samples], encode [2, samples] -> [8, frames])."""
     manifest = load_manifest(exported(STEREO))
-    assert manifest.data["format_version"] == 5
+    assert manifest.data["format_version"] == FORMAT_VERSION == 6
     assert manifest.shapes == loaded_model(STEREO).shapes and manifest.shapes.audio_channels == 2
     decode, encode = manifest.graphs["encodec_decode"], manifest.graphs["encodec_encode"]
     assert decode.input("codes").shape == ("clips", 8, "frames")

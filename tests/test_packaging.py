@@ -69,3 +69,11 @@ def test_no_merge_conflict_markers_in_tracked_files():
             if line.startswith(("<<<<<<< ", ">>>>>>> ")) or line == "=======":
                 bad.append(f"{name}:{number}")
     assert not bad, bad
+
+
+def test_the_cpu_kernel_source_ships_with_the_package():
+    """The int8 KV kernel is compiled from its source on first use: the wheel must carry it."""
+    from editgen.kernels.cpu_attention import SOURCE
+
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["editgen"]
+    assert "kernels/cpu/*.cc" in data and SOURCE.is_file() and SOURCE.suffix == ".cc"

@@ -221,12 +221,12 @@ def test_cross_reference_is_the_decoder_steps_formula(tiny):
             torch.testing.assert_close(p, p_model[:, :, 0], atol=1e-6, rtol=1e-5)
             torch.testing.assert_close(attn.out_proj(out.reshape(rows, 1, heads * D)), out_model, **F32)
 
-            attn, h, (out_model, kv) = seen["self"][i]
-            q = attn.q_proj(h).view(rows, heads, D)
+            attn, qkv, (out_model, kv) = seen["self"][i]  # qkv: the layer's q, k, v projections
+            q = qkv[..., : heads * D].reshape(rows, heads, D)
             out = decode_self_attention_ref(q, kv[:, 0], kv[:, 1], past_k[i].clone(), past_v[i].clone(),
                                             torch.arange(rows), positions, c["src_row"], self_blend[:, i] * self_window,
                                             step.scaling)
-            torch.testing.assert_close(attn.out_proj(out.reshape(rows, 1, heads * D)), out_model, **F32)
+            torch.testing.assert_close(out.reshape(rows, 1, heads * D), out_model, **F32)  # before out_proj
 
 
 def test_cross_launcher_rejects_bad_arguments(monkeypatch):
