@@ -14,7 +14,9 @@ summed over the request's steps (each sample stands for `--every` steps):
   (onnxruntime writes the new K/V in place) and per-row lengths (seqlens_k): reads each
   row's own length;
 - mha: com.microsoft.MultiHeadAttention with past_key/past_value: its present outputs hold
-  past + new, a copy of the cache per step.
+  past + new, a copy of the cache per step;
+- kv8: the int8 KV engine's kernel (editgen.kernels.cpu_attention) over an int8 pool of the
+  same length (what `--quantize int8` runs on CPU), the new K/V written in place.
 Inputs per layer: q, k_new, v_new for the rows; outputs the attention output. Weights
 and everything else of the step are left out: this isolates what the options change.
 """
@@ -115,6 +117,13 @@ class Timer:
         self.standard = _session(standard_model(layers), threads)
         self.gqa = _session(contrib_model(layers, "gqa"), threads)
         self.mha = _session(contrib_model(layers, "mha"), threads)
+        self.threads = threads
+        blocks = capacity // 16  # the int8 pool, filled (touched) like the fp32 cache
+        self.k8 = rng.integers(-127, 128, (layers, blocks, rows, HEADS, HEAD_DIM, 16), dtype=np.int8)
+        self.v8 = rng.integers(-127, 128, (layers, blocks, rows, HEADS, 16, HEAD_DIM), dtype=np.int8)
+        self.kscale = np.full((layers, blocks, rows, HEADS, 16), 0.01, np.float32)
+        self.vscale = self.kscale.copy()
+        self.qkv = rng.standard_normal((rows, 1, 3 * HIDDEN), dtype=np.float32)
 
     def standard_step(self, position: int, length: int, kv: np.ndarray) -> float:
         """kv: [layers, 2, rows, heads, >= length, head_dim] contiguous at `length`."""
@@ -123,6 +132,22 @@ class Timer:
         for i in range(self.layers):
             feed[f"past_key_{i}"], feed[f"past_value_{i}"] = kv[i, 0], kv[i, 1]
         return _timed(lambda: self.standard.run(None, feed))
+
+    def kv8_step(self, position: int) -> float:
+        """The int8 KV kernel for every layer, rows at `position`, the pool `capacity` long."""
+        from editgen.kernels.cpu_attention import BLOCK, kv8_attention
+
+        positions = np.full(self.rows, position, np.int64)
+        write, src, self_b = np.ones(self.rows, np.uint8), np.arange(self.rows), np.zeros(self.rows, np.float32)
+        scratch = np.empty(self.rows * HEADS * (self.capacity + BLOCK), np.float32)
+        out = np.empty((self.rows, 1, HIDDEN), np.float32)
+
+        def run():
+            for i in range(self.layers):
+                kv8_attention(self.qkv, positions, write, src, self_b, self.k8[i], self.kscale[i], self.v8[i],
+                              self.vscale[i], scratch, out, self.threads)
+        run()
+        return _timed(run)
 
     def contrib_step(self, op: str, position: int) -> float:
         import onnxruntime as ort
@@ -176,7 +201,7 @@ def run(seconds: float, rows: int, threads: int, every: int, layers: int) -> dic
     timer = Timer(threads, rows, room + room // 8 + 64, layers)  # room for the pool's 1/8 headroom
     shapes = ModelShapes(num_layers=layers, hidden_size=HIDDEN, num_heads=HEADS, num_codebooks=4)
     pool = HostKVPool(shapes)
-    totals = {"capacity": 0.0, "buckets": 0.0, "gqa": 0.0, "mha": 0.0, "buckets_restride": 0.0}
+    totals = {"capacity": 0.0, "buckets": 0.0, "gqa": 0.0, "mha": 0.0, "kv8": 0.0, "buckets_restride": 0.0}
     samples = []
     for position in range(0, steps):
         attended = attended_positions(position)
@@ -190,7 +215,8 @@ def run(seconds: float, rows: int, threads: int, every: int, layers: int) -> dic
              "buckets": timer.standard_step(position, pool.positions,
                                             np.ascontiguousarray(timer.cache[:, :, :, :, :pool.positions])),
              "gqa": timer.contrib_step("gqa", position),
-             "mha": timer.contrib_step("mha", position) if position else 0.0}
+             "mha": timer.contrib_step("mha", position) if position else 0.0,
+             "kv8": timer.kv8_step(position)}
         del full
         for k, v in t.items():
             totals[k] += v * every
@@ -216,7 +242,8 @@ def main(argv=None) -> int:
     t = r["totals_s"]
     print(f"self-attention over a {a.seconds:g} s request ({r['steps']} steps, {a.rows} rows, {a.layers} layers): "
           f"capacity {t['capacity']:.2f} s, buckets {t['buckets_total']:.2f} s (of which re-strides "
-          f"{t['buckets_restride']:.2f} s, {r['pool_restrides']} of them), gqa {t['gqa']:.2f} s, mha {t['mha']:.2f} s")
+          f"{t['buckets_restride']:.2f} s, {r['pool_restrides']} of them), gqa {t['gqa']:.2f} s, mha {t['mha']:.2f} s, "
+          f"int8 KV kernel {t['kv8']:.2f} s")
     plot(r, a.out / "attention_options.png")
     return 0
 
@@ -229,7 +256,7 @@ def plot(r: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     pos = [s["position"] for s in r["samples_ms"]]
-    for key in ("capacity", "buckets", "gqa", "mha"):
+    for key in ("capacity", "buckets", "gqa", "mha", "kv8"):
         ax.plot(pos, [s[key] for s in r["samples_ms"]], label=f"{key}: {r['totals_s'][key if key != 'buckets' else 'buckets_total']:.1f} s total")
     ax.set_xlabel("position")
     ax.set_ylabel(f"self-attention ms per step ({r['layers']} layers, {r['rows']} rows)")

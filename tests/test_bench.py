@@ -128,6 +128,8 @@ def test_e2e_quick_writes_latency_throughput_and_plot(tmp_path, exported):
     assert e2e.main(["--quick", "--exports", str(exports), "--out", str(out), "--threads", "1"]) == 0
     results = json.loads((out / "results.json").read_text())
     latency = {(r["engine"], r["seconds"]): r for r in results["latency"]}
+    # what the runtime opens: the int8 export on CPU runs with its int8 KV cache
+    assert {r["backend"] for r in results["latency"] if r["engine"] == "ort-int8"} == {"SegmentedOrtBackend"}
     assert set(latency) == {(e, s) for e in ("ort-fp32", "ort-int8", "transformers") for s in e2e.QUICK["seconds"]}
     for (engine, seconds), r in latency.items():
         assert r["steps"] == round(seconds * 50) + 3 and r["rows"] == 4 and r["wall_s"] > 0
@@ -155,3 +157,17 @@ def test_int8_methods_times_every_method_and_checks_row_invariance(tmp_path):
         if method != "dynamic":
             assert r["row_invariant"] is True, method
     assert (out / "int8_methods.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_attention_options_times_every_option_with_the_int8_kv_kernel(tmp_path):
+    """benchmarks.attention_options on one layer and a short request: every option timed,
+    the int8 KV kernel among them, PNG written."""
+    from benchmarks import attention_options
+
+    out = tmp_path / "attn"
+    assert attention_options.main(["--seconds", "0.6", "--every", "10", "--layers", "1", "--threads", "1",
+                                   "--out", str(out)]) == 0
+    results = json.loads((out / "attention_options.json").read_text())
+    assert set(results["totals_s"]) >= {"capacity", "buckets", "gqa", "mha", "kv8"}
+    assert all(s["kv8"] > 0 for s in results["samples_ms"]) and len(results["samples_ms"]) == 4
+    assert (out / "attention_options.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
