@@ -458,6 +458,9 @@ def test_int8_export_reports_agreement(exported):
     assert report["teacher_forced_token_agreement"] >= 0.9
     assert report["free_running_token_agreement"] >= 0.85
     assert not (engine / "decoder_step.int8.onnx").exists()
+    from editgen.cli.export import validation_table
+
+    assert "int8 KV engine (3 step segments, int8 K/V cache): token agreement" in validation_table(data)
     with OrtBackend(engine) as backend:
         codes = generate_codes(backend, [backend.tokenizer.encode(SRC)], options(backend.shapes), progress=False).codes
     assert codes.shape[-1] == STEPS - backend.shapes.channel_codebooks + 1

@@ -15,7 +15,8 @@ def register(sub) -> None:
     p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
                    help="weights and compute of the decoder graphs: fp32, or fp16 (for GPU)")
     p.add_argument("--quantize", choices=("int8",), default=None,
-                   help="int8: the decoder step's weight matmuls in int8 (for CPU); agreement with fp32 goes in the manifest")
+                   help="int8: the decoder step's weight matmuls in int8, and the step's segments for the int8 KV "
+                        "engine (for CPU); agreement with fp32 goes in the manifest")
     p.set_defaults(func=run)
 
 
@@ -54,4 +55,10 @@ def validation_table(manifest: dict) -> str:
                      f"{int8['teacher_forced_token_agreement']:.4f} teacher-forced, "
                      f"{int8['free_running_token_agreement']:.4f} free-running over {int8['steps']} steps; "
                      f"max logit error {int8['max_logit_error']:.3g}")
+    segments = manifest.get("segments")
+    if segments:
+        a = segments["agreement"]
+        lines.append(f"int8 KV engine ({len(segments['graphs'])} step segments, {segments['kv_cache']} K/V cache): "
+                     f"token agreement with fp32 {a['teacher_forced_token_agreement']:.4f} teacher-forced, "
+                     f"{a['free_running_token_agreement']:.4f} free-running; max logit error {a['max_logit_error']:.3g}")
     return "\n".join(lines)

@@ -3,7 +3,7 @@
 and its numpy reference.
 
 Torch-free (the ORT engine uses it). The kernel is compiled with the system's C++
-compiler (`$CXX`, else `c++`) with -march=native and OpenMP, once per source, compiler
+compiler (`$CXX`, else `c++`) with -march=native and its own worker threads, once per source, compiler
 and CPU, into `$EDITGEN_CACHE_DIR/kernels` (default ~/.cache/editgen/kernels), and
 loaded with ctypes: no onnxruntime headers are needed and nothing is compiled at install.
 """
@@ -25,7 +25,7 @@ import numpy as np
 from editgen.errors import EditGenError
 
 SOURCE = Path(__file__).with_name("cpu") / "kv8_attention.cc"
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-w")
+FLAGS = ("-O3", "-march=native", "-pthread", "-shared", "-fPIC", "-std=c++17", "-w")
 HEAD_DIMS = (16, 32, 64, 128)  # the kernel's specializations (MusicGen: 64; random:tiny: 16)
 BLOCK = 16  # positions per transposed K block
 
@@ -73,8 +73,6 @@ def load() -> ctypes.CDLL:
                 first = next((line for line in lines if "error" in line), lines[-1])
                 raise KernelBuildError(f"building the int8 KV attention kernel with {compiler} failed: {first.strip()}")
             os.replace(out, lib)  # atomic: concurrent first uses both end with a whole file
-    # Idle OpenMP threads must not spin: onnxruntime's threads run between two calls.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         dll = ctypes.CDLL(str(lib))
     except OSError as exc:

@@ -74,7 +74,8 @@ class SegmentedOrtBackend(OrtBackend):
             raise ExportDirError(f"{self.manifest.root} has no int8-KV segments: re-export it with "
                                  "`editgen export --quantize int8`")
         cpu_attention.load()  # KernelBuildError now, not at the first step
-        self._kernel_threads = self.threads or len(os.sched_getaffinity(0))
+        usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+        self._kernel_threads = self.threads or len(usable)
         self._step = [self._session(info.name, info=info) for info in self._segments]
         self._bindings = [session.io_binding() for session in self._step]
         self._bound: list[dict[str, tuple]] = [{} for _ in self._step]
@@ -171,7 +172,7 @@ class SegmentedOrtBackend(OrtBackend):
         return True
 
     def end_profiling(self) -> Path:
-        raise NotImplementedError("profile the segmented step with benchmarks.profile_ort --standard-step")
+        raise NotImplementedError("benchmarks.profile_ort profiles the standard step (OrtBackend)")
 
     def close(self) -> None:
         super().close()
