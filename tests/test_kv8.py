@@ -7,12 +7,14 @@ import os
 import shutil
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
 from editgen.engine.backends.kv8_pool import Int8KVPool
 from editgen.engine.backends.ort_segmented import SegmentedOrtBackend
 from editgen.engine.contract import segment_io
+from editgen.engine.manifest import load_manifest
 from editgen.engine.runtime import open_backend
 from editgen.kernels.cpu_attention import (BLOCK, k_positions, kv8_attention, kv8_attention_ref, quantize_ref,
                                            scale_positions, v_positions)
@@ -20,8 +22,8 @@ from editgen.model.step_module import DecoderStep
 from editgen.model.step_segments import StepSegment
 from tests.conftest import loaded_model
 
-# The kernel is compiled on first use; without a C++ compiler the engine falls back to the
-# standard step (tested in test_int8_export_runs_segmented_and_agrees_with_fp32's fallback).
+# The kernel is compiled on first use; without a C++ compiler `open_backend` runs the
+# export's standard int8 step instead (editgen.engine.backends.ort_segmented.use_segmented).
 pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None,
                                 reason="no C++ compiler: the int8 KV kernel cannot be built here")
 
@@ -50,7 +52,7 @@ def test_kernel_equals_its_reference_with_self_injection_and_writes(head_dim):
     rows, heads, positions = 5, 3, 96
     k8, kscale, v8, vscale = cache(rng, rows + 2, heads, positions, head_dim)
     qkv = rng.standard_normal((rows, 1, 3 * heads * head_dim), dtype=np.float32)
-    pos = np.array([40, 40, 0, 95, 17], np.int64)  # a row at 0 reads only its new K/V
+    pos = np.array([48, 48, 0, 95, 17], np.int64)  # a row at 0 reads only its new K/V; 48: whole blocks
     src = np.array([0, 0, 2, 3, 3], np.int64)
     self_b = np.array([0.0, 0.6, 0.0, 0.0, -0.5], np.float32)  # row 1 injects row 0; row 4 row 3 (negative b)
     pos[4] = 95  # paired rows sit at the same position
@@ -77,6 +79,23 @@ def test_kernel_equals_its_reference_with_self_injection_and_writes(head_dim):
     for new, old in ((keys, k_positions(before[0])), (values, v_positions(before[2]))):
         changed = np.argwhere(new != old)  # nothing but (row, head, its position) was written
         assert len(changed) and all(write[r] and p == pos[r] for r, _, p, _ in changed)
+
+
+def test_threads_split_the_work_without_changing_a_bit():
+    """A call over 1 MB of K/V runs on the kernel's worker threads: the same bits as one
+    thread, with and without self-injection, and the reference's values."""
+    rng = np.random.default_rng(7)
+    rows, heads, positions, hd = 4, 8, 1024, 64  # 4 MB of K/V read
+    k8, kscale, v8, vscale = cache(rng, rows, heads, positions, hd)
+    qkv = rng.standard_normal((rows, 1, 3 * heads * hd), dtype=np.float32)
+    pos = np.array([1000, 1000, 700, 700], np.int64)
+    for src, self_b in ((np.arange(rows), np.zeros(rows, np.float32)),
+                        (np.array([0, 0, 2, 2]), np.array([0, 0.8, 0, 0.3], np.float32))):
+        one = call(qkv, pos, np.zeros(rows, np.uint8), src, self_b, k8, kscale, v8, vscale, threads=1)
+        two = call(qkv, pos, np.zeros(rows, np.uint8), src, self_b, k8, kscale, v8, vscale, threads=2)
+        np.testing.assert_array_equal(two, one)
+        np.testing.assert_allclose(two, kv8_attention_ref(qkv, pos, src, self_b, k8, kscale, v8, vscale),
+                                   rtol=1e-4, atol=2e-6)
 
 
 def test_quantizing_zeros_gives_zero_scale_and_codes():
@@ -152,8 +171,8 @@ def test_segments_chained_with_fp32_attention_equal_decoder_step():
 def test_int8_export_runs_segmented_and_agrees_with_fp32(exported):
     engine = exported("random:tiny", quantize="int8")
     backend = open_backend(engine=str(engine), threads=1)
-    try:
-        assert isinstance(backend, SegmentedOrtBackend)
+    try:  # on CPU (an onnxruntime with CUDA runs the standard step on the GPU)
+        assert isinstance(backend, SegmentedOrtBackend) or "CUDAExecutionProvider" in ort.get_available_providers()
     finally:
         backend.close()
     report = SegmentedOrtBackend(engine, threads=1).manifest.data["segments"]
@@ -186,3 +205,20 @@ def test_pool_keeps_the_live_prefix_when_it_grows_and_shrinks():
     np.testing.assert_array_equal(pool.v8[:, :, :n], v)
     with pytest.raises(AssertionError):
         pool.write(np.arange(1), np.zeros(1), None)
+
+
+def test_without_the_kernel_the_export_says_so_and_the_runtime_runs_the_standard_step(monkeypatch, exported):
+    from editgen.cli.export import validation_table
+    from editgen.export import segments
+    from editgen.kernels import cpu_attention
+
+    engine = exported("random:tiny", quantize="int8")
+    monkeypatch.setattr(cpu_attention, "build_error", lambda: "no C++ compiler 'c++' for the int8 KV kernel")
+    report = segments.segments_agreement(engine)
+    assert report == {"skipped": "no C++ compiler 'c++' for the int8 KV kernel"}
+    manifest = load_manifest(engine).data
+    line = validation_table({**manifest, "segments": {**manifest["segments"], "agreement": report}}).splitlines()[-1]
+    assert line == "int8 KV engine: agreement not measured (no C++ compiler 'c++' for the int8 KV kernel)"
+    backend = open_backend(engine=str(engine), threads=1)
+    assert type(backend).__name__ == "OrtBackend"
+    backend.close()

@@ -56,7 +56,9 @@ def validation_table(manifest: dict) -> str:
                      f"{int8['free_running_token_agreement']:.4f} free-running over {int8['steps']} steps; "
                      f"max logit error {int8['max_logit_error']:.3g}")
     segments = manifest.get("segments")
-    if segments:
+    if segments and "skipped" in segments.get("agreement", {}):
+        lines.append(f"int8 KV engine: agreement not measured ({segments['agreement']['skipped']})")
+    elif segments:
         a = segments["agreement"]
         lines.append(f"int8 KV engine ({len(segments['graphs'])} step segments, {segments['kv_cache']} K/V cache): "
                      f"token agreement with fp32 {a['teacher_forced_token_agreement']:.4f} teacher-forced, "

@@ -6,10 +6,10 @@ ExportDirError naming the file. Tensor shapes use named dynamic axes (`"rows"`,
 `"positions"`, ...) that the runtime resolves with `TensorSpec.resolve(axes)` to size its
 buffers: plain dictionary lookups, never `eval`.
 
-Layout of manifest.json (format_version 5):
+Layout of manifest.json (format_version 6):
 
     {
-      "format_version": 5, "editgen_version": "0.1.0", "model": "random:tiny",
+      "format_version": 6, "editgen_version": "0.1.0", "model": "random:tiny",
       "dtype": "fp32" | "fp16", "quantize": null | "int8", "opset": 17,
       "shapes": {ModelShapes.to_dict()},
       "tokenizer": "tokenizer.json",
@@ -26,7 +26,11 @@ Layout of manifest.json (format_version 5):
         }, ...
       },
       "encodec": {"min_samples": 2560},
-      "int8": {...}   # only with --quantize int8: agreement with fp32
+      "int8": {...},  # only with --quantize int8: agreement with fp32
+      "segments": {   # only with --quantize int8: the int8 KV engine (editgen.export.segments)
+        "kv_cache": "int8", "graphs": [{"name": "step_segment_00", "file": ..., ...}, ...],
+        "agreement": {...} | {"skipped": "why"}
+      }
     }
 """
 
@@ -50,6 +54,7 @@ from editgen.version import __version__
 #    shapes has audio_channels.
 # 5: self-attention injection: decoder_step takes edit_self_blend [rows, layers] and
 #    edit_self_window [rows].
+# 6: an int8 export also holds the segmented step of the int8 KV engine ("segments").
 FORMAT_VERSION = 6
 MANIFEST_FILE = "manifest.json"
 GRAPHS = ("text_encoder", "cross_kv", "decoder_step", "encodec_decode", "encodec_encode")

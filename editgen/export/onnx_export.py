@@ -93,9 +93,12 @@ def export_engine(loaded, out_dir: str | Path, *, dtype: str = "fp32", quantize:
         write_manifest(out, manifest)  # the segmented engine reads it to check itself
         start = time.perf_counter()
         report = manifest["segments"]["agreement"] = segments_agreement(out)
-        log(f"  step segments   int8 KV: teacher-forced token agreement {report['teacher_forced_token_agreement']:.4f}, "
-            f"free-running {report['free_running_token_agreement']:.4f}, max logit error "
-            f"{report['max_logit_error']:.3g} ({time.perf_counter() - start:.1f} s)")
+        if "skipped" in report:
+            log(f"  step segments   int8 KV agreement not measured: {report['skipped']}")
+        else:
+            log(f"  step segments   int8 KV: teacher-forced token agreement "
+                f"{report['teacher_forced_token_agreement']:.4f}, free-running {report['free_running_token_agreement']:.4f}, "
+                f"max logit error {report['max_logit_error']:.3g} ({time.perf_counter() - start:.1f} s)")
 
         start = time.perf_counter()
         quantize_engine_int8(out, manifest, external_data_bytes)

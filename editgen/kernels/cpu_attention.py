@@ -83,12 +83,18 @@ def load() -> ctypes.CDLL:
     return dll
 
 
-def available() -> bool:
+@functools.lru_cache(maxsize=1)
+def build_error() -> str | None:
+    """Why the kernel cannot be used here (one line), or None. Tried once per process."""
     try:
         load()
-    except KernelBuildError:
-        return False
-    return True
+    except KernelBuildError as exc:
+        return str(exc)
+    return None
+
+
+def available() -> bool:
+    return build_error() is None
 
 
 def _ptr(a: np.ndarray, dtype, name: str) -> int:

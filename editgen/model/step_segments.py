@@ -15,7 +15,7 @@ editgen.engine.contract.segment_io):
 
 x, attn: [rows, 1, hidden]; qkv: [rows, 1, 3 * hidden] (q pre-scaled); cross_attn: [rows,
 heads, T] of layer i-1. Chained with the attention between segments, the segments compute
-DecoderStep exactly (tests/test_segmented.py).
+DecoderStep exactly (tests/test_kv8.py).
 """
 
 from __future__ import annotations

@@ -116,12 +116,19 @@ class SegmentedOrtBackend(OrtBackend):
         buf.write[batch.slots] = 1
         edit = phys.edit
         np.multiply(edit.self_blend.T, edit.self_window, out=buf.self_b)  # [layers, n]: b while the window is on
+        injecting = buf.self_b.any(axis=0)
+        if injecting.any():  # the kernel reads the source's probabilities at the row's own positions
+            rows = np.flatnonzero(injecting)
+            assert np.array_equal(phys.positions[edit.src_row[rows]], phys.positions[rows]), "source not in step"
         need = n * self.shapes.num_heads * (pool.positions + cpu_attention.BLOCK)
         if self._scratch.size < need:
             self._scratch = np.zeros(need, np.float32)
 
-        key = (n, id(self.slots), id(pool.k8), id(pool.cross_k), id(self._scratch))
-        if key != self._bound_key:  # a new row count, pool or scratch: bind every segment again
+        # What the segments are bound to: per-row-count buffers, SlotTable buffers (fixed until
+        # open() resets the key) and the pool's cross K/V, which move when it grows in slots.
+        # Pointers, not ids: a new array may get a freed one's id.
+        key = (n, _ptr(pool.cross_k), _ptr(pool.cross_v), pool.cross_k.shape)
+        if key != self._bound_key:  # bind every segment again
             self._bind_all(n, phys, buf)
             self._bound_key = key
         kernel, layers = cpu_attention.load().editgen_kv8_attention, self.shapes.num_layers

@@ -25,7 +25,11 @@
  * `slots` or the threads: a row's result does not depend on what shares its step.
  * head_dim 16, 32, 64 or 128. Compiled with -march=native on the machine that runs it.
  */
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#define EDITGEN_X86 1
+#endif
+#include <pthread.h>
 
 #include <cmath>
 #include <cstddef>
@@ -101,6 +105,26 @@ static void quantize_row(const float *x, int8_t *q, int stride, float *scale) {
   *scale = m / 127.0f;
 }
 
+/* Flush denormals (FTZ, DAZ) on this thread while it computes: tiny probabilities would
+ * stall the FPU. Returns the state to restore. */
+static inline unsigned int flush_denormals() {
+#ifdef EDITGEN_X86
+  const unsigned int csr = _mm_getcsr();
+  _mm_setcsr(csr | 0x8040);
+  return csr;
+#else
+  return 0;
+#endif
+}
+
+static inline void restore_denormals(unsigned int csr) {
+#ifdef EDITGEN_X86
+  _mm_setcsr(csr);
+#else
+  (void)csr;
+#endif
+}
+
 /* The kernel's worker threads. Not OpenMP: libgomp is one per process (torch ships one
  * under the same soname), and whoever loads it first sets its wait policy; with torch's
  * default, idle OpenMP threads spun between calls on the cores onnxruntime needed (a 6 s
@@ -130,15 +154,6 @@ class Workers {
     std::unique_lock<std::mutex> lock(m_);
     done_.wait(lock, [this] { return pending_ == 0; });
     job_ = nullptr;
-  }
-
-  ~Workers() {
-    {
-      std::lock_guard<std::mutex> lock(m_);
-      stop_ = true;
-    }
-    work_.notify_all();
-    for (auto &t : threads_) t.join();
   }
 
  private:
@@ -171,7 +186,11 @@ class Workers {
   bool stop_ = false;
 };
 
-static Workers workers;
+/* Never destroyed: a worker may still be blocked in it when the process exits (the
+ * server's scheduler is a daemon thread). A forked child has none of the parent's threads,
+ * so it starts a new pool. */
+static Workers *workers = new Workers;
+static const int fork_handler = pthread_atfork(nullptr, nullptr, [] { workers = new Workers; });
 
 /* K/V bytes below which one thread does the whole call: waking a second thread (a futex
  * round trip, tens of microseconds) costs more than reading this much. */
@@ -302,13 +321,12 @@ static void attention(int rows, int slots, int heads, int positions, const int64
   /* Each thread takes a contiguous share of the (row, head) items; with self-injection,
    * every item's probabilities are ready before any output uses its source's. */
   auto phase = [&](bool probabilities, bool outputs) {
-    workers.run(team, [&](int me, int size) {
-      const unsigned int csr = _mm_getcsr();
-      _mm_setcsr(csr | 0x8040); /* flush denormals (FTZ, DAZ): tiny probabilities would stall the FPU */
+    workers->run(team, [&](int me, int size) {
+      const unsigned int csr = flush_denormals();
       const int lo = (int)((long)items * me / size), hi = (int)((long)items * (me + 1) / size);
       if (probabilities) a.probabilities(lo, hi, blocks);
       if (outputs) a.outputs(lo, hi, blocks, inject);
-      _mm_setcsr(csr);
+      restore_denormals(csr);
     });
   };
   if (inject) {
