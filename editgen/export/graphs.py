@@ -16,6 +16,7 @@ from torch import nn
 
 from editgen.engine.config import ModelShapes
 from editgen.engine.contract import DYNAMIC_AXES, STEP_EDIT_INPUTS, STEP_OUTPUTS, step_input_names, step_kv_names
+from editgen.engine.edit.step_inputs import EditStepInputs
 from editgen.model.codec import decode_codes, encode_audio
 from editgen.model.step_module import CrossKV, DecoderStep
 
@@ -82,6 +83,21 @@ class StepGraph(nn.Module):
         return self.step(codes, positions, past[0::2], past[1::2], cross[0::2], cross[1::2], text_mask, *edit)
 
 
+def example_text_mask(rows: int, T: int) -> torch.Tensor:
+    """int64 [rows, T] for example inputs: the conditional half prompts of various lengths,
+    the null half all 0."""
+    mask = torch.zeros(rows, T, dtype=torch.int64)
+    for r in range(rows // 2):
+        mask[r, : 2 + (5 * r) % (T - 2)] = 1
+    return mask
+
+
+def identity_edit(rows: int, shapes: ModelShapes, names: tuple[str, ...]) -> tuple[torch.Tensor, ...]:
+    """The engine's identity edit inputs (EditStepInputs.identity) under graph input `names`."""
+    feed = EditStepInputs.identity(rows, shapes.max_text_tokens, shapes.num_layers, shapes.num_heads).as_feed()
+    return tuple(torch.from_numpy(feed[name]) for name in names)
+
+
 @dataclasses.dataclass
 class GraphDef:
     """How to export one graph: the module, IO names, dynamic axes, and example inputs
@@ -117,16 +133,10 @@ def graph_defs(model, shapes: ModelShapes, prompts: tuple[tuple, ...]) -> list[G
         mask = torch.from_numpy(np.stack([p[1] for p in prompts]).astype(np.int64))
         return [(ids, mask), (ids[:1], mask[:1])]
 
-    def text_mask(rows):
-        mask = torch.zeros(rows, T, dtype=torch.int64)
-        for r in range(rows // 2):  # conditional half: prompts of various lengths; null half: 0
-            mask[r, : 2 + (5 * r) % (T - 2)] = 1
-        return mask
-
     def cross_examples():
         out = []
         for rows in (4, 2):
-            mask = text_mask(rows)
+            mask = example_text_mask(rows, T)
             out.append((randn(rows, T, s.text_hidden_size) * mask[..., None], mask))
         return out
 
@@ -135,16 +145,13 @@ def graph_defs(model, shapes: ModelShapes, prompts: tuple[tuple, ...]) -> list[G
         rows_cond = rows // 2
         codes = torch.randint(0, s.vocab_size + 1, (rows, K), generator=gen)
         past = tuple(randn(rows, H, capacity, D) for _ in range(2 * L))  # K, V per layer
-        mask = text_mask(rows)
+        mask = example_text_mask(rows, T)
         # As CrossKV gives them: masked text positions (all of a null row) are exact zeros.
         keep = mask[:, None, :, None].float()
         cross = tuple(randn(rows, H, T, D) * keep for _ in range(2 * L))
         kv = (*past, *cross)
         if not edited:  # identity edit inputs (plain generation)
-            return (codes, positions, *kv, mask, torch.arange(rows),
-                    torch.eye(T).repeat(rows, 1, 1), torch.ones(rows, T), torch.ones(rows, T),
-                    torch.zeros(rows, T), torch.ones(rows, L), torch.zeros(rows), torch.zeros(L, rows, H, T),
-                    torch.zeros(rows, L), torch.zeros(rows))
+            return (codes, positions, *kv, mask, *identity_edit(rows, s, STEP_EDIT_INPUTS))
         src = torch.arange(rows)
         src[1:rows_cond] = torch.randint(0, rows_cond, (rows_cond - 1,), generator=gen)
         mapper = torch.softmax(randn(rows, T, T) * 3, dim=-1)  # row-stochastic

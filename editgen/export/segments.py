@@ -20,7 +20,7 @@ import torch
 
 from editgen.engine.config import ModelShapes
 from editgen.engine.contract import SEGMENT_EDIT_INPUTS, segment_io
-from editgen.export.graphs import GraphDef
+from editgen.export.graphs import GraphDef, example_text_mask, identity_edit
 from editgen.export.onnx_export import export_graph
 from editgen.export.quantize import quantize_step_graph
 from editgen.model.step_module import DecoderStep
@@ -36,13 +36,9 @@ def segment_defs(model, shapes: ModelShapes) -> list[GraphDef]:
     gen = torch.Generator().manual_seed(0)
 
     def edit(rows, edited):
-        mask = torch.zeros(rows, T, dtype=torch.int64)
-        for r in range(rows // 2):  # conditional half: prompts of various lengths; null half: 0
-            mask[r, : 2 + (5 * r) % (T - 2)] = 1
+        mask = example_text_mask(rows, T)
         if not edited:
-            return mask, (torch.arange(rows), torch.eye(T).repeat(rows, 1, 1), torch.ones(rows, T),
-                          torch.ones(rows, T), torch.zeros(rows, T), torch.ones(rows, L), torch.zeros(rows),
-                          torch.zeros(L, rows, H, T))
+            return mask, identity_edit(rows, s, SEGMENT_EDIT_INPUTS)
         rand = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
         src = torch.tensor([0, 0, 2, 2] if rows == 4 else [0] * rows)
         use_captured = torch.zeros(rows)
