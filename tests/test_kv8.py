@@ -159,7 +159,7 @@ def test_segments_chained_with_fp32_attention_equal_decoder_step():
         terms = step.edit_terms(*edit, self_blend, self_window)
         maps = []
         for i in range(L):
-            attn, _ = step._self_attention(step.layers[i].self_attn, qkv, past[2 * i], past[2 * i + 1], bias, i, terms)
+            attn, _ = step._self_attention(qkv, past[2 * i], past[2 * i + 1], bias, i, terms)
             out = segments[i + 1](x, attn, cross[2 * i], cross[2 * i + 1], mask, *edit)
             maps.append(out[-1])
             x, qkv = out[0], out[1] if i + 1 < L else None

@@ -196,9 +196,9 @@ def test_cross_reference_is_the_decoder_steps_formula(tiny):
     seen = {"self": [], "cross": []}
     self_attention, cross_attention = step._self_attention, step._cross_attention
 
-    def spy_self(attn, h, *args):
-        result = self_attention(attn, h, *args)
-        seen["self"].append((attn, h, result))
+    def spy_self(qkv, *args):
+        result = self_attention(qkv, *args)
+        seen["self"].append((qkv, result))
         return result
 
     def spy_cross(attn, h, *args):
@@ -221,7 +221,7 @@ def test_cross_reference_is_the_decoder_steps_formula(tiny):
             torch.testing.assert_close(p, p_model[:, :, 0], atol=1e-6, rtol=1e-5)
             torch.testing.assert_close(attn.out_proj(out.reshape(rows, 1, heads * D)), out_model, **F32)
 
-            attn, qkv, (out_model, kv) = seen["self"][i]  # qkv: the layer's q, k, v projections
+            qkv, (out_model, kv) = seen["self"][i]  # qkv: the layer's q, k, v projections
             q = qkv[..., : heads * D].reshape(rows, heads, D)
             out = decode_self_attention_ref(q, kv[:, 0], kv[:, 1], past_k[i].clone(), past_v[i].clone(),
                                             torch.arange(rows), positions, c["src_row"], self_blend[:, i] * self_window,

@@ -112,9 +112,8 @@ class DecoderStep(nn.Module):
                                edit_use_captured, edit_captured, edit_self_blend, edit_self_window)
 
         new_kv, probs = [], []
-        for i, layer in enumerate(self.layers):
-            attn, kv = self._self_attention(layer.self_attn, self.qkv_projection(i, x), past_keys[i], past_values[i],
-                                            self_bias, i, edit)
+        for i in range(len(self.layers)):
+            attn, kv = self._self_attention(self.qkv_projection(i, x), past_keys[i], past_values[i], self_bias, i, edit)
             x, p = self.layer_tail(i, x, attn, cross_keys[i], cross_values[i], cross_bias, edit)
             new_kv.append(kv)
             probs.append(p)
@@ -202,7 +201,7 @@ class DecoderStep(nn.Module):
         s = q @ k.transpose(-1, -2)
         return s if self.q_scale == 1.0 else s * self.q_scale
 
-    def _self_attention(self, attn, qkv, k_cache, v_cache, bias, layer_index, e: "_EditTerms"):
+    def _self_attention(self, qkv, k_cache, v_cache, bias, layer_index, e: "_EditTerms"):
         """qkv: [rows, 1, 3 * hidden] (qkv_projection); k_cache, v_cache: [rows, heads, capacity,
         head_dim]; bias: [rows, 1, 1, capacity]. Returns the attention output, heads merged
         ([rows, 1, hidden], before the out projection), and this position's K, V: [rows, 2,

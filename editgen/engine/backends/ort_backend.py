@@ -253,11 +253,14 @@ class OrtBackend:
     def close(self) -> None:
         self._sessions.clear()
         self._text = self._cross = self._step = None
+        self._close_step()
+        self.slots = self.pool = None
+
+    def _close_step(self) -> None:  # what _open_step set up
         self._binding = None
         self._outputs = {}
         self._bound.clear()
         self._kv_key = None
-        self.slots = self.pool = None
 
     def __enter__(self):
         return self
