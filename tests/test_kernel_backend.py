@@ -100,8 +100,7 @@ def _edit_run(backend, targets):
     batch = EditBatch(plans, cfg=True, num_heads=backend.shapes.num_heads)
     maps = FullMaps()
     prompts = [plans[0].source] + [p.target for p in plans]
-    codes = generate_codes(backend, prompts, greedy(guidance_scale=3.0), edits=batch, recorders=[maps],
-                           progress=False).codes
+    codes = generate_codes(backend, prompts, greedy(guidance_scale=3.0), edits=batch, recorders=[maps]).codes
     return codes, maps.array()
 
 
@@ -125,8 +124,8 @@ def test_captured_mode_matches_torch():
     spec = [EditSpec(source=SRC, target="lofi guitar with warm drums", setting="hard")]
     out = {}
     for name, backend in (("torch", torch_backend(SPEC)), ("triton", kernel_backend())):
-        cap = capture_source(backend, SRC, greedy(guidance_scale=3.0), dtype=np.float32, progress=False)
-        out[name] = cap, edit_from_capture(backend, cap, spec, progress=False)
+        cap = capture_source(backend, SRC, greedy(guidance_scale=3.0), dtype=np.float32)
+        out[name] = cap, edit_from_capture(backend, cap, spec)
     (tc, te), (kc, ke) = out["torch"], out["triton"]
     np.testing.assert_array_equal(kc.codes, tc.codes)
     np.testing.assert_allclose(kc.maps, tc.maps, **MAPS_TOL)

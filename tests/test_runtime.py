@@ -89,7 +89,7 @@ def test_public_api_imports_no_torch():
 
 
 def test_python_api_generate(tiny_backend):
-    song = editgen.generate(tiny_backend, "lofi piano", editgen.GenerationOptions(seconds=0.5), progress=False)
+    song = editgen.generate(tiny_backend, "lofi piano", editgen.GenerationOptions(seconds=0.5))
     assert song.codes.shape == (4, 25) and song.sample_rate == 32000
     assert song.wav.shape == (1, 25 * 640) and np.isfinite(song.wav).all()
 
