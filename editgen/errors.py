@@ -14,6 +14,24 @@ class InvalidRequestError(EditGenError, ValueError):
     code = "invalid_request"
 
 
+class WindowError(InvalidRequestError):
+    """A long-form window length or context out of range."""
+
+    code = "invalid_window"
+
+
+class TooLongError(InvalidRequestError):
+    """A song longer than the configured maximum."""
+
+    code = "too_long"
+
+
+class AudioTooLongError(TooLongError):
+    """An audio file longer than the configured maximum."""
+
+    code = "audio_too_long"
+
+
 class CheckpointError(EditGenError):
     """A model checkpoint is missing, corrupt or unreachable."""
 

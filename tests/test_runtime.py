@@ -13,7 +13,7 @@ from editgen.cli import main
 from editgen.engine.delay import DelayPattern
 from editgen.engine.hooks import ForceFrames
 from editgen.engine.sampling import Sampler, classifier_free_guidance
-from editgen.errors import CheckpointError, InvalidRequestError
+from editgen.errors import CheckpointError, InvalidRequestError, TooLongError
 from tests.conftest import loaded_model
 
 
@@ -89,9 +89,11 @@ def test_classifier_free_guidance_formula():
 def test_force_frames_respects_the_delay():
     pattern = DelayPattern(4, 12, 2048)  # 8 frames
     source = np.arange(32).reshape(4, 8)
-    force = ForceFrames(pattern, [1], np.arange(8) < 3, source_codes=source)
+    force = ForceFrames([1], np.arange(8) < 3, source_codes=source)
     codes = np.full((2, 4), -1)
-    force(5, codes)  # position 5 holds frames 4, 3, 2, 1 for codebooks 0..3
+    frames = np.where(pattern.forced[:, 5], -1, pattern.frame_of(5))
+    assert frames.tolist() == [4, 3, 2, 1]  # position 5 holds frames 4, 3, 2, 1 for codebooks 0..3
+    force(frames, codes)
     assert codes[0].tolist() == [-1] * 4
     assert codes[1].tolist() == [-1, -1, source[2, 2], source[3, 1]]
 
@@ -111,11 +113,13 @@ def test_cli_generate_writes_wav(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.wav"]  # no temporary left
 
 
-def test_seconds_beyond_positions_is_rejected(tiny):
-    opts = editgen.GenerationOptions(seconds=41.0)
-    with pytest.raises(InvalidRequestError, match=r"ask for at most 40\.9"):
-        opts.frames(tiny.shapes)
-    editgen.GenerationOptions(seconds=40.9).frames(tiny.shapes)  # 2045 frames + 3 = 2048 positions
+def test_seconds_beyond_the_maximum_are_rejected(tiny):
+    """The longest song is a setting (600 s by default), not the decoder's 2048 positions."""
+    with pytest.raises(TooLongError, match=r"longer than the maximum of 600 s: ask for at most 600 s"):
+        editgen.GenerationOptions(seconds=600.5).frames(tiny.shapes)
+    assert editgen.GenerationOptions(seconds=600.0).frames(tiny.shapes) == 30000
+    with pytest.raises(TooLongError, match=r"maximum of 60 s"):
+        editgen.GenerationOptions(seconds=61).frames(tiny.shapes, max_seconds=60)
     with pytest.raises(InvalidRequestError, match=r"at least 0\.08 s"):
         editgen.GenerationOptions(seconds=0.05).frames(tiny.shapes)
 

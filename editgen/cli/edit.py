@@ -120,7 +120,7 @@ def _run_edit(backend, args, spec, options, capture, region, clip):
     rate = backend.shapes.frame_rate
     if capture is not None:
         note_region(region, capture.codes.shape[-1], rate)
-        rerun = rerun_note([spec])
+        rerun = rerun_note([spec], capture)
         if rerun:
             note(rerun)
         return edit_from_capture(backend, capture, [spec], region=region, observers=observers), "captured"

@@ -1,6 +1,8 @@
 """Captured source maps on disk: one .npz with the source's cross-attention maps, its
 codes and the settings they were made with, so many targets can be edited from it
-without running the source again."""
+without running the source again. A source longer than one window is captured without
+maps (they would not fit in memory): its edits run the source again, teacher-forced on
+the captured codes (jobs.long_capture)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,10 @@ from editgen.engine.config import ModelShapes
 from editgen.engine.options import GenerationOptions
 from editgen.errors import InvalidRequestError, first_line
 
-FORMAT_VERSION = 1
+# 2: maps optional (long sources), the options carry window_seconds and context_seconds.
+# 1 is read too: made before windows, its source ran as one window of up to the model's length.
+FORMAT_VERSION = 2
+READS = (1, 2)
 MAP_DTYPES = {"fp16": np.float16, "fp32": np.float32}  # precisions a capture stores its maps in
 
 
@@ -24,16 +29,19 @@ MAP_DTYPES = {"fp16": np.float16, "fp32": np.float32}  # precisions a capture st
 class SourceCapture:
     prompt: str
     codes: np.ndarray  # int64 [K, frames]
-    maps: np.ndarray  # float16 or float32 [steps, layers, heads, T] conditional source maps
+    maps: np.ndarray | None  # float16 or float32 [steps, layers, heads, T] conditional source maps; None: long
     options: GenerationOptions
     shapes: ModelShapes
 
     def save(self, path: str | Path) -> None:
         meta = {"format_version": FORMAT_VERSION, "prompt": self.prompt,
                 "options": dataclasses.asdict(self.options), "shapes": self.shapes.to_dict()}
+        arrays = {"codes": self.codes, "meta": np.array(json.dumps(meta))}
+        if self.maps is not None:
+            arrays["maps"] = self.maps
         # Masked text positions are exact zeros: compression roughly halves the file.
         with open(path, "wb") as f:
-            np.savez_compressed(f, codes=self.codes, maps=self.maps, meta=np.array(json.dumps(meta)))
+            np.savez_compressed(f, **arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> "SourceCapture":
@@ -48,13 +56,13 @@ class SourceCapture:
             with np.load(path, allow_pickle=False) as data:
                 # Any .npz opens; only ours has these arrays. Checked before reading, so an
                 # npz of object arrays is not answered with numpy's allow_pickle advice.
-                missing = [k for k in ("codes", "maps", "meta") if k not in data.files]
+                missing = [k for k in ("codes", "meta") if k not in data.files]
                 if missing:
                     raise InvalidRequestError(
                         f"{path} is not an editgen capture (no {', '.join(missing)} in it): "
                         "make one with `editgen capture`")
                 meta = json.loads(str(data["meta"]))
-                codes, maps = data["codes"], data["maps"]
+                codes, maps = data["codes"], (data["maps"] if "maps" in data.files else None)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
             if isinstance(exc, InvalidRequestError):
                 raise
@@ -66,16 +74,22 @@ class SourceCapture:
         if not isinstance(meta, dict):
             raise InvalidRequestError(f"{path} is not an editgen capture (its meta is not a settings object): "
                                       "make one with `editgen capture`")
-        if meta.get("format_version") != FORMAT_VERSION:
+        if meta.get("format_version") not in READS:
             raise InvalidRequestError(f"capture file {path} has format {meta.get('format_version')}, "
-                                      f"this version reads {FORMAT_VERSION}: capture the source again")
+                                      f"this version reads {' and '.join(map(str, READS))}: capture the source again")
         try:
             shapes = ModelShapes.from_dict(meta["shapes"])
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidRequestError(f"capture file {path} has malformed model shapes ({first_line(exc)}): "
                                       "capture the source again") from None
+        options = meta["options"]
+        if meta["format_version"] == 1:  # one window of up to the model's length
+            options = {**options, "window_seconds": shapes.max_seconds}
+        if maps is None and meta["format_version"] == 1:
+            raise InvalidRequestError(f"{path} is not an editgen capture (no maps in it): "
+                                      "make one with `editgen capture`")
         return cls(prompt=meta["prompt"], codes=codes.astype(np.int64), maps=maps,
-                   options=GenerationOptions(**meta["options"]), shapes=shapes)
+                   options=GenerationOptions(**options), shapes=shapes)
 
     def check_compatible(self, backend, specs: Sequence) -> None:
         if self.shapes != backend.shapes:

@@ -111,7 +111,9 @@ class EngineCore:
                     request.advance(maps, codes=out.codes[code_row: code_row + request.rows_cond])
                 else:
                     request.advance(maps, logits=out.logits[row: row + request.rows])
-            except Exception as exc:  # a hook's error is that request's
+                if request.new_window:
+                    self._readmit(request)
+            except Exception as exc:  # a hook's (or the next window's admission) error is that request's
                 self._fail(request, exc)
             if request.done:
                 if request in self.running:
@@ -149,14 +151,23 @@ class EngineCore:
         return failed
 
     def _admit(self, request: Request, slots: np.ndarray) -> None:
-        """The request's text and static edit tensors, into its slots (once)."""
+        """The request's text and static edit tensors, into its slots (once per window)."""
         ids = np.stack([p.ids for p in request.prompts])  # [rows_cond, T]
         mask = np.stack([p.mask for p in request.prompts])
         hidden = self.backend.encode_text(ids, mask)  # [rows_cond, T, text_hidden]
         if request.layout.cfg:  # null conditioning: zero states, zero mask (as transformers)
             hidden = np.concatenate([hidden, np.zeros_like(hidden)])
             mask = np.concatenate([mask, np.zeros_like(mask)])
+        request.text_states = (hidden, mask)  # [rows, T, text_hidden], [rows, T]: kept for its next windows
         self.backend.admit(slots, hidden, mask, request.edits.row_inputs)
+
+    def _readmit(self, request: Request) -> None:
+        """A long request's next window starts again at position 0: its slots are released
+        and admitted again (cross K/V from the kept text states, static edit tensors), so
+        their self-attention caches start empty. The slots stay the request's."""
+        request.new_window = False
+        self.backend.release(request.slots)
+        self.backend.admit(request.slots, *request.text_states, request.edits.row_inputs)
 
     def _batch(self) -> tuple[StepBatch, list[tuple[int, int, int]]]:
         """The running requests' rows, in order: what changes per step only. spans: (first

@@ -33,11 +33,15 @@ def region_note(region, frames: int, frame_rate: int) -> str | None:
     return None
 
 
-def rerun_note(specs) -> str | None:
-    """Captured mode with self-attention injection runs the source row again (jobs.reruns_source)."""
-    from editgen.engine.jobs import reruns_source
+def rerun_note(specs, capture) -> str | None:
+    """Captured mode with self-attention injection, or from a long capture, runs the source
+    row again (jobs.reruns_source)."""
+    from editgen.engine.jobs import long_capture, reruns_source
 
-    if reruns_source(specs):
-        return ("self-attention injection needs the source's self-attention, which a capture does not store: "
-                "the source row runs again, teacher-forced on the captured codes")
-    return None
+    if not reruns_source(specs, capture):
+        return None
+    if long_capture(capture):
+        return ("the capture is longer than one window and holds no maps: the source row runs again, "
+                "teacher-forced on the captured codes")
+    return ("self-attention injection needs the source's self-attention, which a capture does not store: "
+            "the source row runs again, teacher-forced on the captured codes")

@@ -129,7 +129,7 @@ class _Paired:
         self.max_error = max(self.max_error, float(np.abs(out.logits - ref_logits).max()))
         return out
 
-    def force(self, position: int, codes: np.ndarray) -> None:
+    def force(self, frames: np.ndarray, codes: np.ndarray) -> None:
         self.agree += int((codes == self._ref_choice).sum())
         self.total += codes.size
         codes[...] = self._ref_choice

@@ -100,7 +100,7 @@ class JobFactory:
         if capture is not None:
             notes.append(region_note(region, capture.codes.shape[-1], rate))
             job = edit_from_capture_job(self.backend, capture, [spec], region=region)
-            rerun = rerun_note([spec])  # then rows are [source, target], as paired
+            rerun = rerun_note([spec], capture)  # then rows are [source, target], as paired
             if rerun:
                 notes.append(rerun)
             tracks = [Track("edited", "target_1"), Track("source", "source")]

@@ -82,7 +82,7 @@ class Ticket:
 
     @property
     def frames(self) -> int:
-        return self.request.pattern.frames
+        return self.request.frames
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop, self.events = loop, asyncio.Queue()
