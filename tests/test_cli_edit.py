@@ -181,6 +181,48 @@ def test_region_edit_both_modes(tmp_path):
     np.testing.assert_array_equal(edt[:, ~inside], src[:, ~inside])
 
 
+# ---------------------------------------------------------------- long-form
+
+WINDOWS = ["--window-seconds", "2", "--context-seconds", "0.6", "--no-progress"]
+
+
+def test_long_audio_edit_then_capture_and_edit_from_it(tmp_path, capsys):
+    """A 7 s recording with 2 s windows (5 windows), a region across a seam: the edit
+    completes with W and C and the windows recorded; a capture of the same audio keeps no
+    maps and its edit re-runs the source, giving the same edit."""
+    song = tmp_path / "song.wav"
+    t = np.arange(32000 * 7) / 32000
+    sf.write(song, (0.3 * np.sin(2 * np.pi * 220 * t * (1 + 0.2 * t))).astype(np.float32), 32000)
+    out = tmp_path / "out"
+    assert run("edit", *MODEL, "--audio", song, "--source", SOURCE, "--target", TARGET, "--region", "1.5:3.1",
+               *WINDOWS, "-o", out) == 0
+    assert "5 windows" in capsys.readouterr().out
+    meta, source, edited, rate = read_outputs(out)
+    assert (meta["options"]["window_seconds"], meta["options"]["context_seconds"]) == (2.0, 0.6)
+    assert meta["long_form_windows"][:2] == [[0.0, 0.0, 2.0], [1.4, 2.0, 3.4]] and len(meta["long_form_windows"]) == 5
+    assert source.shape == edited.shape == (7 * 32000,) and rate == 32000
+    cap = tmp_path / "song.npz"
+    assert run("capture", *MODEL, "--audio", song, "--source", SOURCE, *WINDOWS, "-o", cap) == 0
+    assert "no maps: longer than one window" in capsys.readouterr().out
+    out2 = tmp_path / "from_capture"
+    assert run("edit", *MODEL, "--capture", cap, "--target", TARGET, "--region", "1.5:3.1", "--no-progress",
+               "-o", out2) == 0
+    assert "holds no maps: the source row runs again" in capsys.readouterr().err
+    assert read_outputs(out2)[0]["edited_codes"] == meta["edited_codes"]
+
+
+def test_long_generate_writes_the_apis_audio(tmp_path, tiny_backend):
+    from editgen.engine.audio import write_wav
+    from editgen.engine.jobs import generate
+    from editgen.engine.options import GenerationOptions
+
+    out = tmp_path / "long.wav"
+    assert run("generate", *MODEL, "--prompt", SOURCE, "--seconds", "4", *WINDOWS, "-o", out) == 0
+    song = generate(tiny_backend, SOURCE, GenerationOptions(seconds=4.0, window_seconds=2.0, context_seconds=0.6))
+    write_wav(tmp_path / "api.wav", song.wav, song.sample_rate)
+    assert out.read_bytes() == (tmp_path / "api.wav").read_bytes()
+
+
 # ---------------------------------------------------------------- bad input: exit 2, one line, no output
 
 def assert_user_error(capsys, argv, out, expect: str):
@@ -226,7 +268,12 @@ EDIT_BAD = {
     "window order": ((), ["--window", "guitar=0.6:0.2"], "start <= end"),
     "window range": ((), ["--window", "guitar=1.5"], "[0, 1]"),
     "seconds zero": ((), ["--seconds", "0"], "seconds"),
-    "seconds too long": ((), ["--seconds", "100"], "at most"),
+    "seconds too long": ((), ["--seconds", "700"], "700 s is longer than the maximum of 600 s"),
+    "over max seconds": ((), ["--seconds", "30", "--max-seconds", "20"], "longer than the maximum of 20 s"),
+    "window over the model": ((), ["--window-seconds", "41"], "window_seconds 41 is more than the model's 40.90 s"),
+    "negative context": ((), ["--context-seconds", "-1"], "context_seconds must be >= 0"),
+    "window under context + 1": ((), ["--window-seconds", "5", "--context-seconds", "4.5"],
+                                 "at least context_seconds + 1 s"),
     "bad blend": ((), ["--blend", "wobbly"], "blend"),
     "bad self blend": ((), ["--self-blend", "soft"], "self blend 'soft' is not understood"),
     "self blend per layer": ((), ["--self-blend", "0,1,0"], "one value per layer"),
@@ -271,9 +318,9 @@ def test_edit_bad_files(case, tmp_path, capsys, broken_files, made_wav):
         argv, expect = edit_args(out), "cannot write"
     elif case == "audio too long":
         long_wav = tmp_path / "long.wav"
-        tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(32000 * 42) / 32000)
-        sf.write(long_wav, tone.astype(np.float32), 32000)  # 42 s > 40.9 s the model takes
-        argv, expect = argv + ["--audio", long_wav], "at most"
+        tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(32000 * 3) / 32000)
+        sf.write(long_wav, tone.astype(np.float32), 32000)  # 3 s > the 2 s configured
+        argv, expect = argv + ["--audio", long_wav, "--max-seconds", "2"], "3.00 s, longer than the maximum of 2 s"
     assert_user_error(capsys, argv, out, expect)
 
 
@@ -310,19 +357,19 @@ def test_capture_bad_input(case, tmp_path, capsys, broken_files):
 
 # ---------------------------------------------------------------- generate: bad input
 
-@pytest.mark.parametrize("case", ["empty", "seconds 0", "seconds 100", "missing ckpt", "corrupt ckpt",
+@pytest.mark.parametrize("case", ["empty", "seconds 0", "seconds 700", "missing ckpt", "corrupt ckpt",
                                   "unwritable"])
 def test_generate_bad_input(case, tmp_path, capsys, broken_files):
     out = tmp_path / "x.wav"
     model, prompt, seconds = "random:tiny", SOURCE, "0.4"
-    expect = {"empty": "empty", "seconds 0": "seconds", "seconds 100": "at most", "missing ckpt": "not found",
+    expect = {"empty": "empty", "seconds 0": "seconds", "seconds 700": "maximum of 600 s", "missing ckpt": "not found",
               "corrupt ckpt": "corrupt", "unwritable": "does not exist"}[case]
     if case == "empty":
         prompt = "  "
     elif case == "seconds 0":
         seconds = "0"
-    elif case == "seconds 100":
-        seconds = "100"
+    elif case == "seconds 700":
+        seconds = "700"
     elif case == "missing ckpt":
         model = tmp_path / "nope"
     elif case == "corrupt ckpt":

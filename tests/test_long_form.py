@@ -96,7 +96,7 @@ def test_long_real_audio_edit_forces_the_source_on_the_audio_in_every_window(tin
     EngineCore(tiny_backend, max_rows=4, observers=[probe]).run(job.request)
     result = job.result()
     np.testing.assert_array_equal(result.source_codes, audio)
-    plan = job.request.plan
+    plan = job.request.window_plan
     starts = [i for i, (position, _) in enumerate(probe.seen) if position == 0]
     assert len(starts) == len(plan.windows) == 5  # every window starts at position 0 again
     for window, first in zip(plan.windows, starts):

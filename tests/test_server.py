@@ -34,7 +34,7 @@ def client_for(backend_factory=FakeBackend, **config) -> TestClient:
 
 @pytest.fixture(scope="module")
 def client():
-    with client_for(max_rows=16, queue_size=8, max_body_bytes=4096, max_upload_bytes=200_000) as c:
+    with client_for(max_rows=16, queue_size=8, max_body_bytes=4096, max_upload_bytes=200_000, max_seconds=10.0) as c:
         yield c
 
 
@@ -53,9 +53,12 @@ BAD_JSON = [  # (endpoint, body, status, code)
     ("/v1/generate", {**GEN, "prompt": ""}, 400, "invalid_request"),
     ("/v1/generate", {**GEN, "prompt": "piano " * 80}, 400, "invalid_request"),  # over 64 tokens
     ("/v1/generate", {**GEN, "seconds": 0.01}, 400, "invalid_request"),
-    ("/v1/generate", {**GEN, "seconds": 99.0}, 400, "invalid_request"),
+    ("/v1/generate", {**GEN, "seconds": 601.0}, 422, "too_long"),  # over the configured maximum
     ("/v1/generate", {**GEN, "seconds": -1}, 400, "invalid_request"),
-    ("/v1/generate", {**GEN, "seconds": 1e308}, 400, "invalid_request"),  # found by the fuzz: was an OverflowError
+    ("/v1/generate", {**GEN, "seconds": 1e308}, 422, "too_long"),  # found by the fuzz: was an OverflowError
+    ("/v1/generate", {**GEN, "window_seconds": 41.0}, 422, "invalid_window"),  # over the model's 40.9 s
+    ("/v1/generate", {**GEN, "context_seconds": -1.0}, 422, "invalid_window"),
+    ("/v1/edit", {**EDIT, "window_seconds": 5.0, "context_seconds": 4.5}, 422, "invalid_window"),
     ("/v1/generate", {**GEN, "temperature": 0}, 400, "invalid_request"),
     ("/v1/generate", {**GEN, "top_k": 0}, 400, "invalid_request"),
     ("/v1/generate", {**GEN, "seed": -3}, 400, "invalid_request"),
@@ -93,9 +96,8 @@ def test_bad_json_bodies_get_their_status_and_code(client, endpoint, body, statu
 
 
 def test_engine_messages_are_the_clis(client):
-    r = client.post("/v1/generate", json={**GEN, "seconds": 99.0})
-    assert r.json()["error"]["message"] == ("99 s needs 4953 decoder positions, the model has 2048: "
-                                            "ask for at most 40.90 s")
+    r = client.post("/v1/generate", json={**GEN, "seconds": 69.0})
+    assert r.json()["error"]["message"] == "69 s is longer than the maximum of 10 s: ask for at most 10 s"
     r = client.post("/v1/edit", json={**EDIT, "word_weights": {"guitar": 3.0}})
     assert r.json()["error"]["message"] == "word_weights['guitar'] is 3.0, must be in [-2, 2]: pick a value in that range"
 
@@ -136,6 +138,7 @@ def test_body_over_the_limit_is_413_by_length_and_by_stream(client):
     (b"", 400, "bad_audio"),
     (wav_upload(amplitude=0.0), 400, "bad_audio"),  # silent
     (wav_upload(seconds=0.05), 400, "invalid_request"),  # shorter than the codec's 4 frames
+    (wav_upload(seconds=10.5, rate=8000), 413, "audio_too_long"),  # over this server's 10 s
 ])
 def test_bad_uploads(client, audio, status, code):
     r = client.post("/v1/edit/audio", files={"audio": ("a.wav", audio, "audio/wav")},

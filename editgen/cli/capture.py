@@ -20,7 +20,9 @@ def register(sub) -> None:
     p = add_parser(sub, "capture", help="record a source's cross-attention maps for later edits",
                    description="Generate (or, with --audio, teacher-force) a source and store its codes and "
                                "cross-attention maps in one .npz, to edit many targets from with "
-                               "`editgen edit --capture`.")
+                               "`editgen edit --capture`. A source longer than one window (--window-seconds) is "
+                               "stored without maps (they would not fit in memory): its edits run the source "
+                               "again, teacher-forced on its codes.")
     add_model_args(p)
     p.add_argument("--source", required=True, help="source prompt (with --audio: a description of the audio)")
     p.add_argument("--audio", help="capture a real recording: the source is teacher-forced on this WAV's codes")
@@ -41,15 +43,19 @@ def run(args) -> int:
     if out.suffix != ".npz":
         raise InvalidRequestError(f"capture file {out} must end in .npz")
     check_prompt(args.source, "source prompt")  # before the model loads
-    options = generation_options(args)  # validated before the model loads
-    clip = read_source_audio(args.audio) if args.audio is not None else None
+    options = generation_options(args, length_from_audio=args.audio is not None)  # before the model loads
+    clip = read_source_audio(args) if args.audio is not None else None
     with open_from_args(args) as backend:
         note_request(backend, options, {"source prompt": args.source})
-        codes = audio_codes(backend, clip) if clip is not None else None
+        codes = audio_codes(backend, clip, show_progress=not args.no_progress) if clip is not None else None
         capture = capture_source(backend, args.source, options, audio_codes=codes,
-                                 dtype=MAP_DTYPES[args.capture_dtype], observers=step_progress(args))
+                                 dtype=MAP_DTYPES[args.capture_dtype], max_seconds=args.max_seconds,
+                                 observers=step_progress(args))
     with atomic_file(out) as tmp:
         capture.save(tmp)
-    steps = capture.maps.shape[0]
-    print(f"wrote {out} ({capture.codes.shape[-1]} frames, {steps} steps of maps in {args.capture_dtype})")
+    if capture.maps is None:
+        what = "no maps: longer than one window, its edits run the source again"
+    else:
+        what = f"{capture.maps.shape[0]} steps of maps in {args.capture_dtype}"
+    print(f"wrote {out} ({capture.codes.shape[-1]} frames, {what})")
     return 0

@@ -4,9 +4,12 @@ one-line notes a command prints when it changes or ignores something the user ga
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from editgen.engine.options import GenerationOptions
+from editgen.engine.windows import DEFAULT_MAX_SECONDS
+from editgen.errors import InvalidRequestError
 from editgen.engine.request_fields import RequestField, parse_word_items, request_fields
 from editgen.model.presets import PRESETS  # torch-free: names only
 
@@ -92,11 +95,21 @@ def given_fields(cls, args: argparse.Namespace) -> list[str]:
 
 def add_generation_args(p: argparse.ArgumentParser) -> None:
     add_request_args(p, GenerationOptions)
+    p.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS,
+                   help="the longest song accepted (a setting, not the model's 40.9 s: longer than "
+                        "--window-seconds runs as windows); a longer --seconds or --audio is refused")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-def generation_options(args: argparse.Namespace) -> GenerationOptions:
-    return GenerationOptions(**request_kwargs(GenerationOptions, args))
+def generation_options(args: argparse.Namespace, *, length_from_audio: bool = False) -> GenerationOptions:
+    """The request's options, their length checked against --max-seconds (before any model
+    loads) unless the audio gives the length (its file is checked when read)."""
+    if not (math.isfinite(args.max_seconds) and args.max_seconds > 0):
+        raise InvalidRequestError(f"--max-seconds must be a positive number of seconds, got {args.max_seconds:g}")
+    options = GenerationOptions(**request_kwargs(GenerationOptions, args))
+    if not length_from_audio:
+        options.check_length(args.max_seconds)
+    return options
 
 
 def open_from_args(args: argparse.Namespace):

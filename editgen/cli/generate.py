@@ -10,7 +10,7 @@ from editgen.cli.common import (
     note_request,
     open_from_args,
 )
-from editgen.cli.outputs import atomic_file, check_writable_file
+from editgen.cli.outputs import atomic_file, check_writable_file, write_decoded
 from editgen.errors import InvalidRequestError
 
 
@@ -24,9 +24,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from editgen.engine.audio import write_wav
     from editgen.cli.progress import step_progress
-    from editgen.engine.jobs import generate
+    from editgen.engine.core import run_alone
+    from editgen.engine.jobs import generate_job
 
     out = check_writable_file(args.output)
     if out.suffix.lower() != ".wav":
@@ -35,9 +35,13 @@ def run(args) -> int:
     options = generation_options(args)  # validated before the model loads
     with open_from_args(args) as backend:
         note_request(backend, options, {"prompt": args.prompt})
-        result = generate(backend, args.prompt, options, observers=step_progress(args))
-    with atomic_file(out) as tmp:
-        write_wav(tmp, result.wav, result.sample_rate)
-    channels = "stereo, " if result.wav.shape[0] == 2 else ""
-    print(f"wrote {out} ({channels}{result.wav.shape[-1] / result.sample_rate:.2f} s, {result.codes.shape[1]} frames)")
+        job = generate_job(backend, args.prompt, options, max_seconds=args.max_seconds)
+        run_alone(backend, job.request, step_progress(args))
+        codes = job.request.codes()[0]  # [K, frames]
+        with atomic_file(out) as tmp:
+            write_decoded(backend, tmp, codes, show_progress=not args.no_progress)
+        shapes = backend.shapes
+    stereo = "stereo, " if shapes.audio_channels == 2 else ""
+    print(f"wrote {out} ({stereo}{codes.shape[-1] / shapes.frame_rate:.2f} s, {codes.shape[-1]} frames)")
     return 0
+

@@ -1,5 +1,6 @@
 """Atomic output files: write to a temporary sibling, rename on success, so a failed
-command never leaves a half-written file (or directory) behind."""
+command never leaves a half-written file (or directory) behind; decoded audio written
+chunk by chunk."""
 
 from __future__ import annotations
 
@@ -80,3 +81,18 @@ def atomic_dir(path: str | os.PathLike):
             os.replace(item, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_decoded(backend, path: Path, codes, *, show_progress: bool, what: str = "audio") -> None:
+    """Decodes codes [K, frames] chunk by chunk (editgen.engine.codec_chunks) into a WAV at
+    `path`: a long song is never in memory at once; a bar over the chunks when there are
+    several."""
+    from editgen.cli.progress import progress
+    from editgen.engine.audio import write_wav_chunks
+    from editgen.engine.codec_chunks import CodecChunks, decode_chunks
+
+    chunks = CodecChunks()
+    count = len(chunks.spans(codes.shape[-1]))
+    decoded = progress(decode_chunks(backend, codes, chunks), enabled=count > 1 and show_progress,
+                       desc=f"decoding {what}", unit="chunk", total=count)
+    write_wav_chunks(path, decoded, backend.shapes.sample_rate)

@@ -22,15 +22,17 @@ def tqdm_available() -> bool:
     return True
 
 
-def progress(items: Iterable[T], *, enabled: bool, desc: str, unit: str, leave: bool = False) -> Iterable[T]:
-    """`items`, wrapped in a tqdm bar on stderr when `enabled` and tqdm is installed."""
+def progress(items: Iterable[T], *, enabled: bool, desc: str, unit: str, leave: bool = False,
+             total: int | None = None) -> Iterable[T]:
+    """`items`, wrapped in a tqdm bar on stderr when `enabled` and tqdm is installed
+    (`total`: their number, for a generator)."""
     if not enabled:
         return items
     try:
         from tqdm.auto import tqdm
     except ImportError:
         return items
-    return tqdm(items, desc=desc, unit=unit, leave=leave, file=sys.stderr)
+    return tqdm(items, desc=desc, unit=unit, leave=leave, file=sys.stderr, total=total)
 
 
 class _NoBar:
@@ -68,6 +70,9 @@ class StepProgress(StepObserver):
         if self._bar is None:
             total = max(r.steps for r in requests)
             self._bar = self._open(total)
+        long = [r for r in requests if len(r.window_plan.windows) > 1]
+        if long and long[0].step == 0 and hasattr(self._bar, "set_postfix_str"):  # a window starts
+            self._bar.set_postfix_str(f"window {long[0].window_index + 1}/{len(long[0].window_plan.windows)}")
         self._bar.update(1)
         if self._bar.n >= self._bar.total:
             self.close()

@@ -7,6 +7,7 @@ import ipaddress
 import os
 
 from editgen.cli.common import add_model_args, add_parser, note
+from editgen.engine.windows import DEFAULT_MAX_SECONDS
 from editgen.errors import InvalidRequestError
 
 
@@ -26,7 +27,8 @@ def register(sub) -> None:
     g.add_argument("--deadline", type=float, default=300.0, help="seconds a request may take; past it: cancelled, 503")
     g.add_argument("--max-body", type=int, default=64 * 1024, help="largest JSON body in bytes (413)")
     g.add_argument("--max-upload", type=int, default=32 * 1024 * 1024, help="largest audio upload in bytes (413)")
-    g.add_argument("--max-seconds", type=float, help="longest audio a request may ask for (default: the model's)")
+    g.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS,
+                   help="longest song a request may ask for or upload (longer than its window: windows)")
     g.add_argument("--max-capture-mib", type=int, default=512, help="memory for captured sources (LRU)")
     g.add_argument("--shutdown-grace", type=float, default=30.0,
                    help="on SIGTERM/Ctrl-C, seconds in-flight requests get to finish before they are cancelled")

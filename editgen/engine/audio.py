@@ -3,17 +3,19 @@ resampled where asked; written as 16-bit WAV with one or two channels."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
-import math
 from math import gcd
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from editgen.errors import AudioError, first_line
+from editgen.engine.windows import DEFAULT_MAX_SECONDS
+from editgen.errors import AudioError, AudioTooLongError, first_line
 
 # A clip whose loudest frame is below this is treated as silent: a silent source gives
 # an edit nothing to keep, and metrics on it would measure noise.
@@ -41,9 +43,26 @@ class Clip:
 
 def write_wav(path: str | Path, wav: np.ndarray, sample_rate: int) -> None:
     """wav: [channels, samples] (or [samples], mono) float32 in [-1, 1] (clipped)."""
-    wav = np.clip(wav, -1.0, 1.0).astype(np.float32)
-    frames = wav.T if wav.ndim == 2 else wav  # soundfile takes [samples, channels]
-    sf.write(str(path), frames, sample_rate, subtype="PCM_16", format="WAV")
+    write_wav_chunks(path, [wav if wav.ndim == 2 else wav[None]], sample_rate)
+
+
+def write_wav_chunks(path: str | Path, chunks: Iterable[np.ndarray], sample_rate: int) -> None:
+    """chunks: float32 [channels, samples] each, in [-1, 1] (clipped), written as they come:
+    a long song is never in memory at once."""
+    with contextlib.ExitStack() as stack:
+        out = None
+        for wav in chunks:
+            if out is None:  # soundfile takes [samples, channels]
+                out = stack.enter_context(sf.SoundFile(str(path), "w", sample_rate, wav.shape[0], "PCM_16",
+                                                       format="WAV"))
+            out.write(np.clip(wav, -1.0, 1.0).astype(np.float32).T)
+
+
+def check_length(seconds: float, max_seconds: float, name: str) -> None:
+    """An audio file longer than the longest song accepted (a setting: --max-seconds)."""
+    if seconds > max_seconds:
+        raise AudioTooLongError(f"audio {name} is {seconds:.2f} s, longer than the maximum of {max_seconds:g} s: "
+                                "trim it")
 
 
 def check_audio_file(path: str | Path) -> None:
@@ -58,10 +77,11 @@ def check_audio_file(path: str | Path) -> None:
         raise AudioError(f"cannot read audio {path}: {first_line(exc)} (give a WAV, FLAC or OGG file)") from None
 
 
-def read_clip(path: str | Path) -> Clip:
+def read_clip(path: str | Path, max_seconds: float = DEFAULT_MAX_SECONDS) -> Clip:
     """Any file soundfile reads -> mono float32 at the file's rate; every problem a user
-    can cause is an AudioError naming the file."""
+    can cause is an AudioError naming the file (a file over `max_seconds`: before decoding)."""
     check_audio_file(path)
+    check_length(sf.info(str(path)).duration, max_seconds, str(path))
     return _decode(str(path), str(path))
 
 
@@ -83,9 +103,7 @@ def read_clip_bytes(data: bytes, name: str, max_seconds: float) -> Clip:
     if not (0 < info.samplerate <= MAX_UPLOAD_RATE) or not (0 < info.channels <= MAX_UPLOAD_CHANNELS):
         raise AudioError(f"audio {name} claims {info.samplerate} Hz and {info.channels} channels: give a file "
                          f"of at most {MAX_UPLOAD_RATE} Hz and {MAX_UPLOAD_CHANNELS} channels")
-    seconds = info.frames / info.samplerate
-    if seconds > max_seconds:
-        raise AudioError(f"audio {name} is {seconds:.2f} s, the model takes at most {max_seconds:.2f} s: trim it")
+    check_length(info.frames / info.samplerate, max_seconds, name)
     return _decode(io.BytesIO(data), name)
 
 
@@ -128,32 +146,22 @@ def model_channels(clip: Clip, channels: int) -> tuple[np.ndarray, str | None]:
 
 def prepare_source(clip: Clip, shapes) -> tuple[np.ndarray, list[str]]:
     """A source clip -> (float32 [channels, samples] at the model's rate and channels,
-    notes on what was converted); a clip longer than the model takes is an AudioError
-    (before encoding: EnCodec on a long file is slow)."""
+    notes on what was converted). Its length was checked when it was read."""
     data, channel_note = model_channels(clip, shapes.audio_channels)  # [channels, n]
     notes = [channel_note] if channel_note else []
     if clip.sample_rate != shapes.sample_rate:
         notes.append(f"audio {clip.path} is {clip.sample_rate} Hz: resampled to the model's {shapes.sample_rate} Hz")
     wav = np.stack([resample(channel, clip.sample_rate, shapes.sample_rate) for channel in data])
-    if math.ceil(wav.shape[-1] * shapes.frame_rate / shapes.sample_rate) > shapes.max_frames:
-        raise _too_long(clip, wav.shape[-1], shapes)
     return wav, notes
 
 
-def check_source_codes(clip: Clip, wav: np.ndarray, codes: np.ndarray, shapes) -> str:
+def check_source_codes(clip: Clip, codes: np.ndarray, shapes) -> str:
     """Checks the encoded source codes [K, frames]; returns the note on the duration."""
     frames = codes.shape[-1]
     if frames < 1:
         raise AudioError(f"audio {clip.path} is too short: it gives no frame at {shapes.frame_rate} frames/s")
-    if frames > shapes.max_frames:
-        raise _too_long(clip, wav.shape[-1], shapes)
     return (f"the duration comes from the audio ({frames / shapes.frame_rate:.2f} s, {frames} frames); "
             "--seconds is ignored")
-
-
-def _too_long(clip: Clip, samples: int, shapes) -> AudioError:
-    return AudioError(f"audio {clip.path} is {samples / shapes.sample_rate:.2f} s, the model takes at most "
-                      f"{shapes.max_seconds:.2f} s: trim it")
 
 
 def read_mono(path: str | Path) -> tuple[np.ndarray, int]:

@@ -44,7 +44,8 @@ class CodecChunks:
     lookahead: int = LOOKAHEAD_FRAMES
 
     def __post_init__(self):
-        assert self.chunk >= 1 and self.overlap >= 0 and self.lookahead >= 0, self
+        # overlap >= 4: a chunk's input is then longer than the 4 frames EnCodec needs
+        assert self.chunk >= 1 and self.overlap >= 4 and self.lookahead >= 0, self
 
     @classmethod
     def of_seconds(cls, seconds: float, frame_rate: int) -> "CodecChunks":
@@ -56,18 +57,14 @@ class CodecChunks:
         return [Span(k, min(k + self.chunk, frames), max(0, k - self.overlap),
                      min(frames, k + self.chunk + self.lookahead)) for k in range(0, frames, self.chunk)]
 
-    def span_at(self, frame: int, frames: int) -> Span:
-        """The span that keeps `frame`."""
-        return self.spans(frames)[frame // self.chunk if frames > self.chunk else 0]
 
-
-def decode_span(backend, codes: np.ndarray, span: Span, keep_end: int | None = None) -> np.ndarray:
-    """codes: [K, >= span.end - span.start] from frame span.start -> float32 [channels,
-    samples] of frames [span.keep_start, keep_end or span.keep_end)."""
+def decode_span(backend, codes: np.ndarray, span: Span) -> np.ndarray:
+    """codes: [K, span.end - span.start], frames from span.start -> float32 [channels, samples]
+    of frames [span.keep_start, span.keep_end)."""
     hop = backend.shapes.sample_rate // backend.shapes.frame_rate
-    wav = backend.decode_audio(codes[None, :, : span.end - span.start])[0]  # [channels, samples]
-    end = span.keep_end if keep_end is None else keep_end
-    return wav[:, (span.keep_start - span.start) * hop: (end - span.start) * hop]
+    assert codes.shape[-1] == span.end - span.start, (codes.shape, span)
+    wav = backend.decode_audio(codes[None])[0]  # [channels, samples]
+    return wav[:, (span.keep_start - span.start) * hop: (span.keep_end - span.start) * hop]
 
 
 def decode_chunks(backend, codes: np.ndarray, chunks: CodecChunks = CodecChunks()) -> Iterator[np.ndarray]:
@@ -81,13 +78,15 @@ def decode(backend, codes: np.ndarray, chunks: CodecChunks = CodecChunks()) -> n
     return np.concatenate(list(decode_chunks(backend, codes, chunks)), axis=-1)
 
 
-def encode(backend, wav: np.ndarray, chunks: CodecChunks = CodecChunks()) -> np.ndarray:
-    """wav: float32 [channels, samples] at the model's rate -> codes int64 [K, ceil(samples / hop)],
-    chunk by chunk."""
+def encode_chunks(backend, wav: np.ndarray, chunks: CodecChunks = CodecChunks()) -> Iterator[np.ndarray]:
+    """wav: float32 [channels, samples] at the model's rate -> codes int64 [K, f] per chunk, in
+    order (ceil(samples / hop) frames in all)."""
     hop = backend.shapes.sample_rate // backend.shapes.frame_rate
-    frames = -(-wav.shape[-1] // hop)
-    parts = []
-    for span in chunks.spans(frames):
+    for span in chunks.spans(-(-wav.shape[-1] // hop)):
         codes = backend.encode_audio(np.ascontiguousarray(wav[:, span.start * hop: span.end * hop]))  # [K, f]
-        parts.append(codes[:, span.keep_start - span.start: span.keep_end - span.start])
-    return np.concatenate(parts, axis=-1)
+        yield codes[:, span.keep_start - span.start: span.keep_end - span.start]
+
+
+def encode(backend, wav: np.ndarray, chunks: CodecChunks = CodecChunks()) -> np.ndarray:
+    """wav: float32 [channels, samples] -> codes int64 [K, ceil(samples / hop)], chunk by chunk."""
+    return np.concatenate(list(encode_chunks(backend, wav, chunks)), axis=-1)

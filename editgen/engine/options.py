@@ -66,10 +66,14 @@ class GenerationOptions:
                 f"{self.seconds:g} s is shorter than the {shapes.min_frames} frames the audio codec needs: "
                 f"ask for at least {lo:.2f} s"
             )
+        self.check_length(max_seconds)
+        return max(round(self.seconds * shapes.frame_rate), shapes.min_frames)
+
+    def check_length(self, max_seconds: float) -> None:
+        """`seconds` within the longest song accepted (a setting: the CLI's and server's --max-seconds)."""
         if self.seconds > max_seconds:
             raise TooLongError(f"{self.seconds:g} s is longer than the maximum of {max_seconds:g} s: "
                                f"ask for at most {max_seconds:g} s")
-        return max(round(self.seconds * shapes.frame_rate), shapes.min_frames)
 
     def window_frames(self, shapes: ModelShapes) -> tuple[int, int]:
         """(window, context) in frames; the window must fit the decoder's positions."""

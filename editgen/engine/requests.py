@@ -74,9 +74,9 @@ class Request:
                              f"prompts with guidance {options.cfg}")
         self.rows_cond, self.rows = self.layout.rows_cond, self.layout.rows
         self.shapes = shapes
-        self.plan = windows if windows is not None else WindowPlan.for_options(shapes, options)
-        self.frames = self.plan.frames  # the song's
-        self.steps = self.plan.total_steps  # decoder steps over every window
+        self.window_plan = windows if windows is not None else WindowPlan.for_options(shapes, options)
+        self.frames = self.window_plan.frames  # the song's
+        self.steps = self.window_plan.total_steps  # decoder steps over every window
         self.overrides, self.recorders = tuple(overrides), tuple(recorders)
         self.sampler = Sampler(self.rows_cond, seed=options.seed, top_k=options.top_k,
                                temperature=options.temperature, greedy=options.greedy)
@@ -93,8 +93,8 @@ class Request:
         self._open_window(0)
 
     def _open_window(self, index: int) -> None:
-        self.window_index, self.window = index, self.plan.windows[index]
-        self.window_steps = self.plan.steps(index)
+        self.window_index, self.window = index, self.window_plan.windows[index]
+        self.window_steps = self.window_plan.steps(index)
         self.pattern = DelayPattern.for_shapes(self.shapes, self.window_steps + 1)
         # [rows_cond, K, window_steps + 1]: position 0 is the BOS frame (pad id)
         self.sequence = np.full((self.rows_cond, self.shapes.num_codebooks, self.window_steps + 1),
@@ -124,7 +124,7 @@ class Request:
 
     def step_edits(self) -> StepEdits:
         """This step's edit tensors, on the song's time axis."""
-        return self.edits.step_edits(self.window.start + self.step, self.plan.song_steps)
+        return self.edits.step_edits(self.window.start + self.step, self.window_plan.song_steps)
 
     def completed_frames(self) -> int:
         """Song frames every codebook of every row has sampled so far."""
@@ -194,7 +194,7 @@ class Request:
     def _end_window(self) -> None:
         w = self.window
         self.song_codes[:, :, w.start:w.end] = self.pattern.to_frames(self.sequence)
-        if self.window_index + 1 == len(self.plan.windows):
+        if self.window_index + 1 == len(self.window_plan.windows):
             self.state = State.FINISHED
         else:
             self._open_window(self.window_index + 1)

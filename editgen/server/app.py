@@ -250,7 +250,8 @@ def _add_routes(app: FastAPI, config: ServerConfig) -> None:
     async def capture_info(capture_id: str, request: Request):
         capture = service_of(request).captures.get(capture_id)
         return {"capture_id": capture_id, "prompt": capture.prompt, "frames": int(capture.codes.shape[-1]),
-                "steps": int(capture.maps.shape[0]), "options": dataclasses.asdict(capture.options)}
+                "steps": None if capture.maps is None else int(capture.maps.shape[0]),  # long: codes only
+                "options": dataclasses.asdict(capture.options)}
 
     @app.delete("/v1/captures/{capture_id}", status_code=204, responses=errors, summary="Drop a capture")
     async def capture_delete(capture_id: str, request: Request):

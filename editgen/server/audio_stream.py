@@ -6,11 +6,15 @@ frames ahead, and at the end of a clip it reflect-pads, so the last frames of a 
 prefix differ from the same frames decoded as part of the whole clip. Its LSTM is
 causal. So a prefix of f frames, decoded alone, gives samples bit-identical to the full
 decode for its first f - HOLDBACK_FRAMES frames (measured: frames f-4..f-1 differ, every
-earlier sample is equal; tests/test_server_stream.py pins it on the exported codec). The
-stream decodes a growing prefix and sends only those settled samples, so the streamed
-bytes equal the non-streamed WAV. A prefix costs a decode of all of it: chunk sizes grow
-geometrically (ServerConfig.stream_growth) up to a cap, which keeps the total decode work
-a small multiple of one full decode while the first chunk comes early."""
+earlier sample is equal; tests/test_server_engine.py pins it on the exported codec).
+
+The whole file is decoded on the grid of editgen.engine.codec_chunks (one call up to
+its chunk length, 30 s; longer songs chunk by chunk), and the stream sends the same
+samples (StreamPlan): the first chunk as a growing prefix, sending only settled samples,
+so audio starts after 10 frames (prefix sizes grow geometrically, ServerConfig.stream_growth,
+up to a cap, which keeps that chunk's decode work a small multiple of one decode); every
+later chunk of a long song once, when its frames are settled. So the streamed bytes equal
+the non-streamed WAV, and the decode work stays linear in the song's length."""
 
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ import math
 import struct
 
 import numpy as np
+
+from editgen.engine.codec_chunks import CodecChunks, Span
 
 HOLDBACK_FRAMES = 4  # EnCodec decoder look-ahead: frames f-4..f-1 of an f-frame prefix are not final
 _WAV_HEADER = "<4sI4s4sIHHIIHH4sI"
@@ -56,3 +62,31 @@ class ChunkPlan:
     def advance(self, sent: int) -> None:
         self._size = min(self.max_chunk, math.ceil(self._size * self.growth))
         self.next_end = sent + self._size
+
+
+class StreamPlan:
+    """What a streaming ticket decodes next, on the whole file's codec grid (module doc)."""
+
+    def __init__(self, frames: int, chunks: CodecChunks, growing: ChunkPlan):
+        self.frames, self.chunks, self.growing = frames, chunks, growing
+        self.spans = chunks.spans(frames)
+        self.sent = 0  # frames sent
+
+    def next(self, settled: int) -> Span | None:
+        """The next piece to decode and send once `settled` frames (of every track) are final,
+        or None (not yet, or everything sent). Its codes are frames [start, end); it sends
+        frames [keep_start, keep_end)."""
+        if self.sent >= self.frames:
+            return None
+        index = min(self.sent // self.chunks.chunk, len(self.spans) - 1)
+        span = self.spans[index]
+        if settled >= span.end:  # the chunk's codes are all there: the rest of it, at once
+            return Span(self.sent, span.keep_end, span.start, span.end)
+        end = settled - HOLDBACK_FRAMES
+        if index == 0 and end > self.sent and self.growing.due(end):  # a prefix of the first chunk
+            return Span(self.sent, end, 0, settled)
+        return None
+
+    def sent_to(self, frame: int) -> None:
+        self.sent = frame
+        self.growing.advance(frame)

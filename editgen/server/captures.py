@@ -13,7 +13,8 @@ from editgen.server.errors import UnknownCaptureError
 
 
 def capture_bytes(capture: SourceCapture) -> int:
-    return int(capture.maps.nbytes + capture.codes.nbytes)
+    """Its codes and maps (a long capture has none)."""
+    return int(capture.codes.nbytes + (0 if capture.maps is None else capture.maps.nbytes))
 
 
 class CaptureStore:

@@ -8,6 +8,7 @@ import dataclasses
 import math
 
 from editgen.engine.contract import MIN_ROWS
+from editgen.engine.windows import DEFAULT_MAX_SECONDS
 from editgen.errors import InvalidRequestError
 
 MIB = 1024 * 1024
@@ -29,8 +30,9 @@ class ServerConfig:
     max_body_bytes: int = 64 * 1024
     # Largest multipart body with an uploaded audio file (bytes); larger: 413.
     max_upload_bytes: int = 32 * MIB
-    # Longest audio a request may ask for or upload (seconds); None: the model's maximum.
-    max_seconds: float | None = None
+    # Longest song a request may ask for or upload (seconds): longer than a request's window
+    # it runs as windows. Past it: 422 `too_long` (seconds asked for), 413 `audio_too_long`.
+    max_seconds: float = DEFAULT_MAX_SECONDS
     # Captured sources kept in memory for later edits (bytes of maps and codes); the least
     # recently used are dropped past it (a later edit from them gets 404).
     max_capture_bytes: int = 512 * MIB
@@ -41,6 +43,10 @@ class ServerConfig:
     stream_first_frames: int = 10
     stream_growth: float = 2.0
     stream_max_chunk_frames: int = 100
+    # EnCodec decodes audio longer than this in chunks of this length with 1 s of overlap
+    # (editgen.engine.codec_chunks): decode memory is bounded by it; a stream sends a long
+    # song's chunks after the first once each.
+    codec_chunk_seconds: float = 30.0
     # Graceful shutdown: in-flight requests get this long to finish, then are cancelled.
     shutdown_grace_s: float = 30.0
 
@@ -55,8 +61,8 @@ class ServerConfig:
         _int(self, "stream_max_chunk_frames", 1)
         _positive(self, "deadline_s")
         _positive(self, "shutdown_grace_s", allow_zero=True)
-        if self.max_seconds is not None:
-            _positive(self, "max_seconds")
+        _positive(self, "max_seconds")
+        _positive(self, "codec_chunk_seconds")
         if not isinstance(self.stream_growth, (int, float)) or not (1.0 <= self.stream_growth <= 16.0):
             raise InvalidRequestError(f"stream_growth is {self.stream_growth}, must be in [1, 16]")
         if self.api_key is not None and (not isinstance(self.api_key, str) or len(self.api_key) < 8):

@@ -3,12 +3,15 @@
 comes from the error's class (tests/test_server_errors.py pins the table).
 
 - 400: the engine refused a value (the CLI's messages: EditGenError subclasses);
+- 422: a long-form window out of range (`invalid_window`), a song over the configured
+  maximum (`too_long`); 413: an uploaded audio over it (`audio_too_long`);
 - 401, 404, 413, 422 (the body is not the API's shape), 429, 503: the server's own.
 A 500 means a fault of the server or the backend, never of the input."""
 
 from __future__ import annotations
 
-from editgen.errors import AudioError, CheckpointError, EditGenError, InvalidRequestError, first_line
+from editgen.errors import (AudioError, AudioTooLongError, CheckpointError, EditGenError, InvalidRequestError,
+                            TooLongError, WindowError, first_line)
 
 
 class ServerError(EditGenError):
@@ -68,9 +71,11 @@ class EngineFailureError(ServerError):
     status, code = 500, "engine_error"
 
 
-# Engine errors a user causes: 400 with the engine's code. CheckpointError cannot come
-# from a request (the model is loaded at start) but is mapped for completeness.
-_ENGINE_STATUS = {InvalidRequestError: 400, AudioError: 400, CheckpointError: 400}
+# Engine errors a user causes, with the engine's code, the most specific first: 400, but
+# 413/422 for lengths and windows. CheckpointError cannot come from a request (the model
+# is loaded at start) but is mapped for completeness.
+_ENGINE_STATUS = {AudioTooLongError: 413, TooLongError: 422, WindowError: 422, InvalidRequestError: 400,
+                  AudioError: 400, CheckpointError: 400}
 
 
 def status_of(exc: BaseException) -> int:

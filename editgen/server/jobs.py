@@ -8,14 +8,16 @@ import dataclasses
 
 import numpy as np
 
+from editgen.engine import codec_chunks
 from editgen.engine.audio import check_not_silent, check_source_codes, prepare_source, read_clip_bytes
+from editgen.engine.codec_chunks import CodecChunks
 from editgen.engine.capture import MAP_DTYPES, SourceCapture
 from editgen.engine.edit import EditSpec
-from editgen.engine.jobs import EditResult, Region, capture_job, edit_from_capture_job, edit_job, edit_source
+from editgen.engine.jobs import (EditResult, Job, Region, capture_job, edit_from_capture_job, edit_job, edit_source,
+                                 generate_job)
 from editgen.engine.notes import region_note, request_notes, rerun_note
 from editgen.engine.options import GenerationOptions
 from editgen.engine.request_fields import request_fields
-from editgen.engine.jobs import Generated, generate_job
 from editgen.engine.tokenizer import check_prompt
 from editgen.errors import InvalidRequestError
 from editgen.server.captures import CaptureStore, capture_bytes
@@ -35,31 +37,26 @@ class SourceAudio:
 
 
 class JobFactory:
+    """Its finish functions give codes and facts; the scheduler decodes the tracks (on the
+    codec grid of `config.codec_chunk_seconds`, the grid its streams use too)."""
+
     def __init__(self, backend, captures: CaptureStore, config: ServerConfig):
         self.backend, self.captures, self.config = backend, captures, config
         self.shapes = backend.shapes
-        self.max_seconds = min(config.max_seconds or self.shapes.max_seconds, self.shapes.max_seconds)
+        self.max_seconds = config.max_seconds
+        self.chunks = CodecChunks.of_seconds(config.codec_chunk_seconds, self.shapes.frame_rate)
 
     # -- shared checks ------------------------------------------------------------------
 
     def options(self, body: Sampling) -> GenerationOptions:
         options = GenerationOptions(**option_fields(body))
-        options.frames(self.shapes)  # the model's range, with the CLI's message
-        self._check_seconds(options.seconds)
+        options.frames(self.shapes, self.max_seconds)  # the CLI's messages
+        options.window_frames(self.shapes)
         return options
-
-    def _check_seconds(self, seconds: float) -> None:
-        if seconds > self.max_seconds:
-            raise InvalidRequestError(f"{seconds:g} s is more than this server's limit of {self.max_seconds:g} s: "
-                                      "ask for less")
 
     def _ticket(self, kind, job, finish, *, tracks=(), stream=False, arrived=None, notes=()) -> Ticket:
         return Ticket(kind, job, finish, tracks=tuple(tracks), stream=stream, arrived=arrived,
                       deadline_s=self.config.deadline_s, notes=tuple(n for n in notes if n))
-
-    def _decode(self, codes: np.ndarray) -> np.ndarray:
-        """codes [K, frames] -> float32 [channels, samples]; one clip per call, as the stream decodes."""
-        return self.backend.decode_audio(codes[None])[0]
 
     def _info(self, ticket_notes, frames: int, **extra) -> dict:
         return {"sample_rate": self.shapes.sample_rate, "frames": int(frames),
@@ -70,12 +67,13 @@ class JobFactory:
     def generate(self, body: GenerateBody, arrived: float) -> Ticket:
         check_prompt(body.prompt, "prompt")
         options = self.options(body)
-        job = generate_job(self.backend, body.prompt, options)
+        job = generate_job(self.backend, body.prompt, options, max_seconds=self.max_seconds)
         notes = request_notes(self.backend, options, {"prompt": body.prompt}, top_k_name="top_k")
 
-        def finish(result: Generated) -> Outcome:
-            return Outcome({"audio": result.wav}, {"audio": result.codes},
-                           self._info(notes, result.codes.shape[-1], options=dataclasses.asdict(options)))
+        def finish(job: Job) -> Outcome:  # not job.result(): that would decode the audio
+            codes = job.request.codes()[0]
+            return Outcome({}, {"audio": codes}, self._info(notes, codes.shape[-1], options=dataclasses.asdict(options),
+                                                            windows=job.request.window_plan.seconds(self.shapes.frame_rate)))
 
         return self._ticket("generate", job, finish, tracks=[Track("audio", "prompt_1")], stream=body.stream,
                             arrived=arrived, notes=notes)
@@ -99,7 +97,7 @@ class JobFactory:
         rate = self.shapes.frame_rate
         if capture is not None:
             notes.append(region_note(region, capture.codes.shape[-1], rate))
-            job = edit_from_capture_job(self.backend, capture, [spec], region=region)
+            job = edit_from_capture_job(self.backend, capture, [spec], region=region, max_seconds=self.max_seconds)
             rerun = rerun_note([spec], capture)  # then rows are [source, target], as paired
             if rerun:
                 notes.append(rerun)
@@ -107,19 +105,21 @@ class JobFactory:
             mode = "captured"
         else:
             codes = audio.codes if audio is not None else None
-            notes.append(region_note(region, codes.shape[-1] if codes is not None else options.frames(self.shapes),
-                                     rate))
-            job = edit_job(self.backend, [spec], options, region=region, audio_codes=codes)
+            frames = codes.shape[-1] if codes is not None else options.frames(self.shapes, self.max_seconds)
+            notes.append(region_note(region, frames, rate))
+            job = edit_job(self.backend, [spec], options, region=region, audio_codes=codes,
+                           max_seconds=self.max_seconds)
             tracks = [Track("edited", "target_1"), Track("source", "source")]
             mode = "paired" if audio is None else "audio"
 
-        def finish(result: EditResult) -> Outcome:
+        def finish(job: Job) -> Outcome:
+            result: EditResult = job.result()
             edited, source_codes = result.edited_codes[0], result.source_codes
             plan = result.plans[0]
             info = self._info(notes, edited.shape[-1], mode=mode, op=plan.op, source=plan.source.text,
-                              target=plan.target.text, options=dataclasses.asdict(result.options))
-            return Outcome({"edited": self._decode(edited), "source": self._decode(source_codes)},
-                           {"edited": edited, "source": source_codes}, info)
+                              target=plan.target.text, options=dataclasses.asdict(result.options),
+                              windows=result.windows.seconds(self.shapes.frame_rate))
+            return Outcome({}, {"edited": edited, "source": source_codes}, info)
 
         return self._ticket("edit", job, finish, tracks=tracks, stream=body.stream, arrived=arrived, notes=notes)
 
@@ -135,12 +135,14 @@ class JobFactory:
         notes = list(audio.notes) if audio is not None else []
         notes += request_notes(self.backend, options, {"source prompt": body.source}, top_k_name="top_k")
         job = capture_job(self.backend, body.source, options, audio_codes=None if audio is None else audio.codes,
-                          dtype=MAP_DTYPES[body.capture_dtype])
+                          dtype=MAP_DTYPES[body.capture_dtype], max_seconds=self.max_seconds)
 
-        def finish(capture: SourceCapture) -> Outcome:
+        def finish(job: Job) -> Outcome:
+            capture: SourceCapture = job.result()
             capture_id = self.captures.put(capture)
+            steps = None if capture.maps is None else int(capture.maps.shape[0])  # long: codes only
             info = self._info(notes, capture.codes.shape[-1], capture_id=capture_id, prompt=capture.prompt,
-                              steps=int(capture.maps.shape[0]), bytes=capture_bytes(capture),
+                              steps=steps, bytes=capture_bytes(capture),
                               capture_dtype=body.capture_dtype, options=dataclasses.asdict(capture.options))
             return Outcome({}, {}, info)
 
@@ -156,9 +158,9 @@ class JobFactory:
         return clip, wav, notes
 
     def encode_upload(self, clip, wav: np.ndarray, notes: list[str]) -> SourceAudio:
-        """On the codec thread: EnCodec codes of the upload."""
-        codes = self.backend.encode_audio(wav)  # [K, frames]
-        note = check_source_codes(clip, wav, codes, self.shapes).replace("--seconds", "seconds")
+        """On the codec thread: EnCodec codes of the upload, chunk by chunk."""
+        codes = codec_chunks.encode(self.backend, wav, self.chunks)  # [K, frames]
+        note = check_source_codes(clip, codes, self.shapes).replace("--seconds", "seconds")
         if codes.shape[-1] < self.shapes.min_frames:
             raise InvalidRequestError(f"audio {clip.path} gives {codes.shape[-1]} frames, the codec needs at least "
                                       f"{self.shapes.min_frames} ({self.shapes.min_frames / self.shapes.frame_rate:.2f} s)")

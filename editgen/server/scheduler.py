@@ -4,9 +4,11 @@ HTTP handlers are the router: they validate, enqueue a Ticket and await its even
 Each turn: take new tickets and cancellations from the inbox (a cancelled request's rows
 are freed here, before the next step), expire deadlines, run one engine step for every
 running request (continuous batching: requests join and leave between steps), then hand
-audio work to the codec thread: a chunk of a streaming request whose next chunk's frames
-are settled, or the decode of a finished one. The codec thread (one worker, so a
-ticket's chunks and its result leave in order) keeps decoding off the step loop.
+audio work to the codec thread: a piece of a streaming request whose frames are settled
+(audio_stream.StreamPlan), or the decode of a finished one, chunk by chunk on the same
+grid (editgen.engine.codec_chunks). The codec thread (one worker, so a ticket's chunks
+and its result leave in order) keeps decoding off the step loop. A long request's windows
+are the engine core's: it stays one request here, streamed chunk by chunk.
 
 A backend error fails the requests of that step (EngineCore); the loop goes on."""
 
@@ -18,10 +20,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from editgen.engine import codec_chunks
+from editgen.engine.codec_chunks import CodecChunks, Span
 from editgen.engine.core import EngineCore
 from editgen.engine.requests import State
 from editgen.errors import InvalidRequestError
-from editgen.server.audio_stream import HOLDBACK_FRAMES, ChunkPlan, pcm16
+from editgen.server.audio_stream import ChunkPlan, StreamPlan, pcm16
 from editgen.server.config import ServerConfig
 from editgen.server.errors import (
     DeadlineExceededError,
@@ -44,6 +48,7 @@ class Scheduler:
         self.backend, self.config, self.metrics = backend, config, metrics
         self.core = EngineCore(backend, max_rows=config.max_rows)
         self.hop = backend.shapes.sample_rate // backend.shapes.frame_rate
+        self.chunks = CodecChunks.of_seconds(config.codec_chunk_seconds, backend.shapes.frame_rate)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._inbox: list[Ticket] = []
@@ -140,7 +145,8 @@ class Scheduler:
             self._live[id(ticket.request)] = ticket
             if ticket.stream:
                 c = self.config
-                ticket.plan = ChunkPlan(c.stream_first_frames, c.stream_growth, c.stream_max_chunk_frames)
+                growing = ChunkPlan(c.stream_first_frames, c.stream_growth, c.stream_max_chunk_frames)
+                ticket.plan = StreamPlan(ticket.frames, self.chunks, growing)
         for ticket, why in cancels:
             self._cancel(ticket, why)
         now = time.monotonic()
@@ -193,39 +199,42 @@ class Scheduler:
             ticket.post(Failed(as_client_error(ticket.request.error)))
 
     def _maybe_chunk(self, ticket: Ticket) -> None:
-        frames = ticket.job.settled_frames()
-        settled = frames - HOLDBACK_FRAMES
-        if frames < ticket.frames and ticket.plan.due(settled):
-            codes = {t.name: ticket.job.codes_so_far(t.output, frames) for t in ticket.tracks}  # copies
+        piece = ticket.plan.next(ticket.job.settled_frames())
+        if piece is not None:  # copies of its codes, taken here: the request changes with the next step
+            codes = {t.name: ticket.job.codes_so_far(t.output, piece.end, piece.start) for t in ticket.tracks}
             ticket.decoding = True
-            self.codec.submit(self._chunk, ticket, codes, settled)
+            self.codec.submit(self._chunk, ticket, codes, piece)
 
     # -- the codec thread ----------------------------------------------------------------
 
-    def _chunk(self, ticket: Ticket, codes: dict, settled: int) -> None:
+    def _chunk(self, ticket: Ticket, codes: dict, piece: Span) -> None:
         try:
-            if ticket.ended:
-                return
-            end = settled * self.hop
-            for name, track_codes in codes.items():
-                wav = self.backend.decode_audio(track_codes[None])[0]  # [channels, samples], prefix decode
-                ticket.post(AudioChunk(name, ticket.sent_samples, pcm16(wav[:, ticket.sent_samples: end])))
-            self._first_audio(ticket)
-            ticket.sent_samples = end
-            ticket.plan.advance(settled)
+            if not ticket.ended:
+                self._send(ticket, codes, piece)
         except Exception as exc:
             log.exception("chunk decode failed")
             self.cancel(ticket, as_client_error(exc))
         finally:
             ticket.decoding = False
 
+    def _send(self, ticket: Ticket, codes: dict, piece: Span) -> None:
+        """Decodes `piece` of every track (codes [K, piece.end - piece.start] by name) and posts it."""
+        for name, track_codes in codes.items():
+            wav = codec_chunks.decode_span(self.backend, track_codes, piece)  # [channels, samples]
+            ticket.post(AudioChunk(name, piece.keep_start * self.hop, pcm16(wav)))
+        self._first_audio(ticket)
+        ticket.plan.sent_to(piece.keep_end)
+
     def _finish(self, ticket: Ticket) -> None:
         try:
-            outcome = ticket.finish(ticket.job.result())
-            if ticket.stream:
-                for name, wav in outcome.tracks.items():
-                    ticket.post(AudioChunk(name, ticket.sent_samples, pcm16(wav[:, ticket.sent_samples:])))
-                self._first_audio(ticket)
+            outcome = ticket.finish(ticket.job)
+            if ticket.stream:  # the rest of the stream, on the whole file's grid
+                while (piece := ticket.plan.next(ticket.frames)) is not None:
+                    self._send(ticket, {name: codes[:, piece.start: piece.end] for name, codes in
+                                        outcome.codes.items()}, piece)
+            else:
+                outcome.tracks = {t.name: codec_chunks.decode(self.backend, outcome.codes[t.name], self.chunks)
+                                  for t in ticket.tracks}
             ticket.post(Done(outcome))
         except Exception as exc:
             log.exception("finishing a request failed")

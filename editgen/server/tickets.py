@@ -29,8 +29,9 @@ class Track:
 
 @dataclasses.dataclass
 class Outcome:
-    """A finished ticket: decoded tracks float32 [channels, samples] by name (the first is the main
-    one, what `format: wav` returns), codes [K, frames] by name, and JSON-able facts."""
+    """A finished ticket: codes [K, frames] by track name, decoded tracks float32 [channels,
+    samples] by name (the first is the main one, what `format: wav` returns; decoded by the
+    scheduler, not for a stream), and JSON-able facts."""
 
     tracks: dict[str, np.ndarray]
     codes: dict[str, np.ndarray]
@@ -55,9 +56,10 @@ class Failed:
 
 
 class Ticket:
-    """`finish(job.result())` -> Outcome runs on the codec thread once the request finished."""
+    """`finish(job)` -> Outcome (codes and facts) runs on the codec thread once the request
+    finished; the scheduler decodes its tracks, or sends the rest of the stream."""
 
-    def __init__(self, kind: str, job: Job, finish: Callable[[object], Outcome], *, tracks: tuple[Track, ...] = (),
+    def __init__(self, kind: str, job: Job, finish: Callable[[Job], Outcome], *, tracks: tuple[Track, ...] = (),
                  stream: bool = False, arrived: float | None = None, deadline_s: float = 300.0,
                  notes: tuple[str, ...] = ()):
         self.id = secrets.token_hex(8)
@@ -69,9 +71,8 @@ class Ticket:
         self.events: asyncio.Queue | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # Written by the scheduler / codec threads:
-        self.sent_samples = 0
         self.decoding = False  # a chunk decode is queued or running
-        self.plan = None  # audio_stream.ChunkPlan while streaming
+        self.plan = None  # audio_stream.StreamPlan while streaming
         self.first_audio: float | None = None  # monotonic time of the first chunk
         self.ended = False  # Done or Failed was sent
         self.cancelled_at_step: int | None = None  # EngineCore.steps_run when its rows were freed
@@ -82,6 +83,7 @@ class Ticket:
 
     @property
     def frames(self) -> int:
+        """The song's frames."""
         return self.request.frames
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -59,7 +59,7 @@ class EditSpec:
     windows: Mapping[str, float | str | tuple[float, float]] = option(
         {}, kind="word_windows", item="window", metavar="WORD=F|WORD=S:E",
         help="inject WORD's cross-attention edit during steps [floor(S (N+1)), floor(E (N+1))) of N, as "
-             "Prompt-to-Prompt (F means 0:F); WORD may be `default` (repeatable)")
+             "Prompt-to-Prompt (F means 0:F; N: the whole song's steps); WORD may be `default` (repeatable)")
     setting: str = option(
         DEFAULT_SETTING, kind="choice", choices=tuple(SETTINGS),
         help="editgen-code: hard cross + self-attention b_i = (2i+1)/(2N), what the paper's released code "
@@ -72,7 +72,8 @@ class EditSpec:
         None, kind="text", help="override the setting's self-attention schedule b_i (weight of the source): "
                                 "off, editgen, full, constant:X or X0,X1,...")
     self_window: float | str | tuple[float, float] | None = option(
-        None, kind="window", metavar="F|S:E", help="self-injection steps [floor(S N), floor(E N)) (default: all)")
+        None, kind="window", metavar="F|S:E",
+        help="self-injection steps [floor(S N), floor(E N)) of the whole song's N (default: all)")
     reweight_mode: str = option(
         "p2p", kind="choice", choices=REWEIGHT_MODES,
         help="p2p: multiply the word's attention by C (Prompt-to-Prompt); editgen-code: divide every other "
