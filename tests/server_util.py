@@ -97,6 +97,17 @@ class Gated(Recording):
         return super().step(batch)
 
 
+def ended_ticket(scheduler, request_id: str, timeout: float = 10.0):
+    """The ticket of `request_id` once the scheduler lists it as ended, or None after `timeout` s."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        ticket = next((t for t in list(scheduler.recent) if t.id == request_id), None)
+        if ticket is not None:
+            return ticket
+        time.sleep(0.005)
+    return None
+
+
 def wav_upload(seconds: float = 1.0, rate: int = 16000, amplitude: float = 0.3) -> bytes:
     t = np.arange(int(seconds * rate)) / rate
     buf = io.BytesIO()

@@ -22,7 +22,7 @@ from editgen.errors import InvalidRequestError  # noqa: E402
 from editgen.server.app import create_app  # noqa: E402
 from editgen.server.audio_stream import ChunkPlan, wav_bytes  # noqa: E402
 from editgen.server.config import ServerConfig  # noqa: E402
-from tests.server_util import Recording, live_server, wav_upload  # noqa: E402
+from tests.server_util import Recording, ended_ticket, live_server, wav_upload  # noqa: E402
 
 SRC, TGT = "lofi piano with soft drums", "lofi guitar with soft drums"
 KEY = "secret-key-123"
@@ -356,11 +356,7 @@ def test_disconnected_client_rows_are_gone_from_the_next_step():
                     assert json.loads(next(lines))["event"] == "start"
                     assert json.loads(next(lines))["event"] == "audio"  # it runs: audio arrives
                 # B hung up
-                end = time.monotonic() + 10
-                ticket = None
-                while ticket is None and time.monotonic() < end:
-                    ticket = next((t for t in list(scheduler.recent) if t.id == b_id), None)
-                    time.sleep(0.005)
+                ticket = ended_ticket(scheduler, b_id)
                 assert ticket is not None and ticket.cancelled_at_step is not None
                 while len(backend.steps) <= ticket.cancelled_at_step + 1:  # a step after it
                     time.sleep(0.005)

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from editgen.engine.backends.fake import FakeBackend  # noqa: E402
 from editgen.server.app import create_app  # noqa: E402
 from editgen.server.config import ServerConfig  # noqa: E402
-from tests.server_util import Recording, live_server  # noqa: E402
+from tests.server_util import Recording, ended_ticket, live_server  # noqa: E402
 
 SRC, TGT = "lofi piano with soft drums", "lofi guitar with soft drums"
 # 4 s with 2 s windows and 0.6 s of context: windows [0, 2), [1.4, 3.4), [2.8, 4) s
@@ -78,11 +78,7 @@ def test_a_client_leaving_mid_song_frees_its_rows_at_the_next_step():
                 while song.window_index < 2 and song.state.value == "running" and time.monotonic() < end:
                     time.sleep(0.005)
                 assert song.window_index >= 2, song.state  # mid-song, past two window seams
-            end = time.monotonic() + 10
-            ticket = None
-            while ticket is None and time.monotonic() < end:
-                ticket = next((t for t in list(scheduler.recent) if t.id == request_id), None)
-                time.sleep(0.005)
+            ticket = ended_ticket(scheduler, request_id)
             assert ticket is not None and ticket.cancelled_at_step is not None
             assert other.result().status_code == 200
     slots = set(ticket.request.slots.tolist())

@@ -87,3 +87,41 @@ def _label(piece: str) -> str:
     if piece.startswith("<") and piece.endswith(">"):
         return piece
     return "·" + piece
+
+
+def plot_long_form(path: str | Path, tracks: dict[str, np.ndarray], sample_rate: int,
+                   windows: Sequence[Sequence[float]], *, region: Sequence[float] | None = None,
+                   title: str | None = None, bins: int = 4000) -> None:
+    """Writes a PNG: one waveform panel per track (float32 [samples], mono; drawn as its
+    min/max envelope over `bins` bins) with the song's long-form windows: each window's
+    span as a bar at the bottom (two staggered rows), its forced context hatched, seams
+    (where a window starts sampling) as lines, and the edited `region` (start, end
+    seconds) outlined.
+
+    windows: [[start, context end, end], ...] seconds (editgen.engine.windows.WindowPlan.seconds)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(14, 2.2 * len(tracks) + 0.8), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(tracks), 1, squeeze=False, sharex=True)[:, 0]
+    for ax, (name, wav) in zip(axes, tracks.items()):
+        n = wav.shape[-1] // bins * bins or wav.shape[-1]
+        env = wav[:n].reshape(min(bins, n), -1)  # [bins, samples per bin]
+        t = (np.arange(env.shape[0]) + 0.5) * env.shape[1] / sample_rate
+        ax.fill_between(t, env.min(axis=1), env.max(axis=1), color="#1f4e79", linewidth=0)
+        for k, (start, context_end, end) in enumerate(windows):
+            low = 0.05 * (k % 2)  # staggered: the overlap of two windows (the context) shows
+            ax.axvspan(start, end, ymin=low, ymax=low + 0.04, color=("#f2a541" if k % 2 else "#7bb662"))
+            if context_end > start:
+                ax.axvspan(start, context_end, color="0.5", alpha=0.15, hatch="//", linewidth=0)
+                ax.axvline(context_end, color="0.25", linewidth=0.6)
+        if region is not None:
+            ax.axvspan(region[0], region[1], fill=False, edgecolor="#c0392b", linewidth=1.6)
+        ax.set_ylabel(name)
+        ax.set_xlim(0, wav.shape[-1] / sample_rate)
+    axes[-1].set_xlabel("time (s): bars at the bottom = windows; hatched = a window's forced "
+                        "context (C s of each row's own output); lines = seams" +
+                        ("; red box = edited region" if region is not None else ""))
+    fig.suptitle(title or "Long-form: windows and seams", fontsize=12)
+    fig.savefig(str(path), format="png")

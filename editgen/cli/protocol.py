@@ -94,6 +94,7 @@ class Plan:
     seeds: tuple[int, ...]
     options: object  # GenerationOptions; its seed is replaced by each of `seeds`
     reweight_mode: str
+    max_seconds: float  # the longest clip (--max-seconds)
 
 
 def parse_settings(text: str) -> tuple[str, ...]:
@@ -120,7 +121,7 @@ def plan_from_args(args) -> Plan:
         for s in settings:
             pair.spec(s, args.reweight_mode)
     return Plan(pairs=pairs, settings=settings, seeds=tuple(range(args.seed, args.seed + args.seeds)),
-                options=generation_options(args), reweight_mode=args.reweight_mode)
+                options=generation_options(args), reweight_mode=args.reweight_mode, max_seconds=args.max_seconds)
 
 
 def run(args) -> int:
@@ -134,7 +135,7 @@ def run(args) -> int:
 
     with open_from_args(args) as backend:
         check_tokenizer(plan.pairs, backend.tokenizer, backend.shapes.num_layers)
-        frames = plan.options.frames(backend.shapes)  # the duration, checked before any edit
+        frames = plan.options.frames(backend.shapes, plan.max_seconds)  # the duration, checked before any edit
         is_random = getattr(backend, "is_random", False) or (args.model or "").startswith("random:")
         if is_random:
             note(RANDOM_NOTE)
@@ -154,9 +155,10 @@ def _run_edits(backend, tmp: Path, plan: Plan, *, progress: bool) -> list[Edit]:
     """One paired edit per (pair, seed), one target row per setting; writes the audio."""
     import numpy as np
 
-    from editgen.engine.audio import write_wav
-    from editgen.engine.jobs import edit
     from editgen.cli.progress import progress_bar
+    from editgen.engine.audio import write_wav
+    from editgen.engine.codec_chunks import decode
+    from editgen.engine.jobs import edit
 
     rate = backend.shapes.sample_rate
     edits: list[Edit] = []
@@ -165,11 +167,12 @@ def _run_edits(backend, tmp: Path, plan: Plan, *, progress: bool) -> list[Edit]:
         for pair in plan.pairs:
             specs = [pair.spec(s, plan.reweight_mode) for s in plan.settings]
             for seed in plan.seeds:
-                result = edit(backend, specs, dataclasses.replace(plan.options, seed=seed))
+                options = dataclasses.replace(plan.options, seed=seed)
+                result = edit(backend, specs, options, max_seconds=plan.max_seconds)
                 codes = np.concatenate([result.source_codes[None], result.edited_codes])  # [1 + settings, K, frames]
                 # One clip per decode, as `editgen edit`: the codec's matmuls round differently
                 # per batch size, and the files should be bit-identical to that command's.
-                wavs = [backend.decode_audio(c[None])[0] for c in codes]  # each [channels, samples]
+                wavs = [decode(backend, c) for c in codes]  # each [channels, samples], chunk by chunk when long
                 folder = Path("audio") / pair.id / f"seed-{seed}"
                 (tmp / folder).mkdir(parents=True)
                 write_wav(tmp / folder / "source.wav", wavs[0], rate)

@@ -1,8 +1,8 @@
 """Captured source maps on disk: one .npz with the source's cross-attention maps, its
 codes and the settings they were made with, so many targets can be edited from it
 without running the source again. A source longer than one window is captured without
-maps (they would not fit in memory): its edits run the source again, teacher-forced on
-the captured codes (jobs.long_capture)."""
+maps (too large: 1.5 GB for 10 minutes of random:small): its edits run the source again,
+teacher-forced on the captured codes (jobs.long_capture)."""
 
 from __future__ import annotations
 

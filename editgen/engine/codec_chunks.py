@@ -44,8 +44,7 @@ class CodecChunks:
     lookahead: int = LOOKAHEAD_FRAMES
 
     def __post_init__(self):
-        # overlap >= 4: a chunk's input is then longer than the 4 frames EnCodec needs
-        assert self.chunk >= 1 and self.overlap >= 4 and self.lookahead >= 0, self
+        assert self.chunk >= 1 and self.overlap >= 0 and self.lookahead >= 0, self
 
     @classmethod
     def of_seconds(cls, seconds: float, frame_rate: int) -> "CodecChunks":

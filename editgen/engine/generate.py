@@ -10,7 +10,6 @@ import numpy as np
 
 from editgen.engine.contract import Backend
 from editgen.engine.core import run_alone
-from editgen.engine.delay import DelayPattern
 from editgen.engine.options import GenerationOptions
 from editgen.engine.requests import CodeOverride, MapRecorder, Request, StepEdits
 from editgen.engine.tokenizer import TokenizedPrompt
@@ -19,7 +18,6 @@ from editgen.engine.tokenizer import TokenizedPrompt
 @dataclasses.dataclass
 class GenerationResult:
     codes: np.ndarray  # [rows_cond, K, frames] int64
-    pattern: DelayPattern
 
 
 def generate_codes(
@@ -34,4 +32,4 @@ def generate_codes(
     """Rows are [prompts...] conditional, then the same with null text when guidance is on."""
     request = Request(backend.shapes, prompts, options, edits=edits, overrides=overrides, recorders=recorders)
     run_alone(backend, request)
-    return GenerationResult(request.codes(), request.pattern)
+    return GenerationResult(request.codes())

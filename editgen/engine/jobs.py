@@ -128,7 +128,7 @@ def options_for_audio(options: GenerationOptions, codes: np.ndarray, frame_rate:
 
 def long_capture(capture: SourceCapture) -> bool:
     """A capture of a source longer than one window keeps codes and options only: its maps
-    would not fit in memory (random:small: ~98 KB per step, 3 GB for 10 minutes in fp16),
+    would be too large (random:small: 49 KB per step in fp16, 1.5 GB for 10 minutes),
     so an edit from it runs the source again, teacher-forced on its codes."""
     return capture.maps is None
 

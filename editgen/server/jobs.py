@@ -72,8 +72,9 @@ class JobFactory:
 
         def finish(job: Job) -> Outcome:  # not job.result(): that would decode the audio
             codes = job.request.codes()[0]
-            return Outcome({}, {"audio": codes}, self._info(notes, codes.shape[-1], options=dataclasses.asdict(options),
-                                                            windows=job.request.window_plan.seconds(self.shapes.frame_rate)))
+            windows = job.request.window_plan.seconds(self.shapes.frame_rate)
+            info = self._info(notes, codes.shape[-1], options=dataclasses.asdict(options), windows=windows)
+            return Outcome({}, {"audio": codes}, info)
 
         return self._ticket("generate", job, finish, tracks=[Track("audio", "prompt_1")], stream=body.stream,
                             arrived=arrived, notes=notes)
