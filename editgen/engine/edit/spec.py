@@ -5,25 +5,20 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import string
 from types import MappingProxyType
 from typing import Literal, Mapping
 
 from editgen.engine.edit.blend import LayerSchedule
-from editgen.engine.edit.settings import (DEFAULT_SETTING, FULL_WINDOW, REWEIGHT_MODES, Window,
+from editgen.engine.edit.settings import (DEFAULT_SETTING, FULL_WINDOW, MAPPERS, REWEIGHT_MODES, Window,
                                           parse_window, setting_named)
+from editgen.engine.edit.words import PART_RULE, named_spans, word_key
 from editgen.engine.tokenizer import check_prompt, split_words
 from editgen.errors import InvalidRequestError
 
 OPS = ("replace", "refine", "reweight")
 WEIGHT_MIN, WEIGHT_MAX = -2.0, 2.0
 DEFAULT_WINDOW = "default"  # the windows key for tokens not named (and `</s>`, pads)
-
-
-def word_key(word: str) -> str:
-    """How a named word matches a prompt word: case-insensitive, surrounding punctuation
-    ignored ("Guitar," matches "guitar"); inner punctuation kept ("hi-hats")."""
-    return word.lower().strip(string.punctuation)
+__all__ = ["DEFAULT_WINDOW", "OPS", "WEIGHT_MAX", "WEIGHT_MIN", "EditSpec", "word_key"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -32,17 +27,21 @@ class EditSpec:
 
     op: replace (same word count, words swapped one to one), refine (words added or
         removed, aligned globally), reweight (no base edit: target is the source).
-    word_weights: reweight factor c in [-2, 2] per target word, with any op.
+    word_weights: reweight factor c in [-2, 2] per target word, with any op. A word may be
+        a part of a target word: a hyphen part or its start ("funk" in "funk-infused";
+        words.py), where the tokenizer splits the word (checked by compile_edit).
     windows: steps during which a word's cross-attention edit is injected, as Prompt-to-
         Prompt's windows (settings.py): a fraction f (= 0:f) or (start, end) / "start:end";
-        key "default" plus optional target words ({"default": 1.0, "guitar": "0.2:0.6"}).
-    setting: a named setting (settings.SETTINGS): the cross and self layer schedules.
+        key "default" plus optional target words or word parts ({"default": 1.0, "guitar": "0.2:0.6"}).
+    setting: a named setting (settings.SETTINGS): the mapper and the cross and self layer schedules.
+    mapper: override the setting's mapper kind (settings.MAPPERS): "p2p" (Prompt-to-Prompt's
+        seq_aligner) or "editgen-code" (the released EditGen code's Replace and Refine).
     cross_blend, self_blend: override the setting's schedules (blend.py forms).
     self_window: steps of self-attention injection, as windows (default: all).
     reweight_mode: "p2p" (multiply the word's columns by c) or "editgen-code" (divide the
         other columns by c, as the released code).
     Mappings are stored read-only with keys as `word_key` gives them; after creation
-    cross_blend, self_blend and self_window hold the resolved values.
+    mapper, cross_blend, self_blend and self_window hold the resolved values.
     """
 
     source: str
@@ -55,6 +54,7 @@ class EditSpec:
     self_blend: str | None = None
     self_window: float | str | tuple[float, float] | None = None
     reweight_mode: str = "p2p"
+    mapper: str | None = None
 
     def __post_init__(self) -> None:
         check_prompt(self.source, "source prompt")
@@ -76,11 +76,14 @@ class EditSpec:
         windows = {DEFAULT_WINDOW: FULL_WINDOW}
         windows.update(_window_map(self.windows, words, target))
         setting = setting_named(self.setting)
+        mapper = setting.mapper if self.mapper is None else self.mapper
+        if mapper not in MAPPERS:
+            raise InvalidRequestError(f"mapper {self.mapper!r} is not one of {', '.join(MAPPERS)}")
         cross = LayerSchedule.parse(setting.cross_blend if self.cross_blend is None else self.cross_blend, "cross")
         self_ = LayerSchedule.parse(setting.self_blend if self.self_blend is None else self.self_blend, "self")
         self_window = FULL_WINDOW if self.self_window is None else parse_window(self.self_window, "self window")
         for name, value in (("word_weights", MappingProxyType(weights)), ("windows", MappingProxyType(windows)),
-                            ("setting", setting.name), ("cross_blend", str(cross)), ("self_blend", str(self_)),
+                            ("setting", setting.name), ("mapper", mapper), ("cross_blend", str(cross)), ("self_blend", str(self_)),
                             ("self_window", self_window)):
             object.__setattr__(self, name, value)
 
@@ -127,10 +130,10 @@ def _window_map(given: Mapping, words: tuple[str, ...], target: str) -> dict[str
 
 def _checked_key(name: str, raw, words: tuple[str, ...], target: str, *, allow_default: bool, seen) -> str:
     key = word_key(str(raw))
-    if key not in words and not (allow_default and key == DEFAULT_WINDOW):
+    if not (allow_default and key == DEFAULT_WINDOW) and not named_spans(key, target):
         raise InvalidRequestError(
             f"{name}: word {raw!r} is not in the target prompt {target!r} "
-            f"(words: {', '.join(words)}): name one of them")
+            f"(words: {', '.join(words)}): name one of them ({PART_RULE})")
     if key in seen:
         raise InvalidRequestError(f"{name}: word {raw!r} is named twice")
     return key
