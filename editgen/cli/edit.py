@@ -19,7 +19,7 @@ from editgen.cli.common import (
     open_from_args,
 )
 from editgen.cli.outputs import atomic_dir, check_writable_dir
-from editgen.engine.edit.settings import DEFAULT_SETTING, REWEIGHT_MODES, SETTINGS
+from editgen.engine.edit.settings import DEFAULT_SETTING, MAPPERS, REWEIGHT_MODES, SETTINGS
 from editgen.errors import InvalidRequestError
 
 OUTPUT_FILES = ("source.wav", "edited.wav", "edit.json", "attention.png")
@@ -40,14 +40,21 @@ def register(sub) -> None:
                    help="replace: same word count, words swapped; refine: words added/removed; "
                         "reweight: same prompt, word weights")
     p.add_argument("--word", action="append", default=[], metavar="WORD=C",
-                   help="reweight target word WORD by C in [-2, 2] (repeatable)")
+                   help="reweight target word WORD by C in [-2, 2] (repeatable); WORD may be a part of a "
+                        "word where the tokenizer splits it: a hyphen part or its start (funk in funk-infused)")
     p.add_argument("--window", action="append", default=[], metavar="WORD=F|WORD=S:E",
                    help="inject WORD's cross-attention edit during steps [floor(S (N+1)), floor(E (N+1))) "
-                        "of N, as Prompt-to-Prompt (F means 0:F); WORD may be `default` (repeatable)")
+                        "of N, as Prompt-to-Prompt (F means 0:F); WORD may be `default` or a word part, "
+                        "as for --word (repeatable)")
     p.add_argument("--setting", default=DEFAULT_SETTING, choices=tuple(SETTINGS),
-                   help="editgen-code: hard cross + self-attention b_i = (2i+1)/(2N), what the paper's "
-                        "released code evaluates; paper-text: cross a_i = i/N, no self-injection; "
-                        "hard: Prompt-to-Prompt")
+                   help="editgen-code: the released code's Replace/Refine, hard cross + self-attention "
+                        "b_i = (2i+1)/(2N), what the paper's released code evaluates; paper-text: P2P's "
+                        "mappers, cross a_i = i/N, no self-injection; hard: Prompt-to-Prompt")
+    p.add_argument("--mapper", default=None, choices=MAPPERS,
+                   help="override the setting's operators: p2p (Prompt-to-Prompt's mappers: every column "
+                        "from the source) or editgen-code (the released code: Replace overwrites only the "
+                        "changed word's columns with the mean of the source word's; Refine copies the "
+                        "columns of equal tokens, </s> excluded)")
     p.add_argument("--cross-blend", "--blend", dest="cross_blend", default=None,
                    help="override the setting's cross-attention layer schedule a_i (1 keeps the own map): "
                         "soft, hard, reversed, constant:X or X0,X1,... (one per layer)")
@@ -139,7 +146,7 @@ def build_spec(args, source: str):
                     word_weights=parse_assignments(args.word, "--word", "C"),
                     windows=parse_windows(args.window, "--window"), setting=args.setting,
                     cross_blend=args.cross_blend, self_blend=args.self_blend, self_window=args.self_window,
-                    reweight_mode=args.reweight_mode)
+                    reweight_mode=args.reweight_mode, mapper=args.mapper)
 
 
 def run(args) -> int:
@@ -212,7 +219,7 @@ def _write_outputs(out, args, spec, result, mode, source_wav, edited_wav, shapes
         "word_weights": dict(spec.word_weights),
         "windows": {w: list(b) for w, b in spec.windows.items()},
         "setting": spec.setting, "cross_blend": spec.cross_blend, "self_blend": spec.self_blend,
-        "self_window": list(spec.self_window), "reweight_mode": spec.reweight_mode,
+        "self_window": list(spec.self_window), "reweight_mode": spec.reweight_mode, "mapper": spec.mapper,
         "region": None if region is None else [region.start, region.end],
         "capture": args.capture, "audio": args.audio,
         "options": dataclasses.asdict(result.options),

@@ -230,7 +230,9 @@ def _add_routes(app: FastAPI, config: ServerConfig) -> None:
                          setting: Literal["editgen-code", "paper-text", "hard"] = Form("editgen-code"),
                          cross_blend: str | None = Form(None), self_blend: str | None = Form(None),
                          self_window: str | None = Form(None),
-                         reweight_mode: Literal["p2p", "editgen-code"] = Form("p2p"), region: str | None = Form(None, description="START:END seconds"),
+                         reweight_mode: Literal["p2p", "editgen-code"] = Form("p2p"),
+                         mapper: Literal["p2p", "editgen-code"] | None = Form(None),
+                         region: str | None = Form(None, description="START:END seconds"),
                          guidance: float = Form(3.0), top_k: int = Form(250), temperature: float = Form(1.0),
                          greedy: bool = Form(False), seed: int = Form(0), stream: bool = Form(False),
                          format: Literal["wav", "json"] = Form("wav")):
@@ -240,7 +242,8 @@ def _add_routes(app: FastAPI, config: ServerConfig) -> None:
         service = service_of(request)
         span = Region.parse(region) if region is not None else None
         body = EditBody(source=source, target=target, op=op, setting=setting, cross_blend=cross_blend,
-                        self_blend=self_blend, self_window=self_window, reweight_mode=reweight_mode, guidance=guidance, top_k=top_k,
+                        self_blend=self_blend, self_window=self_window, reweight_mode=reweight_mode, mapper=mapper,
+                        guidance=guidance, top_k=top_k,
                         temperature=temperature, greedy=greedy, seed=seed, stream=stream, format=format,
                         word_weights=parse_assignments(word, "word", "C"),
                         windows=parse_windows(window, "window"),

@@ -101,7 +101,8 @@ class JobFactory:
             options = self.options(body) if audio is None else self._audio_options(body)
         spec = EditSpec(source=source, target=body.target, op=body.op, word_weights=body.word_weights,
                         windows=body.windows, setting=body.setting, cross_blend=body.cross_blend,
-                        self_blend=body.self_blend, self_window=body.self_window, reweight_mode=body.reweight_mode)
+                        self_blend=body.self_blend, self_window=body.self_window, reweight_mode=body.reweight_mode,
+                        mapper=body.mapper)
         region = Region(body.region.start, body.region.end) if body.region is not None else None
         notes = list(audio.notes) if audio is not None else []
         notes += request_notes(self.backend, options, {"source prompt": spec.source, "target prompt": spec.target},

@@ -55,12 +55,16 @@ class EditBody(Sampling, Output):
         default_factory=dict, description="word (or 'default') -> F or 'START:END', fractions of the steps "
                                           "(Prompt-to-Prompt's windows)")
     setting: Literal["editgen-code", "paper-text", "hard"] = Field(
-        "editgen-code", description="editgen-code: hard cross + self-attention b_i = (2i+1)/(2N) (the paper's "
-                                    "released code); paper-text: cross a_i = i/N; hard: Prompt-to-Prompt")
+        "editgen-code", description="editgen-code: the released code's Replace/Refine, hard cross + self-attention "
+                                    "b_i = (2i+1)/(2N) (the paper's released code); paper-text: P2P's mappers, "
+                                    "cross a_i = i/N; hard: Prompt-to-Prompt")
     cross_blend: str | None = Field(None, description="override: soft, hard, reversed, constant:X or X0,X1,...")
     self_blend: str | None = Field(None, description="override: off, editgen, full, constant:X or X0,X1,...")
     self_window: float | str | None = Field(None, description="self-injection steps: F or 'START:END'")
     reweight_mode: Literal["p2p", "editgen-code"] = "p2p"
+    mapper: Literal["p2p", "editgen-code"] | None = Field(
+        None, description="override the setting's operators: p2p (Prompt-to-Prompt's mappers) or editgen-code "
+                          "(the released code's Replace and Refine)")
     region: RegionBody | None = Field(None, description="edit only these seconds; outside, copy the source")
     capture_id: str | None = Field(None, description="edit from a capture made by POST /v1/captures; "
                                                      "seconds, seed and sampling then come from the capture")
