@@ -148,7 +148,8 @@ def test_pairs_of_other_categories_and_default_target_prompts(tmp_path):
     path.write_text(json.dumps({"pairs": [
         {"id": "a", "category": "Genre Fusion", "op": "refine", "source": "guitar riff",
          "target": "funk-infused guitar riff"},
-        {"id": "b", "category": "Genre Fusion", "op": "replace", "source": "soft piano solo", "target": "soft guitar solo"},
+        {"id": "b", "category": "Genre Fusion", "op": "replace", "source": "soft piano solo",
+         "target": "soft guitar solo"},
         {"id": "c", "category": "Genre Blend", "op": "reweight", "source": "funk-infused guitar riff",
          "word_weights": {"funk": 2.0}}]}))
     pairs = load_pairs(path)

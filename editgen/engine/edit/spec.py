@@ -83,8 +83,8 @@ class EditSpec:
         self_ = LayerSchedule.parse(setting.self_blend if self.self_blend is None else self.self_blend, "self")
         self_window = FULL_WINDOW if self.self_window is None else parse_window(self.self_window, "self window")
         for name, value in (("word_weights", MappingProxyType(weights)), ("windows", MappingProxyType(windows)),
-                            ("setting", setting.name), ("mapper", mapper), ("cross_blend", str(cross)), ("self_blend", str(self_)),
-                            ("self_window", self_window)):
+                            ("setting", setting.name), ("mapper", mapper), ("cross_blend", str(cross)),
+                            ("self_blend", str(self_)), ("self_window", self_window)):
             object.__setattr__(self, name, value)
 
     def _checked_target(self) -> str:

@@ -51,9 +51,8 @@ def key_span(text: str, word: int) -> tuple[int, int]:
 
 def named_spans(name: str, text: str) -> tuple[NamedSpan, ...]:
     """Where `name` (a word_key) is in `text`: its whole words, else its word parts; () if neither."""
-    words = split_words(text)
-    whole = tuple(NamedSpan(w, *word_spans(text)[w], True) for w, word in enumerate(words)
-                  if name and word_key(word) == name)
+    words, spans = split_words(text), word_spans(text)
+    whole = tuple(NamedSpan(w, *spans[w], True) for w, word in enumerate(words) if name and word_key(word) == name)
     if whole:
         return whole
     return tuple(NamedSpan(w, lo, hi, False) for w in range(len(words)) for lo, hi in _part_spans(name, text, w))
