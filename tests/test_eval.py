@@ -19,6 +19,7 @@ import soundfile as sf  # noqa: E402
 
 import editgen.cli  # noqa: E402
 from editgen.cli import eval as cli_eval  # noqa: E402
+from editgen.eval.scoring import read_pairs_csv  # noqa: E402
 from editgen.errors import AudioError, CheckpointError, InvalidRequestError  # noqa: E402
 from editgen.eval import Pair, evaluate_pair, metrics, report  # noqa: E402
 from editgen.eval.audio_io import load_audio  # noqa: E402
@@ -245,12 +246,12 @@ def test_batch_csv_validation(tmp_path):
     csv_path = tmp_path / "p.csv"
     csv_path.write_text("source,edit\na.wav,b.wav\n")
     with pytest.raises(InvalidRequestError, match="expected source,edited"):
-        cli_eval.read_pairs_csv(csv_path)
+        read_pairs_csv(csv_path)
     csv_path.write_text("source,edited\n")
     with pytest.raises(InvalidRequestError, match="no pairs"):
-        cli_eval.read_pairs_csv(csv_path)
+        read_pairs_csv(csv_path)
     csv_path.write_text('source,edited,target_prompt\na.wav,/abs/b.wav,"jazz, with horns"\n')
-    (pair,) = cli_eval.read_pairs_csv(csv_path)
+    (pair,) = read_pairs_csv(csv_path)
     assert pair.source == tmp_path / "a.wav" and str(pair.edited) == "/abs/b.wav"
     assert pair.target_prompt == "jazz, with horns" and pair.label is None
 

@@ -403,12 +403,12 @@ def test_unwritable_output_and_too_long_clips_exit_2(tmp_path, capsys):
 
 
 def test_failure_while_scoring_leaves_no_output(tmp_path, capsys, monkeypatch):
-    import editgen.cli.eval as cli_eval
+    import editgen.eval.scoring as scoring
 
     def broken(*args, **kwargs):
         raise EditGenError("scoring broke")
 
-    monkeypatch.setattr(cli_eval, "score_pairs", broken)
+    monkeypatch.setattr(scoring, "score_pairs", broken)
     out = tmp_path / "out"
     assert_user_error(capsys, ["protocol", *MODEL, "--pairs", 1, "--settings", "hard", *FAST, "-o", out], out,
                       "scoring broke")

@@ -247,9 +247,10 @@ def _score(tmp: Path, scorer, *, progress: bool):
     """Scores pairs.csv exactly as `editgen eval --batch OUTDIR/pairs.csv` would (read back
     through its reader), then makes paths relative to OUTDIR: the temporary directory's
     name must not outlive it in eval.json."""
-    from editgen.cli.eval import Scored, read_pairs_csv, score_pairs
+    from editgen.cli.eval import progress_wrap
+    from editgen.eval.scoring import Scored, read_pairs_csv, score_pairs
 
-    scored = score_pairs(read_pairs_csv(tmp / "pairs.csv"), scorer, batch=True, progress=progress)
+    scored = score_pairs(read_pairs_csv(tmp / "pairs.csv"), scorer, batch=True, wrap=progress_wrap(progress))
     prefix = f"{tmp}{os.sep}"
     results = tuple(dataclasses.replace(r, source=r.source.removeprefix(prefix), edited=r.edited.removeprefix(prefix),
                                         notes=tuple(n.replace(prefix, "") for n in r.notes))
