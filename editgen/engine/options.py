@@ -9,6 +9,15 @@ from editgen.engine.config import ModelShapes
 from editgen.errors import InvalidRequestError
 
 
+# Guidance scales above this are refused. MusicGen's default is 3 and published settings
+# stay below 10. The guided logits, uncond + (cond - uncond) x scale, are computed in
+# float32 and grow linearly with the scale: far past 10 sampling is argmax of the
+# difference whatever the temperature, and near float32's range (1e308 was accepted
+# once) they overflow to inf and NaN and the codes are degenerate. 100 leaves ten times
+# the useful range for experiments and keeps every guided logit finite.
+MAX_GUIDANCE = 100.0
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class GenerationOptions:
     seconds: float
@@ -21,8 +30,9 @@ class GenerationOptions:
     def __post_init__(self):
         if not isinstance(self.seconds, (int, float)) or not math.isfinite(self.seconds) or self.seconds <= 0:
             raise InvalidRequestError(f"seconds must be a positive number, got {self.seconds}")
-        if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
-            raise InvalidRequestError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+        if not math.isfinite(self.guidance_scale) or not 0 <= self.guidance_scale <= MAX_GUIDANCE:
+            raise InvalidRequestError(f"guidance_scale must be in [0, {MAX_GUIDANCE:g}], got {self.guidance_scale} "
+                                      "(MusicGen's default is 3)")
         if not isinstance(self.top_k, int) or self.top_k < 1:
             raise InvalidRequestError(f"top_k must be a positive integer, got {self.top_k}")
         if not math.isfinite(self.temperature) or self.temperature <= 0:
