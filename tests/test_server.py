@@ -223,6 +223,26 @@ def test_stream_events_reassemble_to_the_whole_result(client, mode):
     assert streamed == base64.b64decode(whole["audio"]["edited"])
 
 
+def test_stereo_streams_equal_the_whole_result():
+    """Stereo delays codebook k by k // 2 + 1, not k + 1: a stream that used mono's rule
+    sent frames whose right-channel codes were not sampled yet."""
+    import dataclasses
+
+    from editgen.engine.backends.fake import FAKE_SHAPES
+
+    stereo = dataclasses.replace(FAKE_SHAPES, num_codebooks=8, audio_channels=2)
+    with client_for(lambda: FakeBackend(stereo)) as c:
+        body = {**EDIT, "seconds": 2.0, "seed": 7}
+        whole = c.post("/v1/edit", json={**body, "format": "json"}).json()
+        events = [json.loads(line) for line in
+                  c.post("/v1/edit", json={**body, "stream": True, "format": "json"}).text.splitlines()]
+        assert sum(e["event"] == "audio" for e in events) >= 4  # chunks while it ran, not only at the end
+        for track in ("edited", "source"):
+            pcm = b"".join(base64.b64decode(e["pcm16"]) for e in events if e.get("track") == track)
+            assert pcm == base64.b64decode(whole["audio"][track])[44:], track
+        assert c.post("/v1/edit", json={**body, "stream": True}).content == base64.b64decode(whole["audio"]["edited"])
+
+
 def test_chunk_plan_grows_to_its_cap():
     plan, ends = ChunkPlan(10, 2.0, 50), []
     sent = 0

@@ -155,7 +155,10 @@ class Backend(Protocol):
     def decode_audio(self, codes: np.ndarray) -> np.ndarray:
         """codes: [n, K, frames] -> waveforms [n, channels, samples] float32 at
         shapes.sample_rate, channels = shapes.audio_channels (stereo: codebooks 0, 2, 4, 6
-        decode the left channel, 1, 3, 5, 7 the right, each with the mono EnCodec)."""
+        decode the left channel, 1, 3, 5, 7 the right, each with the mono EnCodec). A
+        backend whose class sets `prefix_decode_exact = True` promises that the first f
+        frames of a clip decode to the whole clip's samples bit for bit, but for the
+        codec's look-ahead (editgen.server.audio_stream)."""
 
     def encode_audio(self, wav: np.ndarray) -> np.ndarray:
         """wav: [channels, samples] float32 at shapes.sample_rate, channels =

@@ -4,13 +4,25 @@ request decoded chunk by chunk.
 The codec's boundary. EnCodec's decoder is not causal: its convolutions look a few
 frames ahead, and at the end of a clip it reflect-pads, so the last frames of a decoded
 prefix differ from the same frames decoded as part of the whole clip. Its LSTM is
-causal. So a prefix of f frames, decoded alone, gives samples bit-identical to the full
-decode for its first f - HOLDBACK_FRAMES frames (measured: frames f-4..f-1 differ, every
-earlier sample is equal; tests/test_server_stream.py pins it on the exported codec). The
-stream decodes a growing prefix and sends only those settled samples, so the streamed
-bytes equal the non-streamed WAV. A prefix costs a decode of all of it: chunk sizes grow
-geometrically (ServerConfig.stream_growth) up to a cap, which keeps the total decode work
-a small multiple of one full decode while the first chunk comes early."""
+causal. So a prefix of f frames, decoded alone, gives the whole decode's samples for its
+first f - HOLDBACK_FRAMES frames (frames f-4..f-1 differ, every earlier sample is equal)
+-- provided the decoder's kernels compute each output the same way whatever the clip's
+length. ONNX Runtime's do (MLAS: the reduction order of an output does not depend on the
+length; tests/test_server_engine.py pins it), and such a backend says so with
+`prefix_decode_exact = True`. torch's do not: oneDNN picks its convolution kernels by
+the input's length, so a 14-frame prefix and the 150-frame clip round differently in the
+last bit (up to 1.2e-7, which flips a 16-bit sample now and then; which prefixes a
+stream decodes depends on when the codec thread is free, so two streams of one request
+could differ too). For such a backend each prefix is decoded at the clip's final length,
+the frames not yet sampled filled with code 0: every decode of the clip then has the
+same shape, so the same kernels, so the same bits before the holdback. That costs a
+decode of the whole clip per chunk (cheap on a GPU; the torch backend on a CPU is the
+reference, not the serving path).
+
+The stream sends only those settled samples, so the streamed bytes equal the
+non-streamed WAV. Chunk sizes grow geometrically (ServerConfig.stream_growth) up to a
+cap, which keeps the decode work a small multiple of one full decode (of `chunks` full
+decodes where prefixes are padded) while the first chunk comes early."""
 
 from __future__ import annotations
 
@@ -46,15 +58,28 @@ def wav_bytes(wav: np.ndarray, sample_rate: int) -> bytes:
 
 def completed_frames(request: Request) -> int:
     """Audio frames whose every codebook is sampled. Codebook k holds frame f at position
-    f + 1 + k (the delay pattern), and positions 0..request.step are filled."""
-    K = request.pattern.K
-    return max(0, min(request.step - K + 1, request.pattern.frames))
+    f + 1 + d_k (the delay pattern: d_k = k mono, k // 2 stereo), and positions
+    0..request.step are filled."""
+    latest = int(request.pattern.delays.max())
+    return max(0, min(request.step - latest, request.pattern.frames))
 
 
 def prefix_codes(request: Request, row: int, frames: int) -> np.ndarray:
     """Codes [K, frames] of conditional row `row`, the delay pattern removed (a copy)."""
     seq = request.sequence[row]  # [K, steps + 1]
-    return np.stack([seq[k, k + 1: k + 1 + frames] for k in range(request.pattern.K)])
+    return np.stack([seq[k, d + 1: d + 1 + frames] for k, d in enumerate(request.pattern.delays)])
+
+
+def decode_prefix(backend, codes: np.ndarray, frames: int) -> np.ndarray:
+    """codes [K, f], the first f of a clip's `frames` frames -> float32 [channels, samples]
+    whose first (f - HOLDBACK_FRAMES) frames of samples are the whole clip's, bit for bit
+    (see the module's docstring: decoded alone where the backend's kernels allow it, at
+    the final length otherwise)."""
+    if not getattr(backend, "prefix_decode_exact", False):
+        full = np.zeros((codes.shape[0], frames), codes.dtype)
+        full[:, : codes.shape[1]] = codes
+        codes = full
+    return backend.decode_audio(codes[None])[0]
 
 
 class ChunkPlan:

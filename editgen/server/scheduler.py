@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from editgen.engine.core import EngineCore
 from editgen.engine.requests import State
 from editgen.errors import InvalidRequestError
-from editgen.server.audio_stream import HOLDBACK_FRAMES, ChunkPlan, completed_frames, pcm16
+from editgen.server.audio_stream import HOLDBACK_FRAMES, ChunkPlan, completed_frames, decode_prefix, pcm16
 from editgen.server.config import ServerConfig
 from editgen.server.errors import (
     DeadlineExceededError,
@@ -208,7 +208,7 @@ class Scheduler:
                 return
             end = settled * self.hop
             for name, track_codes in codes.items():
-                wav = self.backend.decode_audio(track_codes[None])[0]  # [channels, samples], prefix decode
+                wav = decode_prefix(self.backend, track_codes, ticket.frames)  # [channels, samples]
                 ticket.post(AudioChunk(name, ticket.sent_samples, pcm16(wav[:, ticket.sent_samples: end])))
             self._first_audio(ticket)
             ticket.sent_samples = end

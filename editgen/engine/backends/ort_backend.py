@@ -60,6 +60,10 @@ class OrtBackend:
     `end_profiling()` returns the trace file (benchmarks.profile_ort reads it)."""
 
     name = "ort"
+    # MLAS computes each output sample of the codec the same way whatever the clip's
+    # length: a prefix decodes to the whole clip's samples before its last frames
+    # (the server streams prefix decodes; tests/test_server_engine.py pins it).
+    prefix_decode_exact = True
     session_config: dict[str, str] = {}  # onnxruntime session config entries of every session
 
     def __init__(self, engine_dir: str | Path, *, providers: list[str] | None = None,
