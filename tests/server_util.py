@@ -14,6 +14,26 @@ import numpy as np
 import soundfile as sf
 
 
+def client_for(backend_factory=None, **config):
+    """A TestClient (use it as a context manager: it runs the lifespan) of the app on
+    `backend_factory()` (the fake backend by default) with ServerConfig(**config)."""
+    from fastapi.testclient import TestClient
+
+    from editgen.engine.backends.fake import FakeBackend
+    from editgen.server.app import create_app
+    from editgen.server.config import ServerConfig
+
+    return TestClient(create_app(backend_factory or FakeBackend, ServerConfig(**config)))
+
+
+def error_of(response) -> tuple[int, str]:
+    """(status, code) of an error answer, which must be the error contract's one-line body."""
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    assert "\n" not in body["error"]["message"]
+    return response.status_code, body["error"]["code"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -16,34 +16,31 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the server tests need the serve extra")
 
-from fastapi.testclient import TestClient  # noqa: E402
 
 from editgen.engine.backends.fake import FakeBackend  # noqa: E402
 from editgen.errors import InvalidRequestError  # noqa: E402
 from editgen.server.app import create_app  # noqa: E402
 from editgen.server.audio_stream import ChunkPlan, wav_bytes  # noqa: E402
 from editgen.server.config import ServerConfig  # noqa: E402
-from tests.server_util import Gated, Recording, live_server, serving, wait_for, wav_upload  # noqa: E402
+from tests.server_util import (  # noqa: E402
+    Gated,
+    Recording,
+    client_for,
+    error_of,
+    live_server,
+    serving,
+    wait_for,
+    wav_upload,
+)
 
 SRC, TGT = "lofi piano with soft drums", "lofi guitar with soft drums"
 KEY = "secret-key-123"
-
-
-def client_for(backend_factory=FakeBackend, **config) -> TestClient:
-    return TestClient(create_app(backend_factory, ServerConfig(**config)))
 
 
 @pytest.fixture(scope="module")
 def client():
     with client_for(max_rows=16, queue_size=8, max_body_bytes=4096, max_upload_bytes=200_000) as c:
         yield c
-
-
-def error_of(response) -> tuple[int, str]:
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
-    assert "\n" not in body["error"]["message"]
-    return response.status_code, body["error"]["code"]
 
 
 # -- the error contract -------------------------------------------------------------------------

@@ -23,7 +23,16 @@ from editgen.engine.backends.fake import FAKE_SHAPES, FakeBackend  # noqa: E402
 from editgen.server.app import create_app  # noqa: E402
 from editgen.server.config import ServerConfig  # noqa: E402
 from editgen.server.errors import UnknownCaptureError  # noqa: E402
-from tests.server_util import Gated, flac_upload, live_server, serving, wait_for, wav_upload  # noqa: E402
+from tests.server_util import (  # noqa: E402
+    Gated,
+    client_for,
+    error_of,
+    flac_upload,
+    live_server,
+    serving,
+    wait_for,
+    wav_upload,
+)
 
 SRC, TGT = "lofi piano with soft drums", "lofi guitar with soft drums"
 GEN = {"prompt": "lofi piano", "seconds": 0.5}
@@ -31,21 +40,10 @@ EDIT = {"source": SRC, "target": TGT, "seconds": 0.5}
 KEY = "secret-key-123"
 
 
-def client_for(backend_factory=FakeBackend, **config) -> TestClient:
-    return TestClient(create_app(backend_factory, ServerConfig(**config)))
-
-
 @pytest.fixture(scope="module")
 def client():
     with client_for(max_upload_bytes=400_000) as c:
         yield c
-
-
-def error_of(response) -> tuple[int, str]:
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
-    assert "\n" not in body["error"]["message"]
-    return response.status_code, body["error"]["code"]
 
 
 def raw_json(obj) -> dict:

@@ -4,7 +4,6 @@ resampled where asked; written as 16-bit WAV with one or two channels."""
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 from math import gcd
 from pathlib import Path
