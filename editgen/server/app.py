@@ -32,7 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from editgen.engine.editing import Region
+from editgen.engine.jobs import Region
 from editgen.engine.options import MAX_GUIDANCE
 from editgen.engine.tokenizer import text_problem
 from editgen.errors import EditGenError

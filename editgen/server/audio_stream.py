@@ -31,8 +31,6 @@ import struct
 
 import numpy as np
 
-from editgen.engine.requests import Request
-
 HOLDBACK_FRAMES = 4  # EnCodec decoder look-ahead: frames f-4..f-1 of an f-frame prefix are not final
 _WAV_HEADER = "<4sI4s4sIHHIIHH4sI"
 
@@ -54,20 +52,6 @@ def wav_header(samples: int, sample_rate: int, channels: int = 1) -> bytes:
 def wav_bytes(wav: np.ndarray, sample_rate: int) -> bytes:
     """wav: float32 [channels, samples]."""
     return wav_header(wav.shape[-1], sample_rate, wav.shape[0]) + pcm16(wav)
-
-
-def completed_frames(request: Request) -> int:
-    """Audio frames whose every codebook is sampled. Codebook k holds frame f at position
-    f + 1 + d_k (the delay pattern: d_k = k mono, k // 2 stereo), and positions
-    0..request.step are filled."""
-    latest = int(request.pattern.delays.max())
-    return max(0, min(request.step - latest, request.pattern.frames))
-
-
-def prefix_codes(request: Request, row: int, frames: int) -> np.ndarray:
-    """Codes [K, frames] of conditional row `row`, the delay pattern removed (a copy)."""
-    seq = request.sequence[row]  # [K, steps + 1]
-    return np.stack([seq[k, d + 1: d + 1 + frames] for k, d in enumerate(request.pattern.delays)])
 
 
 def decode_prefix(backend, codes: np.ndarray, frames: int) -> np.ndarray:
