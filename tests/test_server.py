@@ -178,6 +178,8 @@ def test_no_field_of_the_api_names_a_path(client):
 @pytest.mark.parametrize("field,value", [
     ("max_rows", 1), ("queue_size", 0), ("deadline_s", 0), ("deadline_s", float("nan")),
     ("max_body_bytes", 10), ("stream_growth", 0.5), ("api_key", "short"), ("max_seconds", -1.0),
+    ("max_uploads", 0), ("max_upload_samples", 0), ("body_timeout_s", 0), ("header_timeout_s", float("inf")),
+    ("allowed_hosts", ()), ("allowed_hosts", ["localhost"]), ("capture_dir", ""),
 ])
 def test_server_config_is_validated(field, value):
     with pytest.raises(InvalidRequestError, match=field):

@@ -73,7 +73,8 @@ def read_upload(file, name: str, shapes, *, max_seconds: float, max_samples: int
                 for part, resampler, channel in zip(parts, resamplers, data):
                     part.append(resampler.push(channel))
         except (sf.SoundFileError, RuntimeError, TypeError, ValueError) as exc:
-            raise AudioError(f"cannot read audio {name}: {sndfile_reason(exc)} (give a WAV, FLAC or OGG file)") from None
+            raise AudioError(f"cannot read audio {name}: {sndfile_reason(exc)} "
+                             "(give a WAV, FLAC or OGG file)") from None
     if read == 0:
         raise AudioError(f"audio {name} has no samples")
     wav = np.stack([np.concatenate(part + [r.finish()]) for part, r in zip(parts, resamplers)])

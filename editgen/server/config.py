@@ -88,8 +88,9 @@ class ServerConfig:
             raise InvalidRequestError(f"stream_growth is {self.stream_growth}, must be in [1, 16]")
         if self.api_key is not None and (not isinstance(self.api_key, str) or len(self.api_key) < 8):
             raise InvalidRequestError("api_key must be at least 8 characters (or unset for no key)")
-        if self.allowed_hosts is not None and (not isinstance(self.allowed_hosts, tuple) or not self.allowed_hosts
-                                               or not all(isinstance(h, str) and h.strip() for h in self.allowed_hosts)):
+        hosts = self.allowed_hosts
+        if hosts is not None and (not isinstance(hosts, tuple) or not hosts
+                                  or not all(isinstance(h, str) and h.strip() for h in hosts)):
             raise InvalidRequestError(f"allowed_hosts is {self.allowed_hosts!r}: give a tuple of host names "
                                       "(\"*\" for any), or None")
         if self.capture_dir is not None and (not isinstance(self.capture_dir, str) or not self.capture_dir):
