@@ -18,22 +18,19 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
-import inspect
 import json
 import os
 import time
-from typing import Annotated, Callable, Literal
+from typing import Annotated, Callable
 
 import pydantic
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from editgen.engine.jobs import Region
-from editgen.engine.options import MAX_GUIDANCE
 from editgen.engine.tokenizer import text_problem
 from editgen.errors import EditGenError
 from editgen.server.audio_stream import wav_bytes, wav_header
@@ -53,7 +50,8 @@ from editgen.server.errors import (
 )
 from editgen.server.middleware import OUTCOME_STATUS, REQUEST_ID, UPLOAD_SLOT, Front, Guard, internal_error
 from editgen.server.scheduler import ClientGone
-from editgen.server.schemas import CaptureBody, EditBody, FormFlag, GenerateBody, RegionBody, Text
+from editgen.server.schemas import (CaptureAudioForm, CaptureBody, EditAudioForm, EditBody, GenerateBody,
+                                    body_from_form)
 from editgen.server.service import Service
 from editgen.server.tickets import AudioChunk, Done, Failed, Outcome, Ticket
 from editgen.version import __version__
@@ -204,40 +202,15 @@ def _add_routes(app: FastAPI, config: ServerConfig) -> None:
         ticket = service.jobs.edit(body, time.monotonic())
         return await _respond(request, service, ticket, body.stream, body.format)
 
-    @app.post("/v1/edit/audio", responses=audio, summary="Edit an uploaded recording")
-    async def edit_audio(request: Request, audio: Annotated[UploadFile, File(description="WAV, FLAC or OGG")],
-                         source: Annotated[Text, Form(description="a description of the audio")],
-                         target: Annotated[Text | None, Form()] = None,
-                         op: Annotated[Literal["replace", "refine", "reweight"], Form()] = "replace",
-                         word: Annotated[tuple[Text, ...], Form(description="WORD=C, repeatable")] = (),
-                         window: Annotated[tuple[Text, ...],
-                                           Form(description="WORD=F or WORD=START:END, repeatable")] = (),
-                         setting: Annotated[Literal["editgen-code", "paper-text", "hard"], Form()] = "editgen-code",
-                         cross_blend: Annotated[Text | None, Form()] = None,
-                         self_blend: Annotated[Text | None, Form()] = None,
-                         self_window: Annotated[Text | None, Form()] = None,
-                         reweight_mode: Annotated[Literal["p2p", "editgen-code"], Form()] = "p2p",
-                         region: Annotated[Text | None, Form(description="START:END seconds")] = None,
-                         guidance: Annotated[float, Form(ge=0, le=MAX_GUIDANCE)] = 3.0,
-                         top_k: Annotated[int, Form()] = 250, temperature: Annotated[float, Form()] = 1.0,
-                         greedy: Annotated[FormFlag, Form()] = False, seed: Annotated[int, Form()] = 0,
-                         stream: Annotated[FormFlag, Form()] = False,
-                         format: Annotated[Literal["wav", "json"], Form()] = "wav"):
-        from editgen.cli.edit import parse_assignments, parse_windows
-
+    @app.post("/v1/edit/audio", responses=audio, summary="Edit an uploaded recording",
+              openapi_extra=_multipart(EditAudioForm))
+    async def edit_audio(form: Annotated[EditAudioForm, Form()], request: Request):
         arrived = time.monotonic()
-        await _refuse_unknown_fields(request, edit_audio)
         service = service_of(request)
-        span = Region.parse(region) if region is not None else None
-        body = EditBody(source=source, target=target, op=op, setting=setting, cross_blend=cross_blend,
-                        self_blend=self_blend, self_window=self_window, reweight_mode=reweight_mode, guidance=guidance,
-                        top_k=top_k, temperature=temperature, greedy=greedy, seed=seed, stream=stream, format=format,
-                        word_weights=parse_assignments(word, "word", "C"),
-                        windows=parse_windows(window, "window"),
-                        region=None if span is None else RegionBody(start=span.start, end=span.end))
-        source_audio = await _upload(service, audio)
+        body = body_from_form(form, EditBody)
+        source_audio = await _upload(service, form.audio)
         ticket = service.jobs.edit(body, arrived, audio=source_audio)
-        return await _respond(request, service, ticket, stream, format)
+        return await _respond(request, service, ticket, body.stream, body.format)
 
     @app.post("/v1/captures", responses=errors, summary="Record a source's maps for later edits")
     async def capture(body: CaptureBody, request: Request):
@@ -245,19 +218,13 @@ def _add_routes(app: FastAPI, config: ServerConfig) -> None:
         ticket = service.jobs.capture(body, time.monotonic())
         return await _respond(request, service, ticket, False, "json")
 
-    @app.post("/v1/captures/audio", responses=errors, summary="Capture an uploaded recording")
-    async def capture_audio(request: Request, audio: Annotated[UploadFile, File(description="WAV, FLAC or OGG")],
-                            source: Annotated[Text, Form(description="a description of the audio")],
-                            capture_dtype: Annotated[Literal["fp16", "fp32"], Form()] = "fp16",
-                            guidance: Annotated[float, Form(ge=0, le=MAX_GUIDANCE)] = 3.0,
-                            top_k: Annotated[int, Form()] = 250, temperature: Annotated[float, Form()] = 1.0,
-                            greedy: Annotated[FormFlag, Form()] = False, seed: Annotated[int, Form()] = 0):
+    @app.post("/v1/captures/audio", responses=errors, summary="Capture an uploaded recording",
+              openapi_extra=_multipart(CaptureAudioForm))
+    async def capture_audio(form: Annotated[CaptureAudioForm, Form()], request: Request):
         arrived = time.monotonic()
-        await _refuse_unknown_fields(request, capture_audio)
         service = service_of(request)
-        body = CaptureBody(source=source, capture_dtype=capture_dtype, guidance=guidance, top_k=top_k,
-                           temperature=temperature, greedy=greedy, seed=seed)
-        ticket = service.jobs.capture(body, arrived, audio=await _upload(service, audio))
+        body = body_from_form(form, CaptureBody)
+        ticket = service.jobs.capture(body, arrived, audio=await _upload(service, form.audio))
         return await _respond(request, service, ticket, False, "json")
 
     @app.get("/v1/captures/{capture_id}", responses=errors, summary="A capture's facts")
@@ -286,13 +253,11 @@ def _add_routes(app: FastAPI, config: ServerConfig) -> None:
         return Response(service_of(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
-async def _refuse_unknown_fields(request: Request, handler) -> None:
-    """A multipart field the handler does not take is refused (422), as JSON bodies
-    refuse unknown fields: a misspelt option must not be ignored silently."""
-    known = set(inspect.signature(handler).parameters) - {"request"}
-    unknown = sorted(set((await request.form()).keys()) - known)
-    if unknown:
-        raise BadBodyError(f"{unknown[0]!r}: unknown field (this endpoint takes {', '.join(sorted(known))})")
+def _multipart(form) -> dict:
+    """The upload endpoints take multipart/form-data (FastAPI would say urlencoded for a form
+    model): their schema is the form model's, the file included."""
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {
+        "schema": {"$ref": f"#/components/schemas/{form.__name__}"}}}}}
 
 
 async def _upload(service: Service, audio: UploadFile):
