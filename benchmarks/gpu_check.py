@@ -364,12 +364,17 @@ def _cross_case(shapes, rows: int, g) -> dict:
     src[1:half] = 0
     use_captured = torch.zeros(rows)
     use_captured[half - 1] = 1.0
-    return dict(q=torch.randn(rows, H, D, generator=g), k=torch.randn(rows, H, T, D, generator=g),
-                v=torch.randn(rows, H, T, D, generator=g), text_mask=(torch.arange(T)[None] < lengths[:, None]).float(),
-                src_row=src, use_captured=use_captured, captured=torch.softmax(torch.randn(rows, H, T, generator=g), -1),
-                mapper=torch.softmax(torch.randn(rows, T, T, generator=g) * 3, -1),
-                alpha=(torch.rand(rows, T, generator=g) > 0.3).float(), weight=torch.rand(rows, T, generator=g) * 4 - 2,
-                window=(torch.rand(rows, T, generator=g) > 0.2).float(), keep=torch.where(src == torch.arange(rows), 1.0, 0.5))
+    def randn(*shape):
+        return torch.randn(*shape, generator=g)
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=g)
+
+    return dict(q=randn(rows, H, D), k=randn(rows, H, T, D), v=randn(rows, H, T, D),
+                text_mask=(torch.arange(T)[None] < lengths[:, None]).float(), src_row=src, use_captured=use_captured,
+                captured=torch.softmax(randn(rows, H, T), -1), mapper=torch.softmax(randn(rows, T, T) * 3, -1),
+                alpha=(rand(rows, T) > 0.3).float(), weight=rand(rows, T) * 4 - 2, window=(rand(rows, T) > 0.2).float(),
+                keep=torch.where(src == torch.arange(rows), 1.0, 0.5))
 
 
 def _min_ms(call, repeats: int = 50) -> float:

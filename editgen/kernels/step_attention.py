@@ -35,7 +35,8 @@ class TritonSelfAttention:
 
     @staticmethod
     def terms(slots, positions, edit: EditTensors) -> KernelSelfTerms:
-        return KernelSelfTerms(slots, positions, edit.src_row, (edit.self_blend * edit.self_window[:, None]).T.contiguous())
+        self_b = (edit.self_blend * edit.self_window[:, None]).T.contiguous()
+        return KernelSelfTerms(slots, positions, edit.src_row, self_b)
 
     def __call__(self, layer_index: int, qkv, k_pool, v_pool, e: KernelSelfTerms):
         """qkv: [R, 1, 3 * hidden]; k_pool, v_pool: [slots, heads, positions, head_dim]."""
