@@ -325,8 +325,9 @@ def test_cuda_lib_part_gives_the_library_what_it_takes():
     """The triton backend with its cross-attention part through the library's binding (the
     library itself replaced by the reference of its formula, since it cannot run here): the
     step's tensors pass the binding's checks layer by layer, and logits and maps match the
-    Triton kernel's (tests/test_onnx.py's script: edits in every row, maps wanted)."""
-    ref = kernel_backend()
+    torch backend's as the Triton kernel's do (tests/test_onnx.py's script: edits in every
+    row, maps wanted)."""
+    ref = torch_backend(SPEC)
     kb = KernelBackend(loaded_model(SPEC))
     library = _ReferenceLibrary()
     kb._dec.cross_attention = CudaLibCrossAttention(kb._dec.cross_attention.dims, torch.float32, library)
