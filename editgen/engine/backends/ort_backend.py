@@ -141,9 +141,10 @@ class OrtBackend:
         self.pool = HostKVPool(self.shapes, self._kv_dtype)
         self._kv_key = None
 
-    def admit(self, slots: np.ndarray, hidden: np.ndarray, mask: np.ndarray) -> None:
-        """hidden [R, T, text_hidden], mask [R, T] -> cross K/V of rows `slots`, kept in the pool."""
-        self.slots.admit(slots, mask)
+    def admit(self, slots: np.ndarray, hidden: np.ndarray, mask: np.ndarray, edit) -> None:
+        """hidden [R, T, text_hidden], mask [R, T] -> cross K/V of rows `slots`, kept in the pool;
+        edit (EditStepInputs, rows R) kept in the slot table."""
+        self.slots.admit(slots, mask, edit)
         feed = {"hidden": np.ascontiguousarray(hidden, dtype=np.float32),
                 "text_mask": np.ascontiguousarray(mask, dtype=np.int64)}
         k, v = self._cross.run(["cross_k", "cross_v"], feed)  # [layers, R, heads, T, head_dim]
