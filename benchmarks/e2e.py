@@ -28,26 +28,21 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import SOURCE, TARGETS
+from editgen.engine.core import StepObserver
 
 PROG = "python -m benchmarks.e2e"
 FULL = dict(preset="small", seconds=[10.0, 30.0], concurrency=[1, 2, 4, 8], concurrency_seconds=10.0)
 QUICK = dict(preset="tiny", seconds=[1.0, 2.0], concurrency=[1, 2, 4], concurrency_seconds=1.0)
 
 
-class TimedBackend:
-    """A backend whose `step` records (first row's position, seconds)."""
+class StepTimer(StepObserver):
+    """Records (the batch's highest position, seconds of the backend step) per step."""
 
-    def __init__(self, inner):
-        self.inner, self.trace = inner, []
+    def __init__(self):
+        self.trace = []
 
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def step(self, batch):
-        start = time.perf_counter()
-        out = self.inner.step(batch)
-        self.trace.append((int(batch.positions.max()), time.perf_counter() - start))
-        return out
+    def after_step(self, batch, outputs, seconds, requests):
+        self.trace.append((int(batch.positions.max()), seconds))
 
 
 def edit_latency(engine_dir: str, seconds: float, threads: int) -> dict:
@@ -55,15 +50,16 @@ def edit_latency(engine_dir: str, seconds: float, threads: int) -> dict:
     from editgen.engine.runtime import open_backend
 
     with open_backend(engine=engine_dir, threads=threads) as ort_backend:  # int8: the int8 KV engine
-        backend = TimedBackend(ort_backend)
+        timer = StepTimer()
         options = editgen.GenerationOptions(seconds=seconds, seed=0)
         start = time.perf_counter()
-        result = editgen.edit(backend, [editgen.EditSpec(source=SOURCE, target=TARGETS[0])], options, progress=False)
+        result = editgen.edit(ort_backend, [editgen.EditSpec(source=SOURCE, target=TARGETS[0])], options,
+                              observers=[timer])
         steps_done = time.perf_counter()
-        backend.decode_audio(np.concatenate([result.source_codes[None], result.edited_codes]))
+        ort_backend.decode_audio(np.concatenate([result.source_codes[None], result.edited_codes]))
         wall = time.perf_counter() - start
         restrides = ort_backend.pool.restrides if ort_backend.pool is not None else None
-    positions, step_s = map(np.asarray, zip(*backend.trace))
+    positions, step_s = map(np.asarray, zip(*timer.trace))
     return {"backend": type(ort_backend).__name__, "seconds": seconds, "steps": len(step_s), "rows": 4, "wall_s": wall,
             "decode_s": wall - (steps_done - start),
             "steps_s": len(step_s) / wall, "rtf": seconds / wall, "step_ms_sum": float(step_s.sum() * 1e3),
@@ -95,9 +91,9 @@ def concurrent_edits(engine_dir: str, count: int, seconds: float, threads: int) 
     import editgen
     from editgen.engine.runtime import open_backend
 
-    with open_backend(engine=engine_dir, threads=threads) as ort_backend:
-        backend = TimedBackend(ort_backend)
-        core = editgen.EngineCore(backend, max_rows=4 * count)
+    with open_backend(engine=engine_dir, threads=threads) as backend:
+        timer = StepTimer()
+        core = editgen.EngineCore(backend, max_rows=4 * count, observers=[timer])
         jobs = [editgen.edit_job(backend, [editgen.EditSpec(source=SOURCE, target=TARGETS[i % len(TARGETS)])],
                                  editgen.GenerationOptions(seconds=seconds, seed=i)) for i in range(count)]
         start = time.perf_counter()
@@ -109,10 +105,10 @@ def concurrent_edits(engine_dir: str, count: int, seconds: float, threads: int) 
             r = job.result()
             backend.decode_audio(np.concatenate([r.source_codes[None], r.edited_codes]))
         wall = time.perf_counter() - start
-    step_s = np.asarray([s for _, s in backend.trace])
+    step_s = np.asarray([s for _, s in timer.trace])
     rows = sum(job.request.rows for job in jobs)
     steps = jobs[0].request.steps
-    return {"backend": type(ort_backend).__name__, "requests": count, "rows": rows, "seconds_each": seconds,
+    return {"backend": type(backend).__name__, "requests": count, "rows": rows, "seconds_each": seconds,
             "wall_s": wall,
             "audio_s_per_s": count * seconds / wall, "row_steps_s": rows * steps / wall,
             "step_ms_median": float(np.median(step_s) * 1e3), "step_ms_sum": float(step_s.sum() * 1e3)}

@@ -76,12 +76,11 @@ def our_e2e(backend, workload: str, batch: int, seconds: float) -> float:
     options = GenerationOptions(seconds=seconds, guidance_scale=GUIDANCE, top_k=TOP_K, seed=0)
     start = time.perf_counter()
     if workload == "edit":
-        r = edit(backend, [EditSpec(source=SOURCE, target=t) for t in common.targets(batch)], options,
-                 progress=False)
+        r = edit(backend, [EditSpec(source=SOURCE, target=t) for t in common.targets(batch)], options)
         codes = np.concatenate([r.source_codes[None], r.edited_codes])
     else:
         prompts = [backend.tokenizer.encode(p) for p in common.plain_prompts(batch)]
-        codes = generate_codes(backend, prompts, options, progress=False).codes
+        codes = generate_codes(backend, prompts, options).codes
     backend.decode_audio(codes)
     return time.perf_counter() - start
 

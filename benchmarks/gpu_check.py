@@ -147,21 +147,20 @@ def _err(got, want) -> float:
 # -- 2. codes and 3. agreement -----------------------------------------------------------------
 
 
-class RecordingBackend:
-    """Records each step's logits [R, K, vocab] (host copies) of the wrapped backend, when it
-    returns them (a backend that samples on its device returns codes)."""
+def _logits_recorder():
+    """A StepObserver keeping each step's logits [R, K, vocab] (host copies), when the
+    backend returns them (a backend that samples on its device returns codes)."""
+    from editgen.engine.core import StepObserver
 
-    def __init__(self, inner):
-        self.inner, self.logits = inner, []
+    class LogitsRecorder(StepObserver):
+        def __init__(self):
+            self.logits = []
 
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
+        def after_step(self, batch, outputs, seconds, requests):
+            if outputs.logits is not None:
+                self.logits.append(outputs.logits.copy())
 
-    def step(self, batch):
-        out = self.inner.step(batch)
-        if out.logits is not None:
-            self.logits.append(out.logits.copy())
-        return out
+    return LogitsRecorder()
 
 
 def _run(backend, workload: str, steps: int):
@@ -175,12 +174,12 @@ def _run(backend, workload: str, steps: int):
     shapes = backend.shapes
     seconds = (steps - shapes.num_codebooks + 1) / shapes.frame_rate
     options = GenerationOptions(seconds=seconds, guidance_scale=GUIDANCE, greedy=True)
-    rec = RecordingBackend(backend)
+    rec = _logits_recorder()
     if workload == "plain":
         request = Request(shapes, [backend.tokenizer.encode(SOURCE)], options)
     else:
-        request = edit_job(rec, [EditSpec(source=SOURCE, **EDIT_TARGETS[workload])], options).request
-    run_alone(rec, request, progress=False)
+        request = edit_job(backend, [EditSpec(source=SOURCE, **EDIT_TARGETS[workload])], options).request
+    run_alone(backend, request, observers=[rec])
     return request.sequence.copy(), rec.logits, request.rows_cond
 
 
@@ -236,10 +235,10 @@ def timings(loaded, device, cfg, bandwidth: float) -> dict:
     backend = KernelBackend(loaded, device=device, dtype="float16")
     shapes = backend.shapes
     spec = EditSpec(source=SOURCE, **EDIT_TARGETS["replace"])
-    edit(backend, [spec], GenerationOptions(seconds=min(1.0, cfg["seconds"])), progress=False)  # warm-up
+    edit(backend, [spec], GenerationOptions(seconds=min(1.0, cfg["seconds"])))  # warm-up
     sync()
     start = time.perf_counter()
-    edit(backend, [spec], GenerationOptions(seconds=cfg["seconds"]), progress=False)
+    edit(backend, [spec], GenerationOptions(seconds=cfg["seconds"]))
     sync()
     out = {"edit_seconds": cfg["seconds"], "edit_e2e_s": time.perf_counter() - start,
            "steps_per_s": {str(r): _steps_per_s(backend, r, cfg["past"], cfg["timed_steps"], sync)

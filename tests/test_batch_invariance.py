@@ -11,7 +11,7 @@ import pytest
 
 from editgen.engine.backends.ort_backend import OrtBackend
 from editgen.engine.backends.ort_segmented import SegmentedOrtBackend
-from editgen.engine.core import EngineCore
+from editgen.engine.core import EngineCore, StepObserver
 from editgen.engine.edit import EditSpec
 from editgen.engine.jobs import capture_job, edit_job
 from editgen.engine.options import GenerationOptions
@@ -105,33 +105,28 @@ def test_identity_edit_and_source_row_at_8_seconds(backend):
     np.testing.assert_array_equal(codes[0], plain.request.codes()[0])
 
 
-class _Spy:
-    """Wraps a backend and records the bytes of every array crossing `step`."""
+class _Spy(StepObserver):
+    """Records the bytes of every array crossing each backend step."""
 
-    def __init__(self, inner):
-        self.inner, self.sizes = inner, []
+    def __init__(self):
+        self.sizes = []
 
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def step(self, batch):
-        out = self.inner.step(batch)
+    def after_step(self, batch, out, seconds, requests):
         arrays = [batch.slots, batch.positions, batch.codes, batch.want_maps, out.cross_attn]
         arrays += [a for a in (out.logits, out.codes) if a is not None]  # codes: a backend that samples
         arrays += [getattr(batch.edit, f) for f in batch.edit.__dataclass_fields__]
         if batch.sampling is not None:
             arrays += [getattr(batch.sampling, f) for f in batch.sampling.__dataclass_fields__]
         self.sizes.append(sum(a.nbytes for a in arrays))
-        return out
 
 
 def test_nothing_o_cache_crosses_the_step(backend):
     """Per-step traffic is the same at position 5 as at position 400: inputs and outputs
     do not grow with the cache, which stays in the backend."""
-    spy = _Spy(backend)
-    job = edit_job(spy, [EditSpec(source=SRC, target="lofi guitar with warm drums")],
+    spy = _Spy()
+    job = edit_job(backend, [EditSpec(source=SRC, target="lofi guitar with warm drums")],
                    GenerationOptions(seconds=SECONDS, seed=1))
-    EngineCore(spy, max_rows=8).run(job.request)
+    EngineCore(backend, max_rows=8, observers=[spy]).run(job.request)
     assert len(spy.sizes) == job.request.steps > 400
     assert len(set(spy.sizes)) == 1, (spy.sizes[0], max(spy.sizes))
     pool = getattr(backend, "pool", None)

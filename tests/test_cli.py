@@ -86,23 +86,24 @@ def test_help_is_a_sentence_for_users(capsys):
 
 
 @pytest.mark.parametrize("command", editgen.cli.SUBCOMMANDS)
-def test_every_option_has_help_and_shows_its_default(command, capsys):
-    parser = editgen.cli.build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
-    for action in sub._actions:
-        if action.dest == "help":
-            continue
-        assert action.help, f"{command} {action.option_strings} has no help"
+def test_every_request_option_shows_its_help_and_default(command, capsys):
+    """The --help of each command lists the declared request fields it takes with their
+    help and declared default (tests/test_request_fields.py: the same declaration drives
+    the server)."""
+    from editgen.engine.edit.spec import EditSpec
+    from editgen.engine.options import GenerationOptions
+    from editgen.engine.request_fields import request_fields
+
     with pytest.raises(SystemExit):
         editgen.cli.main([command, "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for action in sub._actions:
-        if action.default not in (None, [], "==SUPPRESS==") and action.option_strings:
-            assert f"(default: {action.default})" in text, (command, action.option_strings)
-    if command in ("generate", "edit", "capture"):
-        for default in ("--top-k TOP_K sample from the K most likely codes of each codebook (default: 250)",
-                        "(default: 1.0)", "(default: 0)"):
-            assert default in text, default
+    takes = {"generate": [GenerationOptions], "capture": [GenerationOptions],
+             "edit": [GenerationOptions, EditSpec]}.get(command, [])
+    for cls in takes:
+        for f in request_fields(cls):
+            assert f.flag in text and " ".join(f.option.help.split()[:4]) in text, (command, f.flag)
+            if f.default not in (None, {}, False) and not f.required:
+                assert f"(default: {f.default})" in text, (command, f.flag)
     if command != "eval":
         for name in PRESETS:  # tiny2 included
             assert f" {name}" in text.split("--model MODEL")[-1].split("--engine")[0]

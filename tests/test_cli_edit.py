@@ -345,7 +345,7 @@ def test_edit_stereo_44k_audio_is_resampled(tmp_path):
 def test_attention_panels_project_source_onto_target_tokens():
     from types import SimpleNamespace
 
-    from editgen.engine.plots import attention_panels
+    from editgen.cli.plots import attention_panels
 
     steps, T = 3, 6
     maps = np.zeros((steps, 2, T), np.float32)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from editgen.engine.backends.fake import FakeBackend
-from editgen.engine.core import EngineCore
+from editgen.engine.core import EngineCore, StepObserver
 from editgen.engine.edit import EditBatch, EditSpec
 from editgen.engine.jobs import compile_specs, edit_job
 from editgen.engine.options import GenerationOptions
@@ -178,3 +178,34 @@ def test_maps_reach_only_the_requests_that_record_them(backend):
     # The source row (never edited) got its own softmax map; the target row its edited one.
     np.testing.assert_allclose(result.mean_maps[:, 0].sum(-1), 1.0, rtol=1e-5)
     assert not np.allclose(result.mean_maps[:, 1], result.mean_maps[:, 0])
+
+
+class _Probe(StepObserver):
+    def __init__(self, fail_at=None):
+        self.seen, self.fail_at = [], fail_at
+
+    def before_step(self, batch):
+        if len(self.seen) == self.fail_at:
+            raise RuntimeError("probe failure")
+
+    def after_step(self, batch, outputs, seconds, requests):
+        self.seen.append((batch.slots.tolist(), outputs.logits.shape[0], [r.step for r in requests], seconds))
+
+
+def test_observers_see_every_step_and_their_errors_fail_the_steps_requests(backend):
+    probe = _Probe()
+    core = EngineCore(backend, max_rows=8, observers=[probe])
+    a, b = core.submit(plain(backend, seconds=0.3, seed=1)), core.submit(edited(backend, seconds=0.3, seed=2))
+    while core.has_work:
+        core.step()
+    assert len(probe.seen) == backend.steps == a.steps  # one call per backend step, after it
+    slots, rows, steps, seconds = probe.seen[0]
+    assert rows == a.rows + b.rows == len(slots) and steps == [0, 0] and seconds >= 0
+    assert probe.seen[-1][2] == [a.steps - 1, b.steps - 1]  # before the requests advance
+    np.testing.assert_array_equal(a.codes(), alone(backend, lambda: plain(backend, seconds=0.3, seed=1)))
+
+    failing = EngineCore(backend, max_rows=8, observers=[_Probe(fail_at=2)])
+    c = failing.submit(plain(backend, seed=3))
+    while not c.done:
+        failing.step()
+    assert c.state is State.FAILED and "probe failure" in str(c.error) and not backend.slots.admitted.any()

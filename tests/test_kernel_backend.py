@@ -28,7 +28,7 @@ if not CUDA:
 pytest.importorskip("triton")
 
 from editgen.engine.backends.kernel_backend import CUDA_LIB_NEEDS_A_GPU, NO_DEVICE, KernelBackend  # noqa: E402
-from editgen.engine.core import EngineCore  # noqa: E402
+from editgen.engine.core import EngineCore, StepObserver  # noqa: E402
 from editgen.engine.edit import EditBatch, EditSpec  # noqa: E402
 from editgen.engine.jobs import capture_source, compile_specs, edit_from_capture, edit_job  # noqa: E402
 from editgen.engine.generate import generate_codes  # noqa: E402
@@ -104,8 +104,7 @@ def _edit_run(backend, targets):
     batch = EditBatch(plans, cfg=True, num_heads=backend.shapes.num_heads)
     maps = FullMaps()
     prompts = [plans[0].source] + [p.target for p in plans]
-    codes = generate_codes(backend, prompts, greedy(guidance_scale=3.0), edits=batch, recorders=[maps],
-                           progress=False).codes
+    codes = generate_codes(backend, prompts, greedy(guidance_scale=3.0), edits=batch, recorders=[maps]).codes
     return codes, maps.array()
 
 
@@ -129,8 +128,8 @@ def test_captured_mode_matches_torch():
     spec = [EditSpec(source=SRC, target="lofi guitar with warm drums", setting="hard")]
     out = {}
     for name, backend in (("torch", torch_backend(SPEC)), ("triton", kernel_backend())):
-        cap = capture_source(backend, SRC, greedy(guidance_scale=3.0), dtype=np.float32, progress=False)
-        out[name] = cap, edit_from_capture(backend, cap, spec, progress=False)
+        cap = capture_source(backend, SRC, greedy(guidance_scale=3.0), dtype=np.float32)
+        out[name] = cap, edit_from_capture(backend, cap, spec)
     (tc, te), (kc, ke) = out["torch"], out["triton"]
     np.testing.assert_array_equal(kc.codes, tc.codes)
     np.testing.assert_allclose(kc.maps, tc.maps, **MAPS_TOL)
@@ -184,20 +183,21 @@ def test_continuous_batching_codes_equal_running_alone():
 # -- plain generation, half-precision pools ------------------------------------------------
 
 
-class _Logits(_Spy):
-    """Also keeps every step's logits: the engine core samples on the host from them (the
-    backend's device sampling is compared with the host's in test_device_sampling_*)."""
+class _Logits(StepObserver):
+    """Keeps every step's logits."""
 
-    samples_on_device = False
-
-    def __init__(self, inner):
-        super().__init__(inner)
+    def __init__(self):
         self.logits = []
 
-    def step(self, batch):
-        out = super().step(batch)
-        self.logits.append(out.logits.copy())
-        return out
+    def after_step(self, batch, outputs, seconds, requests):
+        self.logits.append(outputs.logits.copy())
+
+
+def host_sampled(backend):
+    """`backend` (a fresh one) returning logits, so that the engine core samples on the host
+    (the device sampling is compared with the host's in test_device_sampling_*)."""
+    backend.samples_on_device = False
+    return backend
 
 
 @functools.lru_cache(maxsize=None)
@@ -205,10 +205,11 @@ def _plain_run(dtype: str | None, guidance_scale: float = 3.0):
     """Greedy plain generation, PLAIN_STEPS steps (2 rows with guidance, else 1): codes
     [1, K, frames] and every step's logits [steps, rows, K, vocab]. dtype None: the torch
     backend."""
-    spy = _Logits(torch_backend(SPEC) if dtype is None else kernel_backend(dtype))
-    job = generate_job(spy, SRC, greedy(PLAIN_STEPS, guidance_scale=guidance_scale))
-    EngineCore(spy, max_rows=2).run(job.request)
-    return job.request.codes(), np.stack(spy.logits)
+    backend = torch_backend(SPEC) if dtype is None else host_sampled(kernel_backend(dtype))
+    logits = _Logits()
+    job = generate_job(backend, SRC, greedy(PLAIN_STEPS, guidance_scale=guidance_scale))
+    EngineCore(backend, max_rows=2, observers=[logits]).run(job.request)
+    return job.request.codes(), np.stack(logits.logits)
 
 
 @pytest.mark.slow
@@ -235,7 +236,7 @@ def test_device_sampling_equals_host_sampling():
         return job.request.codes(), maps.maps
 
     codes, maps = run(kernel_backend())  # samples_on_device: codes and [1, M, 1, T] maps come back
-    want_codes, want_maps = run(_Logits(kernel_backend()))  # the same backend, sampled on the host
+    want_codes, want_maps = run(host_sampled(kernel_backend()))  # the same backend, sampled on the host
     np.testing.assert_array_equal(codes, want_codes)
     np.testing.assert_allclose(maps, want_maps, atol=1e-6, rtol=0)
 
@@ -272,9 +273,9 @@ def test_nothing_o_cache_crosses_the_step():
     """Per-step traffic does not grow with the cache (the same bytes at the first and the
     last step), and the pool is allocated at admit, never in a step."""
     kb = kernel_backend()
-    spy = _Spy(kb)
-    job = generate_job(spy, SRC, greedy(10, guidance_scale=1.0))
-    core = EngineCore(spy, max_rows=2)
+    spy = _Spy()
+    job = generate_job(kb, SRC, greedy(10, guidance_scale=1.0))
+    core = EngineCore(kb, max_rows=2, observers=[spy])
     core.submit(job.request)
     core.step()  # admits, allocates
     pool = kb._kv.data_ptr()

@@ -240,7 +240,7 @@ def test_greedy_generation_matches_torch(spec, ort_backend):
     results = {}
     for name, backend in (("torch", ref), ("ort", ort_b)):
         maps = FullMaps()
-        codes = generate_codes(backend, prompts, opts, recorders=[maps], progress=False).codes
+        codes = generate_codes(backend, prompts, opts, recorders=[maps]).codes
         results[name] = codes, maps.array()
     assert results["torch"][0].shape[-1] == STEPS - ref.shapes.channel_codebooks + 1
     np.testing.assert_array_equal(results["ort"][0], results["torch"][0])
@@ -273,7 +273,7 @@ def test_edit_generation_matches_torch(spec, op, ort_backend):
         batch = EditBatch(plans, cfg=True, num_heads=backend.shapes.num_heads)
         maps = FullMaps()
         prompts = [plans[0].source] + [p.target for p in plans]
-        codes = generate_codes(backend, prompts, opts, edits=batch, recorders=[maps], progress=False).codes
+        codes = generate_codes(backend, prompts, opts, edits=batch, recorders=[maps]).codes
         results[name] = codes, maps.array()
     np.testing.assert_array_equal(results["ort"][0], results["torch"][0])
     np.testing.assert_allclose(results["ort"][1], results["torch"][1], atol=ATOL, rtol=0)
@@ -286,12 +286,12 @@ def test_captured_and_real_audio_edits_match_torch(spec, ort_backend):
     target = [EditSpec(source=SRC, target="lofi guitar with warm drums")]
     out = {}
     for name, backend in (("torch", ref), ("ort", ort_b)):
-        cap = capture_source(backend, SRC, opts, dtype=np.float32, progress=False)
-        captured = edit_from_capture(backend, cap, target, progress=False)
+        cap = capture_source(backend, SRC, opts, dtype=np.float32)
+        captured = edit_from_capture(backend, cap, target)
         wav = backend.decode_audio(cap.codes[None])[0]  # [channels, samples]
         assert wav.shape[0] == backend.shapes.audio_channels
         audio_codes = backend.encode_audio(wav)
-        real = edit(backend, target, opts, audio_codes=audio_codes, progress=False)
+        real = edit(backend, target, opts, audio_codes=audio_codes)
         out[name] = cap, captured, wav, audio_codes, real
     (tc, tcap, twav, tac, treal), (oc, ocap, owav, oac, oreal) = out["torch"], out["ort"]
     np.testing.assert_array_equal(oc.codes, tc.codes)
@@ -319,7 +319,7 @@ from editgen.engine.contract import StepBatch
 from editgen.engine.options import GenerationOptions
 from editgen.engine.jobs import generate
 with OrtBackend({str(engine)!r}) as b:
-    out = generate(b, "lofi piano", GenerationOptions(seconds=0.3, greedy=True), progress=False)
+    out = generate(b, "lofi piano", GenerationOptions(seconds=0.3, greedy=True))
 assert out.wav.shape == (1, 15 * 640) and out.codes.shape[0] == b.shapes.num_codebooks
 bad = sorted(m for m in sys.modules if m == "torch" or m.startswith(("torch.", "transformers")))
 assert not bad, bad
@@ -500,7 +500,7 @@ def test_int8_export_reports_agreement(exported):
     assert "int8 KV engine (3 step segments, int8 K/V cache): token agreement" in validation_table(
         load_manifest(engine))
     with OrtBackend(engine) as backend:
-        codes = generate_codes(backend, [backend.tokenizer.encode(SRC)], options(backend.shapes), progress=False).codes
+        codes = generate_codes(backend, [backend.tokenizer.encode(SRC)], options(backend.shapes)).codes
     assert codes.shape[-1] == STEPS - backend.shapes.channel_codebooks + 1
 
 

@@ -97,7 +97,7 @@ def test_greedy_codes_and_audio_match_transformers_generate(spec):
     frames = steps - shapes.channel_codebooks + 1
     options = GenerationOptions(seconds=frames / shapes.frame_rate, guidance_scale=3.0, greedy=True)
     tok = backend.tokenizer.encode(PROMPTS[0])
-    ours = generate_codes(backend, [tok], options, progress=False).codes
+    ours = generate_codes(backend, [tok], options).codes
     wav = backend.decode_audio(ours)
     audio, theirs = transformers_generate(loaded, tok, steps)
     assert theirs.shape == ours.shape == (1, shapes.num_codebooks, frames)

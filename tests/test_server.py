@@ -5,6 +5,7 @@ graceful shutdown. Fast: the fake backend steps in microseconds."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import time
 
@@ -16,7 +17,7 @@ pytest.importorskip("fastapi", reason="the server tests need the serve extra")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from editgen.engine.backends.fake import FakeBackend  # noqa: E402
+from editgen.engine.backends.fake import FAKE_SHAPES, FakeBackend  # noqa: E402
 from editgen.errors import InvalidRequestError  # noqa: E402
 from editgen.server.app import create_app  # noqa: E402
 from editgen.server.audio_stream import ChunkPlan, wav_bytes  # noqa: E402
@@ -221,6 +222,23 @@ def test_stream_events_reassemble_to_the_whole_result(client, mode):
     # the streamed WAV of the main track equals the whole WAV
     streamed = client.post("/v1/edit", json={**body, "stream": True}).content
     assert streamed == base64.b64decode(whole["audio"]["edited"])
+
+
+STEREO_FAKE = dataclasses.replace(FAKE_SHAPES, num_codebooks=8, audio_channels=2)
+
+
+@pytest.mark.parametrize("endpoint, body", [("/v1/generate", {**GEN, "seconds": 2.0, "seed": 3}),
+                                            ("/v1/edit", {**EDIT, "seconds": 2.0, "seed": 3})])
+def test_stereo_stream_equals_the_whole_file(endpoint, body):
+    """Stereo delays codebook k by k // 2 + 1 (not mono's k + 1): every streamed chunk,
+    both channels, is the whole file's (the fake codec decodes frame by frame, so a chunk
+    with the wrong codes shows)."""
+    with client_for(lambda: FakeBackend(STEREO_FAKE)) as c:
+        whole = c.post(endpoint, json=body)
+        streamed = c.post(endpoint, json={**body, "stream": True})
+    assert whole.status_code == streamed.status_code == 200
+    assert whole.content[22] == 2  # channels in the WAV header
+    assert streamed.content == whole.content
 
 
 def test_chunk_plan_grows_to_its_cap():

@@ -54,7 +54,7 @@ def test_shapes_and_delay_of_the_stereo_preset(stereo):
 
 @pytest.mark.parametrize("op", ["replace", "refine"])
 def test_identity_edit_reproduces_source_stereo(stereo, op):
-    r = edit(stereo, [EditSpec(source=SRC, target=SRC, op=op)], OPTS, progress=False)
+    r = edit(stereo, [EditSpec(source=SRC, target=SRC, op=op)], OPTS)
     assert r.source_codes.shape == (8, 400)
     np.testing.assert_array_equal(r.edited_codes[0], r.source_codes)
     np.testing.assert_array_equal(r.mean_maps[:, 1], r.mean_maps[:, 0])
@@ -65,19 +65,19 @@ def test_region_edit_and_teacher_forcing_cover_both_channels(stereo):
     changes. A teacher-forced source follows the given codes in all 8 codebooks."""
     opts = GenerationOptions(seconds=2.0, seed=3)
     region = Region(0.6, 1.4)
-    r = edit(stereo, [EditSpec(source=SRC, target=TGT)], opts, region=region, progress=False)
+    r = edit(stereo, [EditSpec(source=SRC, target=TGT)], opts, region=region)
     inside = region.frame_mask(r.source_codes.shape[1], 50)
     np.testing.assert_array_equal(r.edited_codes[0][:, ~inside], r.source_codes[:, ~inside])
     assert ((r.edited_codes[0][:, inside] != r.source_codes[:, inside]).mean(axis=1) > 0.5).all()
 
     codes = np.random.default_rng(0).integers(0, 2048, size=(8, 30))
-    forced = edit(stereo, [EditSpec(source=SRC, target=TGT)], opts, audio_codes=codes, progress=False)
+    forced = edit(stereo, [EditSpec(source=SRC, target=TGT)], opts, audio_codes=codes)
     np.testing.assert_array_equal(forced.source_codes, codes)
     assert forced.edited_codes.shape == (1, 8, 30)
 
 
 def test_capture_records_stereo_shapes(stereo, tmp_path):
-    cap = capture_source(stereo, SRC, GenerationOptions(seconds=0.5, seed=1), progress=False)
+    cap = capture_source(stereo, SRC, GenerationOptions(seconds=0.5, seed=1))
     cap.save(tmp_path / "src.npz")
     back = type(cap).load(tmp_path / "src.npz")
     assert back.shapes == stereo.shapes and back.codes.shape == (8, 25)

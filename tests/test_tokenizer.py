@@ -32,11 +32,11 @@ def test_preset_special_tokens_and_size():
 def test_shipped_preset_tokenizer_is_what_the_builder_trains():
     """The runtime loads data/preset_tokenizer.json; if a `tokenizers` upgrade trains other
     merges, this fails instead of every token id changing silently (then keep the file, or
-    regenerate it on purpose with `python -m editgen.engine.tokenizer_build`)."""
+    regenerate it on purpose with `python -m editgen.model.tokenizer_build`)."""
     import json
 
     from editgen.engine.tokenizer import PRESET_TOKENIZER_FILE
-    from editgen.engine.tokenizer_build import train_preset_tokenizer
+    from editgen.model.tokenizer_build import train_preset_tokenizer
 
     shipped = json.loads(PRESET_TOKENIZER_FILE.read_text(encoding="utf-8"))
     trained = json.loads(train_preset_tokenizer().to_str())

@@ -3,8 +3,6 @@ cross-attention maps into one .npz, to edit many targets from with `editgen edit
 
 from __future__ import annotations
 
-import numpy as np
-
 from editgen.cli.common import (
     add_generation_args,
     add_model_args,
@@ -14,9 +12,8 @@ from editgen.cli.common import (
     open_from_args,
 )
 from editgen.cli.outputs import atomic_file, check_writable_file
+from editgen.engine.capture import MAP_DTYPES
 from editgen.errors import InvalidRequestError
-
-DTYPES = {"fp16": np.float16, "fp32": np.float32}
 
 
 def register(sub) -> None:
@@ -27,7 +24,7 @@ def register(sub) -> None:
     add_model_args(p)
     p.add_argument("--source", required=True, help="source prompt (with --audio: a description of the audio)")
     p.add_argument("--audio", help="capture a real recording: the source is teacher-forced on this WAV's codes")
-    p.add_argument("--capture-dtype", choices=tuple(DTYPES), default="fp16",
+    p.add_argument("--capture-dtype", choices=tuple(MAP_DTYPES), default="fp16",
                    help="precision of the stored maps (fp16: half the size of fp32)")
     add_generation_args(p)
     p.add_argument("-o", "--output", required=True, help="output .npz")
@@ -36,6 +33,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from editgen.cli.edit import audio_codes, read_source_audio
+    from editgen.cli.progress import step_progress
     from editgen.engine.jobs import capture_source
     from editgen.engine.tokenizer import check_prompt
 
@@ -49,7 +47,7 @@ def run(args) -> int:
         note_request(backend, options, {"source prompt": args.source})
         codes = audio_codes(backend, clip) if clip is not None else None
         capture = capture_source(backend, args.source, options, audio_codes=codes,
-                                 dtype=DTYPES[args.capture_dtype], progress=not args.no_progress)
+                                 dtype=MAP_DTYPES[args.capture_dtype], observers=step_progress(args))
     with atomic_file(out) as tmp:
         capture.save(tmp)
     steps = capture.maps.shape[0]

@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from editgen.engine.options import GenerationOptions
+from editgen.engine.request_fields import RequestField, parse_word_items, request_fields
 from editgen.model.presets import PRESETS  # torch-free: names only
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -50,24 +51,56 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "attention kernels on a CUDA GPU, or on CPU under TRITON_INTERPRET=1 (slow, for checks)")
 
 
+_ARG_TYPES = {"number": float, "integer": int, "text": str}
+
+
+def add_request_args(p, cls, *, skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None) -> None:
+    """The flags of request dataclass `cls` (those in `only`, or all but `skip`), from its
+    declaration (editgen.engine.request_fields). A required field's flag is optional here
+    (None): the command says when it is needed."""
+    for f in request_fields(cls):
+        if f.attribute in skip or (only is not None and f.attribute not in only):
+            continue
+        kwargs: dict = {"dest": f.attribute, "help": f.option.help}
+        if f.option.metavar:
+            kwargs["metavar"] = f.option.metavar
+        kind = f.option.kind
+        if kind == "switch":
+            kwargs.update(action="store_true", default=f.default)
+        elif kind in ("word_numbers", "word_windows"):
+            kwargs.update(action="append", default=[])
+        else:
+            kwargs.update(type=_ARG_TYPES.get(kind, str), default=None if f.required else f.default)
+            if f.option.choices:
+                kwargs["choices"] = f.option.choices
+        p.add_argument(f.flag, *f.option.aliases, **kwargs)
+
+
+def request_kwargs(cls, args: argparse.Namespace, *, skip: tuple[str, ...] = ()) -> dict:
+    """Keyword arguments of `cls` from the flags add_request_args made (word flags parsed)."""
+    return {f.attribute: _value(f, getattr(args, f.attribute)) for f in request_fields(cls) if f.attribute not in skip}
+
+
+def _value(f: RequestField, value):
+    return parse_word_items(value, f) if f.option.kind in ("word_numbers", "word_windows") else value
+
+
+def given_fields(cls, args: argparse.Namespace) -> list[str]:
+    """The flags of `cls` set to something other than their default."""
+    return [f.flag for f in request_fields(cls) if getattr(args, f.attribute) not in (f.default, [])]
+
+
 def add_generation_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seconds", type=float, default=8.0,
-                   help="duration of the audio; rounded to the nearest frame (20 ms), at least 0.08 s")
-    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (<= 1: off)")
-    p.add_argument("--top-k", type=int, default=250, help="sample from the K most likely codes of each codebook")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (> 0)")
-    p.add_argument("--greedy", action="store_true", help="argmax instead of sampling")
-    p.add_argument("--seed", type=int, default=0, help="random seed; each row has its own stream from it")
+    add_request_args(p, GenerationOptions)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def generation_options(args: argparse.Namespace) -> GenerationOptions:
-    return GenerationOptions(seconds=args.seconds, guidance_scale=args.guidance, top_k=args.top_k,
-                             temperature=args.temperature, greedy=args.greedy, seed=args.seed)
+    return GenerationOptions(**request_kwargs(GenerationOptions, args))
 
 
 def open_from_args(args: argparse.Namespace):
-    from editgen.engine.progress import tqdm_available
+    from editgen.cli.progress import tqdm_available
     from editgen.engine.runtime import open_backend
 
     backend = open_backend(model=args.model, engine=args.engine, backend=args.backend)

@@ -5,21 +5,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 
-import numpy as np
 
 from editgen.cli.common import (
     add_generation_args,
     add_model_args,
     add_parser,
+    add_request_args,
     generation_options,
+    given_fields,
     note,
     note_request,
     open_from_args,
+    request_kwargs,
 )
 from editgen.cli.outputs import atomic_dir, check_writable_dir
-from editgen.engine.edit.settings import DEFAULT_SETTING, REWEIGHT_MODES, SETTINGS
+from editgen.engine.edit.spec import EditSpec
+from editgen.engine.options import GenerationOptions
 from editgen.errors import InvalidRequestError
 
 OUTPUT_FILES = ("source.wav", "edited.wav", "edit.json", "attention.png")
@@ -31,73 +33,15 @@ def register(sub) -> None:
                                "edit.json and attention.png into the output directory.")
     add_model_args(p)
     src = p.add_argument_group("source (one of: --source alone, --capture, --audio with --source)")
-    src.add_argument("--source", help="source prompt (with --capture: defaults to the captured prompt; "
-                                      "with --audio: a description of the audio)")
+    add_request_args(src, EditSpec, only=("source",))
     src.add_argument("--capture", help="source recorded by `editgen capture` (.npz): the source is not run again")
     src.add_argument("--audio", help="edit a real recording: the source row is teacher-forced on this WAV's codes")
-    p.add_argument("--target", help="edited prompt (optional for --op reweight)")
-    p.add_argument("--op", choices=("replace", "refine", "reweight"), default="replace",
-                   help="replace: same word count, words swapped; refine: words added/removed; "
-                        "reweight: same prompt, word weights")
-    p.add_argument("--word", action="append", default=[], metavar="WORD=C",
-                   help="reweight target word WORD by C in [-2, 2] (repeatable)")
-    p.add_argument("--window", action="append", default=[], metavar="WORD=F|WORD=S:E",
-                   help="inject WORD's cross-attention edit during steps [floor(S (N+1)), floor(E (N+1))) "
-                        "of N, as Prompt-to-Prompt (F means 0:F); WORD may be `default` (repeatable)")
-    p.add_argument("--setting", default=DEFAULT_SETTING, choices=tuple(SETTINGS),
-                   help="editgen-code: hard cross + self-attention b_i = (2i+1)/(2N), what the paper's "
-                        "released code evaluates; paper-text: cross a_i = i/N, no self-injection; "
-                        "hard: Prompt-to-Prompt")
-    p.add_argument("--cross-blend", "--blend", dest="cross_blend", default=None,
-                   help="override the setting's cross-attention layer schedule a_i (1 keeps the own map): "
-                        "soft, hard, reversed, constant:X or X0,X1,... (one per layer)")
-    p.add_argument("--self-blend", default=None,
-                   help="override the setting's self-attention schedule b_i (weight of the source): "
-                        "off, editgen, full, constant:X or X0,X1,...")
-    p.add_argument("--self-window", default=None, metavar="F|S:E",
-                   help="self-injection steps [floor(S N), floor(E N)) (default: all)")
-    p.add_argument("--reweight-mode", default="p2p", choices=REWEIGHT_MODES,
-                   help="p2p: multiply the word's attention by C (Prompt-to-Prompt); editgen-code: "
-                        "divide every other column by C (the released EditGen code)")
+    add_request_args(p, EditSpec, skip=("source",))
     p.add_argument("--region", metavar="START:END",
                    help="edit only these seconds, e.g. 2.0:5.0 (outside it the edit copies the source)")
     add_generation_args(p)
     p.add_argument("-o", "--output", required=True, help="output directory")
     p.set_defaults(func=run)
-
-
-def parse_assignments(items: list[str], flag: str, value_name: str) -> dict[str, float]:
-    """["guitar=1.5", ...] -> {"guitar": 1.5}; malformed items raise InvalidRequestError."""
-    out: dict[str, float] = {}
-    for item in items:
-        word, sep, raw = item.rpartition("=")
-        word = word.strip()
-        try:
-            value = float(raw)
-        except ValueError:
-            value = math.nan
-        if not sep or not word or not math.isfinite(value):
-            raise InvalidRequestError(f"{flag} {item!r} must look like WORD={value_name}, "
-                                      f"e.g. {flag} guitar=0.5")
-        if word in out:
-            raise InvalidRequestError(f"{flag}: word {word!r} is given twice")
-        out[word] = value
-    return out
-
-
-def parse_windows(items: list[str], flag: str) -> dict[str, str]:
-    """["guitar=0.4", "drums=0.1:0.6"] -> {"guitar": "0.4", ...}; the values are checked by EditSpec."""
-    out: dict[str, str] = {}
-    for item in items:
-        word, sep, raw = item.rpartition("=")
-        word = word.strip()
-        if not sep or not word or not raw.strip():
-            raise InvalidRequestError(f"{flag} {item!r} must look like WORD=F or WORD=START:END, "
-                                      f"e.g. {flag} guitar=0.5")
-        if word in out:
-            raise InvalidRequestError(f"{flag}: word {word!r} is given twice")
-        out[word] = raw.strip()
-    return out
 
 
 def read_source_audio(path: str):
@@ -132,19 +76,13 @@ def note_region(region, frames: int, frame_rate: int) -> None:
         note(line)
 
 
-def build_spec(args, source: str):
-    from editgen.engine.edit import EditSpec
-
-    return EditSpec(source=source, target=args.target, op=args.op,
-                    word_weights=parse_assignments(args.word, "--word", "C"),
-                    windows=parse_windows(args.window, "--window"), setting=args.setting,
-                    cross_blend=args.cross_blend, self_blend=args.self_blend, self_window=args.self_window,
-                    reweight_mode=args.reweight_mode)
+def build_spec(args, source: str) -> EditSpec:
+    return EditSpec(source=source, **request_kwargs(EditSpec, args, skip=("source",)))
 
 
 def run(args) -> int:
     from editgen.engine.capture import SourceCapture
-    from editgen.engine.jobs import Region
+    from editgen.engine.jobs import Region, edit_source
 
     # Everything cheap is checked before the model loads.
     out = check_writable_dir(args.output)
@@ -152,20 +90,17 @@ def run(args) -> int:
         raise InvalidRequestError("give --capture or --audio, not both: capture the audio with "
                                   "`editgen capture --audio` and edit from that capture")
     capture = SourceCapture.load(args.capture) if args.capture else None
-    if capture is not None:
-        source = args.source if args.source is not None else capture.prompt
-        options = capture.options
-    else:
-        if args.source is None:
-            raise InvalidRequestError("--source is required (the source prompt), unless --capture is given")
-        source = args.source
-        options = generation_options(args)
+    options = None if capture is not None else generation_options(args)
+    source, options, capture_note = edit_source(args.source, capture, options, given_fields(GenerationOptions, args),
+                                                source_name="--source")
     spec = build_spec(args, source)
     region = Region.parse(args.region) if args.region is not None else None
     clip = read_source_audio(args.audio) if args.audio is not None else None
 
     with open_from_args(args) as backend:
         note_request(backend, options, {"source prompt": spec.source, "target prompt": spec.target})
+        if capture_note:
+            note(capture_note)
         result, mode = _run_edit(backend, args, spec, options, capture, region, clip)
         source_wav = backend.decode_audio(result.source_codes[None])[0]  # [channels, samples]
         edited_wav = backend.decode_audio(result.edited_codes)[0]  # [channels, samples]
@@ -177,32 +112,30 @@ def run(args) -> int:
 
 
 def _run_edit(backend, args, spec, options, capture, region, clip):
+    from editgen.cli.progress import step_progress
     from editgen.engine.jobs import edit, edit_from_capture
     from editgen.engine.notes import rerun_note
 
-    progress = not args.no_progress
+    observers = step_progress(args)
     rate = backend.shapes.frame_rate
     if capture is not None:
-        o = capture.options
-        note(f"seconds, seed and sampling come from the capture ({o.seconds:g} s, seed {o.seed}, "
-             f"guidance {o.guidance_scale:g}); --seconds/--seed/--guidance/... are ignored")
         note_region(region, capture.codes.shape[-1], rate)
         rerun = rerun_note([spec])
         if rerun:
             note(rerun)
-        return edit_from_capture(backend, capture, [spec], region=region, progress=progress), "captured"
+        return edit_from_capture(backend, capture, [spec], region=region, observers=observers), "captured"
     if clip is not None:
         codes = audio_codes(backend, clip)
         note_region(region, codes.shape[-1], rate)
-        return edit(backend, [spec], options, region=region, audio_codes=codes, progress=progress), "audio"
+        return edit(backend, [spec], options, region=region, audio_codes=codes, observers=observers), "audio"
     note_region(region, options.frames(backend.shapes), rate)
-    return edit(backend, [spec], options, region=region, progress=progress), "paired"
+    return edit(backend, [spec], options, region=region, observers=observers), "paired"
 
 
 def _write_outputs(out, args, spec, result, mode, source_wav, edited_wav, shapes, region) -> tuple[str, ...]:
     """Writes the output directory; returns the names of the files written."""
     from editgen.engine.audio import write_wav
-    from editgen.engine.plots import matplotlib_available, plot_edit_attention
+    from editgen.cli.plots import matplotlib_available, plot_edit_attention
 
     plan = result.plans[0]
     settings = {

@@ -201,6 +201,6 @@ def _check_header(path: Path, header: list[str]) -> None:
 
 
 def _progress(pairs: list, enabled: bool = True):
-    from editgen.engine.progress import progress
+    from editgen.cli.progress import progress
 
     return progress(pairs, enabled=enabled and len(pairs) > 1, desc="eval", unit="pair", leave=True)

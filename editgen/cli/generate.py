@@ -25,6 +25,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from editgen.engine.audio import write_wav
+    from editgen.cli.progress import step_progress
     from editgen.engine.jobs import generate
 
     out = check_writable_file(args.output)
@@ -34,7 +35,7 @@ def run(args) -> int:
     options = generation_options(args)  # validated before the model loads
     with open_from_args(args) as backend:
         note_request(backend, options, {"prompt": args.prompt})
-        result = generate(backend, args.prompt, options, progress=not args.no_progress)
+        result = generate(backend, args.prompt, options, observers=step_progress(args))
     with atomic_file(out) as tmp:
         write_wav(tmp, result.wav, result.sample_rate)
     channels = "stereo, " if result.wav.shape[0] == 2 else ""

@@ -156,7 +156,7 @@ def _run_edits(backend, tmp: Path, plan: Plan, *, progress: bool) -> list[Edit]:
 
     from editgen.engine.audio import write_wav
     from editgen.engine.jobs import edit
-    from editgen.engine.progress import progress_bar
+    from editgen.cli.progress import progress_bar
 
     rate = backend.shapes.sample_rate
     edits: list[Edit] = []
@@ -165,7 +165,7 @@ def _run_edits(backend, tmp: Path, plan: Plan, *, progress: bool) -> list[Edit]:
         for pair in plan.pairs:
             specs = [pair.spec(s, plan.reweight_mode) for s in plan.settings]
             for seed in plan.seeds:
-                result = edit(backend, specs, dataclasses.replace(plan.options, seed=seed), progress=False)
+                result = edit(backend, specs, dataclasses.replace(plan.options, seed=seed))
                 codes = np.concatenate([result.source_codes[None], result.edited_codes])  # [1 + settings, K, frames]
                 # One clip per decode, as `editgen edit`: the codec's matmuls round differently
                 # per batch size, and the files should be bit-identical to that command's.
@@ -272,7 +272,7 @@ def _audio_of(pair_id: str, edits: list[Edit]) -> dict:
 
 
 def _plot(path: Path, results, groups, settings, title: str, is_random: bool) -> bool:
-    from editgen.engine.plots import matplotlib_available
+    from editgen.cli.plots import matplotlib_available
     from editgen.eval import report
     from editgen.eval.figure import plot_methods
 

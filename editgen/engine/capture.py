@@ -17,6 +17,7 @@ from editgen.engine.options import GenerationOptions
 from editgen.errors import InvalidRequestError, first_line
 
 FORMAT_VERSION = 1
+MAP_DTYPES = {"fp16": np.float16, "fp32": np.float32}  # precisions a capture stores its maps in
 
 
 @dataclasses.dataclass

@@ -10,22 +10,38 @@ source row, and the backends compute a row the same way whatever the other rows
 from __future__ import annotations
 
 import collections
+import time
+from typing import Sequence
 
 import numpy as np
 
-from editgen.engine.contract import MIN_ROWS, Backend, SamplingBatch, StepBatch
+from editgen.engine.contract import MIN_ROWS, Backend, SamplingBatch, StepBatch, StepOutputs
 from editgen.engine.edit.step_inputs import StepEdits
 from editgen.engine.requests import Request, State
 from editgen.errors import InvalidRequestError
 
 
+class StepObserver:
+    """Told about every backend step of an EngineCore: progress bars, timers, probes in
+    benchmarks and tests. Subclasses override what they need; an observer's error fails
+    the step's requests like a backend error."""
+
+    def before_step(self, batch: StepBatch) -> None:
+        pass
+
+    def after_step(self, batch: StepBatch, outputs: StepOutputs, seconds: float,
+                   requests: Sequence[Request]) -> None:
+        """`requests`: the ones that ran in this step, in batch order, not yet advanced."""
+
+
 class EngineCore:
     """Owns the backend's slots: `max_rows` rows may run at once (over all requests)."""
 
-    def __init__(self, backend: Backend, *, max_rows: int = 64):
+    def __init__(self, backend: Backend, *, max_rows: int = 64, observers: Sequence[StepObserver] = ()):
         if max_rows < MIN_ROWS:
             raise InvalidRequestError(f"max_rows is {max_rows}, must be at least {MIN_ROWS}")
         self.backend, self.max_rows = backend, max_rows
+        self.observers = tuple(observers)
         backend.open(max_rows)
         self.waiting: collections.deque[Request] = collections.deque()
         self.running: list[Request] = []
@@ -72,10 +88,16 @@ class EngineCore:
             return ended
         batch, spans = self._batch()
         try:
+            for observer in self.observers:
+                observer.before_step(batch)
+            start = time.perf_counter()
             out = self.backend.step(batch)
+            seconds = time.perf_counter() - start
             if (batch.sampling is None) != (out.codes is None):  # the uniforms were drawn for this step
                 raise RuntimeError(f"backend {self.backend.name!r} returned "
                                    f"{'logits' if out.codes is None else 'codes'} against its samples_on_device")
+            for observer in self.observers:
+                observer.after_step(batch, out, seconds, tuple(self.running))
         except Exception as exc:  # fails the requests of this step only; the engine goes on
             for request in list(self.running):
                 self._fail(request, exc)
@@ -97,16 +119,11 @@ class EngineCore:
                 ended.append(request)
         return ended
 
-    def run(self, request: Request, progress: bool = False) -> Request:
+    def run(self, request: Request) -> Request:
         """Submit one request and step until it ends; raises its error if it failed."""
-        from editgen.engine.progress import progress_bar
-
         self.submit(request)
-        with progress_bar(request.steps, enabled=progress) as bar:
-            while not request.done:
-                before = request.step
-                self.step()
-                bar.update(request.step - before)
+        while not request.done:
+            self.step()
         if request.state is State.FAILED:
             raise request.error
         return request
@@ -180,7 +197,7 @@ class EngineCore:
         request.state, request.error = State.FAILED, exc
 
 
-def run_alone(backend: Backend, request: Request, progress: bool = False) -> Request:
+def run_alone(backend: Backend, request: Request, observers: Sequence[StepObserver] = ()) -> Request:
     """One request on an engine core of its own, sized to it: what `generate`, `edit`,
     `capture_source` and the CLI run. Raises the request's error if it failed."""
-    return EngineCore(backend, max_rows=max(request.rows, MIN_ROWS)).run(request, progress=progress)
+    return EngineCore(backend, max_rows=max(request.rows, MIN_ROWS), observers=observers).run(request)

@@ -30,9 +30,8 @@ def generate_codes(
     edits: StepEdits | None = None,
     overrides: Sequence[CodeOverride] = (),
     recorders: Sequence[MapRecorder] = (),
-    progress: bool = True,
 ) -> GenerationResult:
     """Rows are [prompts...] conditional, then the same with null text when guidance is on."""
     request = Request(backend.shapes, prompts, options, edits=edits, overrides=overrides, recorders=recorders)
-    run_alone(backend, request, progress)
+    run_alone(backend, request)
     return GenerationResult(request.codes(), request.pattern)

@@ -16,7 +16,7 @@ import numpy as np
 
 from editgen.engine.capture import SourceCapture
 from editgen.engine.contract import Backend
-from editgen.engine.core import run_alone
+from editgen.engine.core import StepObserver, run_alone
 from editgen.engine.delay import DelayPattern
 from editgen.engine.edit import EditBatch, EditPlan, EditSpec, compile_edit
 from editgen.engine.hooks import ForceFrames, MeanMaps, RowMaps
@@ -99,8 +99,8 @@ class Job:
         return source[:, :frames].copy()
 
 
-def run_job(backend: Backend, job: Job, progress: bool = True):
-    run_alone(backend, job.request, progress)
+def run_job(backend: Backend, job: Job, observers: Sequence[StepObserver] = ()):
+    run_alone(backend, job.request, observers)
     return job.result()
 
 
@@ -113,6 +113,23 @@ def compile_specs(backend: Backend, specs: Sequence[EditSpec]) -> tuple[EditPlan
 def options_for_audio(options: GenerationOptions, codes: np.ndarray, frame_rate: int) -> GenerationOptions:
     """Real-audio edits last as long as the audio."""
     return dataclasses.replace(options, seconds=codes.shape[-1] / frame_rate)
+
+
+def edit_source(source: str | None, capture: SourceCapture | None, options: GenerationOptions | None,
+                given: Sequence[str] = (), *, source_name: str = "source") -> tuple[str, GenerationOptions, str | None]:
+    """An edit's source prompt and options, the one rule for every surface: from a capture,
+    the captured prompt unless `source` names one, and the capture's duration, seed and
+    sampling (`given`: the generation options the user set, which are then ignored; the
+    note says so); otherwise `source` is required and `options` are the request's.
+    Returns (source, options, note or None)."""
+    if capture is not None:
+        o = capture.options
+        note = (f"seconds, seed and sampling come from the capture ({o.seconds:g} s, seed {o.seed}, "
+                f"guidance {o.guidance_scale:g})" + (f"; {', '.join(given)} ignored" if given else ""))
+        return (capture.prompt if source is None else source), o, note
+    if source is None:
+        raise InvalidRequestError(f"{source_name} is required (the source prompt), unless a capture is given")
+    return source, options, None
 
 
 def reruns_source(specs: Sequence[EditSpec]) -> bool:
@@ -225,25 +242,26 @@ def capture_job(backend: Backend, source: str, options: GenerationOptions, *,
 
 # -- run one to the end -------------------------------------------------------------------
 
-def generate(backend: Backend, prompt: str, options: GenerationOptions, *, progress: bool = True) -> Generated:
-    return run_job(backend, generate_job(backend, prompt, options), progress)
+def generate(backend: Backend, prompt: str, options: GenerationOptions, *,
+             observers: Sequence[StepObserver] = ()) -> Generated:
+    return run_job(backend, generate_job(backend, prompt, options), observers)
 
 
 def edit(backend: Backend, specs: Sequence[EditSpec], options: GenerationOptions, *,
          region: Region | None = None, audio_codes: np.ndarray | None = None,
-         progress: bool = True) -> EditResult:
-    return run_job(backend, edit_job(backend, specs, options, region=region, audio_codes=audio_codes), progress)
+         observers: Sequence[StepObserver] = ()) -> EditResult:
+    return run_job(backend, edit_job(backend, specs, options, region=region, audio_codes=audio_codes), observers)
 
 
 def edit_from_capture(backend: Backend, capture: SourceCapture, specs: Sequence[EditSpec], *,
-                      region: Region | None = None, progress: bool = True) -> EditResult:
-    return run_job(backend, edit_from_capture_job(backend, capture, specs, region=region), progress)
+                      region: Region | None = None, observers: Sequence[StepObserver] = ()) -> EditResult:
+    return run_job(backend, edit_from_capture_job(backend, capture, specs, region=region), observers)
 
 
 def capture_source(backend: Backend, source: str, options: GenerationOptions, *,
                    audio_codes: np.ndarray | None = None, dtype=np.float16,
-                   progress: bool = True) -> SourceCapture:
-    return run_job(backend, capture_job(backend, source, options, audio_codes=audio_codes, dtype=dtype), progress)
+                   observers: Sequence[StepObserver] = ()) -> SourceCapture:
+    return run_job(backend, capture_job(backend, source, options, audio_codes=audio_codes, dtype=dtype), observers)
 
 
 def _pattern(shapes, options: GenerationOptions) -> DelayPattern:

@@ -6,17 +6,20 @@ import dataclasses
 import math
 
 from editgen.engine.config import ModelShapes
+from editgen.engine.request_fields import option
 from editgen.errors import InvalidRequestError
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class GenerationOptions:
-    seconds: float
-    guidance_scale: float = 3.0  # classifier-free guidance; <= 1 disables it (no null rows)
-    top_k: int = 250
-    temperature: float = 1.0
-    greedy: bool = False
-    seed: int = 0
+    seconds: float = option(8.0, kind="number",
+                            help="duration of the audio; rounded to the nearest frame (20 ms), at least 0.08 s")
+    guidance_scale: float = option(3.0, kind="number", name="guidance",
+                                   help="classifier-free guidance scale (<= 1: off, no null-text rows)")
+    top_k: int = option(250, kind="integer", help="sample from the K most likely codes of each codebook")
+    temperature: float = option(1.0, kind="number", help="sampling temperature (> 0)")
+    greedy: bool = option(False, kind="switch", help="argmax instead of sampling")
+    seed: int = option(0, kind="integer", help="random seed; each row has its own stream from it")
 
     def __post_init__(self):
         if not isinstance(self.seconds, (int, float)) or not math.isfinite(self.seconds) or self.seconds <= 0:

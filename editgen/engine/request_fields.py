@@ -4,11 +4,11 @@ The frozen dataclasses that validate a request (GenerationOptions, EditSpec) dec
 each field with `option(...)`: its help, the kind of value it takes, its choices, and
 its name outside Python. The CLI's flags (editgen.cli.common.add_request_args), the
 server's JSON bodies and multipart forms (editgen.server.schemas) and the README's table
-(`python -m editgen.engine.request_fields`) are all made from it, so a new field is one
-edit. Framework-free: no argparse or pydantic here.
+(`documented_table`) are all made from it, so a new field is one edit. Framework-free: no argparse or pydantic here.
 
 Kinds of value, and how each is written on a command line / in a form / in JSON:
     number, integer, text     as themselves
+    window                    F or START:END, fractions of the steps (in JSON also a number)
     switch                    a bare flag (--greedy) / true or false
     choice                    one of `choices`
     word_numbers              WORD=C, repeatable (--word guitar=1.5) / {"guitar": 1.5}
@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Iterator
+from typing import Any
 
 from editgen.errors import InvalidRequestError
 
-KINDS = ("number", "integer", "text", "switch", "choice", "word_numbers", "word_windows")
+KINDS = ("number", "integer", "text", "window", "switch", "choice", "word_numbers", "word_windows")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,13 +132,9 @@ def markdown_table(*classes) -> str:
     return "\n".join(rows)
 
 
-def _documented() -> Iterator:
+def documented_table() -> str:
+    """The README's "Request fields" table (tests/test_request_fields.py keeps them equal)."""
     from editgen.engine.edit.spec import EditSpec
     from editgen.engine.options import GenerationOptions
 
-    yield GenerationOptions
-    yield EditSpec
-
-
-if __name__ == "__main__":
-    print(markdown_table(*_documented()))
+    return markdown_table(GenerationOptions, EditSpec)

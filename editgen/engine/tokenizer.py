@@ -6,7 +6,7 @@ Two sources of a tokenizer:
 - `build_preset_tokenizer()`: a small T5-like tokenizer for `random:<preset>` models,
   loaded from `data/preset_tokenizer.json`, which ships with the package. That file was
   trained once by `tokenizer_build.train_preset_tokenizer()` on `data/preset_corpus.txt`; regenerate it
-  with `python -m editgen.engine.tokenizer_build` (a test checks the two agree). Shipping the
+  with `python -m editgen.model.tokenizer_build` (a test checks the two agree). Shipping the
   file rather than training at import keeps every token id fixed across `tokenizers`
   versions.
 

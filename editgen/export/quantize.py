@@ -155,9 +155,9 @@ def compare_backends(ref, test, steps: int = AGREEMENT_STEPS, guidance: float = 
     options = GenerationOptions(seconds=frames / shapes.frame_rate, guidance_scale=guidance, greedy=True)
     prompt = ref.tokenizer.encode(AGREEMENT_PROMPT)
     paired = _Paired(ref, test, guidance)
-    generate_codes(paired, [prompt], options, overrides=[paired.force], progress=False)
-    free_ref = generate_codes(ref, [prompt], options, progress=False).codes
-    free_test = generate_codes(test, [prompt], options, progress=False).codes
+    generate_codes(paired, [prompt], options, overrides=[paired.force])
+    free_ref = generate_codes(ref, [prompt], options).codes
+    free_test = generate_codes(test, [prompt], options).codes
     return {
         "steps": steps, "guidance_scale": guidance, "prompt": AGREEMENT_PROMPT,
         "teacher_forced_token_agreement": paired.agree / paired.total,

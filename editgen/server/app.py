@@ -22,10 +22,10 @@ import hmac
 import json
 import os
 import time
-from typing import Callable, Literal
+from typing import Annotated, Callable
 
 import pydantic
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -33,7 +33,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from editgen.engine.jobs import Region
 from editgen.errors import EditGenError, first_line
 from editgen.server.audio_stream import wav_bytes, wav_header
 from editgen.server.config import ServerConfig
@@ -49,7 +48,8 @@ from editgen.server.errors import (
     status_of,
 )
 from editgen.server.scheduler import ClientGone
-from editgen.server.schemas import CaptureBody, EditBody, GenerateBody, RegionBody
+from editgen.server.schemas import (CaptureAudioForm, CaptureBody, EditAudioForm, EditBody, GenerateBody,
+                                    body_from_form)
 from editgen.server.service import Service
 from editgen.server.tickets import AudioChunk, Done, Failed, Outcome, Ticket
 from editgen.version import __version__
@@ -221,33 +221,15 @@ def _add_routes(app: FastAPI, config: ServerConfig) -> None:
         ticket = service.jobs.edit(body, time.monotonic())
         return await _respond(request, service, ticket, body.stream, body.format)
 
-    @app.post("/v1/edit/audio", responses=audio, summary="Edit an uploaded recording")
-    async def edit_audio(request: Request, audio: UploadFile = File(description="WAV, FLAC or OGG"),
-                         source: str = Form(description="a description of the audio"),
-                         target: str | None = Form(None), op: Literal["replace", "refine", "reweight"] = Form("replace"),
-                         word: list[str] = Form([], description="WORD=C, repeatable"),
-                         window: list[str] = Form([], description="WORD=F or WORD=START:END, repeatable"),
-                         setting: Literal["editgen-code", "paper-text", "hard"] = Form("editgen-code"),
-                         cross_blend: str | None = Form(None), self_blend: str | None = Form(None),
-                         self_window: str | None = Form(None),
-                         reweight_mode: Literal["p2p", "editgen-code"] = Form("p2p"), region: str | None = Form(None, description="START:END seconds"),
-                         guidance: float = Form(3.0), top_k: int = Form(250), temperature: float = Form(1.0),
-                         greedy: bool = Form(False), seed: int = Form(0), stream: bool = Form(False),
-                         format: Literal["wav", "json"] = Form("wav")):
-        from editgen.cli.edit import parse_assignments, parse_windows
-
+    @app.post("/v1/edit/audio", responses=audio, summary="Edit an uploaded recording",
+              openapi_extra=_multipart(EditAudioForm))
+    async def edit_audio(form: Annotated[EditAudioForm, Form()], request: Request):
         arrived = time.monotonic()
         service = service_of(request)
-        span = Region.parse(region) if region is not None else None
-        body = EditBody(source=source, target=target, op=op, setting=setting, cross_blend=cross_blend,
-                        self_blend=self_blend, self_window=self_window, reweight_mode=reweight_mode, guidance=guidance, top_k=top_k,
-                        temperature=temperature, greedy=greedy, seed=seed, stream=stream, format=format,
-                        word_weights=parse_assignments(word, "word", "C"),
-                        windows=parse_windows(window, "window"),
-                        region=None if span is None else RegionBody(start=span.start, end=span.end))
-        source_audio = await _upload(service, audio)
+        body = body_from_form(form, EditBody)
+        source_audio = await _upload(service, form.audio)
         ticket = service.jobs.edit(body, arrived, audio=source_audio)
-        return await _respond(request, service, ticket, stream, format)
+        return await _respond(request, service, ticket, body.stream, body.format)
 
     @app.post("/v1/captures", responses=errors, summary="Record a source's maps for later edits")
     async def capture(body: CaptureBody, request: Request):
@@ -255,17 +237,13 @@ def _add_routes(app: FastAPI, config: ServerConfig) -> None:
         ticket = service.jobs.capture(body, time.monotonic())
         return await _respond(request, service, ticket, False, "json")
 
-    @app.post("/v1/captures/audio", responses=errors, summary="Capture an uploaded recording")
-    async def capture_audio(request: Request, audio: UploadFile = File(description="WAV, FLAC or OGG"),
-                            source: str = Form(description="a description of the audio"),
-                            capture_dtype: Literal["fp16", "fp32"] = Form("fp16"),
-                            guidance: float = Form(3.0), top_k: int = Form(250), temperature: float = Form(1.0),
-                            greedy: bool = Form(False), seed: int = Form(0)):
+    @app.post("/v1/captures/audio", responses=errors, summary="Capture an uploaded recording",
+              openapi_extra=_multipart(CaptureAudioForm))
+    async def capture_audio(form: Annotated[CaptureAudioForm, Form()], request: Request):
         arrived = time.monotonic()
         service = service_of(request)
-        body = CaptureBody(source=source, capture_dtype=capture_dtype, guidance=guidance, top_k=top_k,
-                           temperature=temperature, greedy=greedy, seed=seed)
-        ticket = service.jobs.capture(body, arrived, audio=await _upload(service, audio))
+        body = body_from_form(form, CaptureBody)
+        ticket = service.jobs.capture(body, arrived, audio=await _upload(service, form.audio))
         return await _respond(request, service, ticket, False, "json")
 
     @app.get("/v1/captures/{capture_id}", responses=errors, summary="A capture's facts")
@@ -292,6 +270,13 @@ def _add_routes(app: FastAPI, config: ServerConfig) -> None:
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics(request: Request):
         return Response(service_of(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _multipart(form) -> dict:
+    """The upload endpoints take multipart/form-data (FastAPI would say urlencoded for a form
+    model): their schema is the form model's, the file included."""
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {
+        "schema": {"$ref": f"#/components/schemas/{form.__name__}"}}}}}
 
 
 async def _upload(service: Service, audio: UploadFile):

@@ -9,21 +9,21 @@ import dataclasses
 import numpy as np
 
 from editgen.engine.audio import check_not_silent, check_source_codes, prepare_source, read_clip_bytes
-from editgen.engine.capture import SourceCapture
+from editgen.engine.capture import MAP_DTYPES, SourceCapture
 from editgen.engine.edit import EditSpec
-from editgen.engine.jobs import EditResult, Region, capture_job, edit_from_capture_job, edit_job
+from editgen.engine.jobs import EditResult, Region, capture_job, edit_from_capture_job, edit_job, edit_source
 from editgen.engine.notes import region_note, request_notes, rerun_note
 from editgen.engine.options import GenerationOptions
+from editgen.engine.request_fields import request_fields
 from editgen.engine.jobs import Generated, generate_job
 from editgen.engine.tokenizer import check_prompt
 from editgen.errors import InvalidRequestError
 from editgen.server.captures import CaptureStore, capture_bytes
 from editgen.server.config import ServerConfig
-from editgen.server.schemas import CaptureBody, EditBody, GenerateBody, Sampling
+from editgen.server.schemas import CaptureBody, EditBody, GenerateBody, Sampling, option_fields, spec_fields
 from editgen.server.tickets import Outcome, Ticket, Track
 
-CAPTURE_DTYPES = {"fp16": np.float16, "fp32": np.float32}
-_SAMPLING_FIELDS = ("seconds", "guidance", "top_k", "temperature", "greedy", "seed")
+_SAMPLING_FIELDS = tuple(f.name for f in request_fields(GenerationOptions))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,8 +43,7 @@ class JobFactory:
     # -- shared checks ------------------------------------------------------------------
 
     def options(self, body: Sampling) -> GenerationOptions:
-        options = GenerationOptions(seconds=body.seconds, guidance_scale=body.guidance, top_k=body.top_k,
-                                    temperature=body.temperature, greedy=body.greedy, seed=body.seed)
+        options = GenerationOptions(**option_fields(body))
         options.frames(self.shapes)  # the model's range, with the CLI's message
         self._check_seconds(options.seconds)
         return options
@@ -86,28 +85,19 @@ class JobFactory:
     def edit(self, body: EditBody, arrived: float, audio: SourceAudio | None = None) -> Ticket:
         """Paired (no capture, no audio), captured (capture_id) or real-audio (`audio`) edit."""
         capture = self.captures.get(body.capture_id) if body.capture_id is not None else None
-        if capture is not None:
-            source = body.source if body.source is not None else capture.prompt
-            options = capture.options
-        else:
-            if body.source is None:
-                raise InvalidRequestError("source is required (the source prompt), unless capture_id is given")
-            source = body.source
+        options = None
+        if capture is None:
             options = self.options(body) if audio is None else self._audio_options(body)
-        spec = EditSpec(source=source, target=body.target, op=body.op, word_weights=body.word_weights,
-                        windows=body.windows, setting=body.setting, cross_blend=body.cross_blend,
-                        self_blend=body.self_blend, self_window=body.self_window, reweight_mode=body.reweight_mode)
+        given = sorted(f for f in _SAMPLING_FIELDS if f in body.model_fields_set)
+        source, options, capture_note = edit_source(body.source, capture, options, given)
+        spec = EditSpec(source=source, **spec_fields(body))
         region = Region(body.region.start, body.region.end) if body.region is not None else None
         notes = list(audio.notes) if audio is not None else []
         notes += request_notes(self.backend, options, {"source prompt": spec.source, "target prompt": spec.target},
                                top_k_name="top_k")
+        notes.append(capture_note)
         rate = self.shapes.frame_rate
         if capture is not None:
-            given = sorted(f for f in _SAMPLING_FIELDS if f in body.model_fields_set)
-            if given:
-                o = capture.options
-                notes.append(f"seconds, seed and sampling come from the capture ({o.seconds:g} s, seed {o.seed}, "
-                             f"guidance {o.guidance_scale:g}); {', '.join(given)} ignored")
             notes.append(region_note(region, capture.codes.shape[-1], rate))
             job = edit_from_capture_job(self.backend, capture, [spec], region=region)
             rerun = rerun_note([spec])  # then rows are [source, target], as paired
@@ -135,8 +125,7 @@ class JobFactory:
 
     def _audio_options(self, body: Sampling) -> GenerationOptions:
         """Real-audio edits take their duration from the audio: `seconds` is not checked."""
-        return GenerationOptions(seconds=1.0, guidance_scale=body.guidance, top_k=body.top_k,
-                                 temperature=body.temperature, greedy=body.greedy, seed=body.seed)
+        return GenerationOptions(**option_fields(body, seconds=1.0))
 
     # -- capture ------------------------------------------------------------------------
 
@@ -146,7 +135,7 @@ class JobFactory:
         notes = list(audio.notes) if audio is not None else []
         notes += request_notes(self.backend, options, {"source prompt": body.source}, top_k_name="top_k")
         job = capture_job(self.backend, body.source, options, audio_codes=None if audio is None else audio.codes,
-                          dtype=CAPTURE_DTYPES[body.capture_dtype])
+                          dtype=MAP_DTYPES[body.capture_dtype])
 
         def finish(capture: SourceCapture) -> Outcome:
             capture_id = self.captures.put(capture)

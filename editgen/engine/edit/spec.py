@@ -10,8 +10,9 @@ from types import MappingProxyType
 from typing import Literal, Mapping
 
 from editgen.engine.edit.blend import LayerSchedule
-from editgen.engine.edit.settings import (DEFAULT_SETTING, FULL_WINDOW, REWEIGHT_MODES, Window,
+from editgen.engine.edit.settings import (DEFAULT_SETTING, FULL_WINDOW, REWEIGHT_MODES, SETTINGS, Window,
                                           parse_window, setting_named)
+from editgen.engine.request_fields import option
 from editgen.engine.tokenizer import check_prompt, split_words
 from editgen.errors import InvalidRequestError
 
@@ -45,16 +46,37 @@ class EditSpec:
     cross_blend, self_blend and self_window hold the resolved values.
     """
 
-    source: str
-    target: str | None = None
-    op: Literal["replace", "refine", "reweight"] = "replace"
-    word_weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
-    windows: Mapping[str, float | str | tuple[float, float]] = dataclasses.field(default_factory=dict)
-    setting: str = DEFAULT_SETTING
-    cross_blend: str | None = None
-    self_blend: str | None = None
-    self_window: float | str | tuple[float, float] | None = None
-    reweight_mode: str = "p2p"
+    source: str = option(kind="text", help="source prompt (with a capture: the captured one by default; with "
+                                          "audio: a description of the audio)")
+    target: str | None = option(None, kind="text", help="edited prompt (optional for op reweight)")
+    op: Literal["replace", "refine", "reweight"] = option(
+        "replace", kind="choice", choices=OPS,
+        help="replace: same word count, words swapped; refine: words added/removed; reweight: same prompt, "
+             "word weights")
+    word_weights: Mapping[str, float] = option(
+        {}, kind="word_numbers", item="word", metavar="WORD=C",
+        help="reweight target word WORD by C in [-2, 2] (repeatable)")
+    windows: Mapping[str, float | str | tuple[float, float]] = option(
+        {}, kind="word_windows", item="window", metavar="WORD=F|WORD=S:E",
+        help="inject WORD's cross-attention edit during steps [floor(S (N+1)), floor(E (N+1))) of N, as "
+             "Prompt-to-Prompt (F means 0:F); WORD may be `default` (repeatable)")
+    setting: str = option(
+        DEFAULT_SETTING, kind="choice", choices=tuple(SETTINGS),
+        help="editgen-code: hard cross + self-attention b_i = (2i+1)/(2N), what the paper's released code "
+             "evaluates; paper-text: cross a_i = i/N, no self-injection; hard: Prompt-to-Prompt")
+    cross_blend: str | None = option(
+        None, kind="text", aliases=("--blend",),
+        help="override the setting's cross-attention layer schedule a_i (1 keeps the own map): soft, hard, "
+             "reversed, constant:X or X0,X1,... (one per layer)")
+    self_blend: str | None = option(
+        None, kind="text", help="override the setting's self-attention schedule b_i (weight of the source): "
+                                "off, editgen, full, constant:X or X0,X1,...")
+    self_window: float | str | tuple[float, float] | None = option(
+        None, kind="window", metavar="F|S:E", help="self-injection steps [floor(S N), floor(E N)) (default: all)")
+    reweight_mode: str = option(
+        "p2p", kind="choice", choices=REWEIGHT_MODES,
+        help="p2p: multiply the word's attention by C (Prompt-to-Prompt); editgen-code: divide every other "
+             "column by C (the released EditGen code)")
 
     def __post_init__(self) -> None:
         check_prompt(self.source, "source prompt")

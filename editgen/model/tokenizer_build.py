@@ -1,6 +1,6 @@
-"""How the shipped preset tokenizer (`data/preset_tokenizer.json`) is made.
+"""How the shipped preset tokenizer (`editgen/engine/data/preset_tokenizer.json`) is made.
 
-    python -m editgen.engine.tokenizer_build     # retrain and rewrite the file
+    python -m editgen.model.tokenizer_build     # retrain and rewrite the file
 
 Only run this on purpose: the runtime loads the file and never trains, so token ids do
 not depend on the installed `tokenizers` version. tests/test_tokenizer.py checks that
@@ -15,7 +15,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from editgen.engine.tokenizer import EOS, PAD, PRESET_TOKENIZER_FILE, UNK
 
 PRESET_VOCAB_SIZE = 600
-CORPUS = Path(__file__).parent / "data" / "preset_corpus.txt"
+CORPUS = Path(__file__).parents[1] / "engine" / "data" / "preset_corpus.txt"
 # Characters the preset knows even if the corpus lacks them (others become <unk>).
 ALPHABET = list("abcdefghijklmnopqrstuvwxyz0123456789▁,.-'&!?:;()/\"+#%")
 
