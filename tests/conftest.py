@@ -68,3 +68,34 @@ def exported(tmp_path_factory):
         return dirs[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def tiny_clap_dir(tmp_path_factory):
+    """A random-init CLAP with a tiny config, plus a locally built tokenizer and feature
+    extractor, saved in transformers' layout: the same files a real checkpoint has
+    (the eval and protocol tests score with it)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    # Byte-level BPE over single characters (no merges): enough to tokenize prompts.
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4}
+    for ch in "abcdefghijklmnopqrstuvwxyz,Ġ":
+        vocab[ch] = len(vocab)
+    tokenizer = transformers.RobertaTokenizer(vocab=vocab, merges=[])
+    config = transformers.ClapConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=80, projection_dim=16),
+        # spec_size / num_mel_bins stay at LAION's 256 / 64: they must match the extractor.
+        audio_config=dict(hidden_size=32, patch_embeds_hidden_size=16, depths=[1, 1],
+                          num_attention_heads=[2, 2], num_hidden_layers=2, projection_dim=16),
+        projection_dim=16,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = transformers.ClapModel(config)
+    # The settings of laion/clap-htsat-unfused's preprocessor_config.json.
+    extractor = transformers.ClapFeatureExtractor(truncation="rand_trunc", padding="repeatpad")
+    directory = tmp_path_factory.mktemp("tiny_clap")
+    model.save_pretrained(directory)
+    transformers.ClapProcessor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(directory)
+    return directory

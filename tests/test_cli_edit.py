@@ -79,6 +79,7 @@ def test_edit_writes_four_files(tmp_path):
     assert meta["word_weights"] == {"guitar": 1.5}
     assert meta["windows"] == {"default": [0.0, 1.0], "guitar": [0.0, 0.4]}
     assert (meta["setting"], meta["cross_blend"], meta["self_blend"]) == ("editgen-code", "hard", "editgen")
+    assert meta["mapper"] == meta["plan"]["mapper_kind"] == "editgen-code"  # the setting's
     plan = meta["plan"]
     assert plan["op"] == "replace" and plan["target"]["text"] == TARGET
     assert len(plan["mapper"]) == 64 and 1.5 in plan["weights"]
@@ -103,7 +104,7 @@ def test_self_injection_through_the_cli(tmp_path):
     zero, none = tmp_path / "zero", tmp_path / "none"
     longer = ["--seed", 5, "--seconds", 2]
     assert run(*edit_args(zero, "--self-blend", "constant:0", *longer)) == 0
-    assert run(*edit_args(none, "--setting", "hard", *longer)) == 0
+    assert run(*edit_args(none, "--setting", "hard", "--mapper", "editgen-code", *longer)) == 0
     np.testing.assert_array_equal(_codes(zero), _codes(none))
     assert run(*edit_args(tmp_path / "code", *longer)) == 0  # editgen-code injects: another edit
     assert (_codes(tmp_path / "code") != _codes(none)).any()
@@ -121,6 +122,20 @@ def test_refine_and_reweight_ops(tmp_path):
                "-o", tmp_path / "rw") == 0
     meta = json.loads((tmp_path / "rw" / "edit.json").read_text())
     assert meta["target"] == SOURCE and -1.0 in meta["plan"]["weights"]
+
+
+def test_mapper_flag_and_word_parts(tmp_path):
+    """--mapper overrides the setting's operators; --word and --window name parts of words."""
+    assert run(*edit_args(tmp_path / "p2p", "--mapper", "p2p")) == 0
+    meta = json.loads((tmp_path / "p2p" / "edit.json").read_text())
+    assert (meta["setting"], meta["mapper"], meta["plan"]["mapper_kind"]) == ("editgen-code", "p2p", "p2p")
+    assert meta["plan"]["alphas"][:6] == [1.0] * 6  # P2P: every real column from the source
+    source = "funk-infused guitar riff"  # ▁funk - in f u s ed ▁guitar ▁r i ff </s>
+    assert run("edit", *MODEL, "--source", source, "--op", "reweight", "--word", "funk=2", "--window", "infused=0.5",
+               *FAST, "-o", tmp_path / "part") == 0
+    plan = json.loads((tmp_path / "part" / "edit.json").read_text())["plan"]
+    assert plan["weights"][:12] == [2.0] + [1.0] * 11
+    assert [b[1] for b in plan["window_bounds"][:12]] == [1.0] * 2 + [0.5] * 5 + [1.0] * 5
 
 
 def test_capture_then_edit_from_capture_matches_paired(tmp_path, capsys):
@@ -217,6 +232,8 @@ EDIT_BAD = {
     "empty target": (dict(target=""), [], "needs a target"),
     "long prompt": (dict(source=LONG, target=LONG.replace("piano", "guitar")), [], "at most 64"),
     "word not in prompt": ((), ["--word", "violin=1.5"], "not in the target"),
+    "word part inside a word": ((), ["--word", "itar=1.5"], "a hyphen part or its start"),
+    "word part the tokenizer does not split": ((), ["--window", "guit=0.5"], "splits as ▁guitar"),
     "window word not in prompt": ((), ["--window", "violin=0.5"], "not in the target"),
     "unequal replace": (dict(target="lofi guitar with very soft drums"), [], "replace"),
     "weight too big": ((), ["--word", "guitar=3"], "[-2, 2]"),

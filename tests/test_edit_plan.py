@@ -152,7 +152,8 @@ def test_word_not_in_target():
                  word_weights={"piano": 1.5})
     assert str(err.value) == (
         "word_weights: word 'piano' is not in the target prompt 'lofi guitar with warm "
-        "drums' (words: lofi, guitar, with, warm, drums): name one of them")
+        "drums' (words: lofi, guitar, with, warm, drums): name one of them (a part of a word must be "
+        "a hyphen part or its start, e.g. funk in funk-infused)")
     with pytest.raises(InvalidRequestError, match="word 'violin' is not in the target"):
         EditSpec(source=BASE, target=BASE, windows={"violin": 0.5})
 
@@ -297,7 +298,7 @@ def test_reweight_modes(tok):
 
 
 def test_plan_replace_with_weights_and_windows(tok):
-    spec = EditSpec(source=BASE, target="lofi marimba with warm drums",
+    spec = EditSpec(source=BASE, target="lofi marimba with warm drums", mapper="p2p",
                     word_weights={"marimba": -1.5}, windows={"default": 0.5, "drums": 0.3})
     plan = compile_edit(spec, tok, num_layers=4)
     assert plan.op == "replace"
@@ -319,7 +320,7 @@ def test_plan_replace_with_weights_and_windows(tok):
 
 
 def test_plan_refine_mapper_is_one_hot(tok):
-    plan = compile_edit(EditSpec(source=BASE, target=BASE + " and guitar", op="refine"),
+    plan = compile_edit(EditSpec(source=BASE, target=BASE + " and guitar", op="refine", mapper="p2p"),
                         tok, num_layers=2)
     want = expected_mapper({(0, 0): 1, (1, 1): 1, (2, 2): 1, (3, 3): 1, (4, 4): 1,
                             (5, 7): 1})  # no column for "and", "guitar" or pads
@@ -334,6 +335,55 @@ def test_plan_reweight(tok):
     np.testing.assert_array_equal(plan.alphas, [1] * 6 + [0] * (T - 6))
     np.testing.assert_array_equal(plan.weights, [1, 2] + [1] * (T - 2))
     assert plan.target.text == BASE
+
+
+# --- word parts ------------------------------------------------------------------------
+
+PARTS = {  # (prompt, name): the named tokens (pieces in the comment)
+    ("funk-infused guitar riff", "funk"): [0],  # ▁funk | - in f u s ed
+    ("funk-infused guitar riff", "Infused"): [2, 3, 4, 5, 6],  # a hyphen part, any case
+    ("Funk-Infused, riff", "FUNK"): [0],  # punctuation after the word: ▁funk - in f u s ed ,
+    ("hip-hop-inspired beat", "hip-hop"): [0, 1, 2],  # ▁hip -h op: a run of hyphen parts
+    ("hip-hop-inspired beat", "inspired"): [4, 5, 6, 7],
+    ("warm sparkling pads", "spark"): [1],  # a leading piece: ▁spark | ling
+    ("thumping bass", "thump"): [0, 1, 2],  # ▁ th ump | ing: the word's "▁" goes with its start
+    ("funk-infused funk-rock", "funk"): [0, 7],  # every word that has the part
+    ("bass and bassline", "bass"): [0],  # a whole word wins over parts of other words
+}
+
+
+@pytest.mark.parametrize("prompt, name", PARTS)
+def test_word_parts_name_their_tokens(tok, prompt, name):
+    spec = EditSpec(source=prompt, op="reweight", word_weights={name: 2.0}, windows={name: 0.5})
+    plan = compile_edit(spec, tok, 2)
+    named = np.flatnonzero(plan.weights != 1).tolist()
+    assert named == PARTS[prompt, name], plan.target.pieces
+    assert np.flatnonzero(plan.window_bounds[:, 1] != 1).tolist() == named
+
+
+PART_ERRORS = {  # (prompt, name): message
+    ("thumping bassline", "line"): (
+        "word_weights: word 'line' is not in the target prompt 'thumping bassline' (words: thumping, bassline): "
+        "name one of them (a part of a word must be a hyphen part or its start, e.g. funk in funk-infused)"),
+    ("thumping bassline", "bass"): (  # the preset tokenizer keeps bassline whole
+        "word_weights: 'bass' is part of 'bassline', which the tokenizer splits as ▁bassline: name a run of those "
+        "pieces from the word's start or between hyphens, or a whole word (words: thumping, bassline)"),
+    ("warm sparkling pads", "spar"): "'spar' is part of 'sparkling', which the tokenizer splits as ▁spark|ling",
+    ("hip-hop-inspired beat", "hop"): "'hop' is part of 'hip-hop-inspired', which the tokenizer splits as ▁hip|-h|op",
+}
+
+
+@pytest.mark.parametrize("prompt, name", PART_ERRORS)
+def test_word_parts_outside_the_rule_are_refused(tok, prompt, name):
+    with pytest.raises(InvalidRequestError) as err:
+        compile_edit(EditSpec(source=prompt, op="reweight", word_weights={name: 2.0}), tok, 2)
+    assert PART_ERRORS[prompt, name] in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_token_named_twice_is_refused(tok):
+    with pytest.raises(InvalidRequestError, match="'funk-infused' and 'funk' both name the token '▁funk'"):
+        compile_edit(EditSpec(source="funk-infused riff", op="reweight", word_weights={"funk-infused": 1.5,
+                                                                                         "funk": 2.0}), tok, 2)
 
 
 # --- step inputs ---------------------------------------------------------------------
@@ -444,7 +494,7 @@ def _edited_maps(p_own: np.ndarray, x: EditStepInputs, layer: int) -> np.ndarray
 
 def test_step_inputs_follow_the_edit_formula(tok):
     plan = compile_edit(EditSpec(source=BASE, target="lofi marimba with warm drums",
-                                 cross_blend="hard"), tok, 2)
+                                 cross_blend="hard", mapper="p2p"), tok, 2)
     x = EditBatch([plan], cfg=True, num_heads=2).inputs(0, 10)
     rng = np.random.default_rng(1)
     p_own = np.zeros((4, 2, T), dtype=np.float32)  # rows 0/2 source length 6, 1/3 target 7

@@ -19,6 +19,7 @@ import soundfile as sf  # noqa: E402
 
 import editgen.cli  # noqa: E402
 from editgen.cli import eval as cli_eval  # noqa: E402
+from editgen.eval.scoring import read_pairs_csv  # noqa: E402
 from editgen.errors import AudioError, CheckpointError, InvalidRequestError  # noqa: E402
 from editgen.eval import Pair, evaluate_pair, metrics, report  # noqa: E402
 from editgen.eval.audio_io import load_audio  # noqa: E402
@@ -245,12 +246,12 @@ def test_batch_csv_validation(tmp_path):
     csv_path = tmp_path / "p.csv"
     csv_path.write_text("source,edit\na.wav,b.wav\n")
     with pytest.raises(InvalidRequestError, match="expected source,edited"):
-        cli_eval.read_pairs_csv(csv_path)
+        read_pairs_csv(csv_path)
     csv_path.write_text("source,edited\n")
     with pytest.raises(InvalidRequestError, match="no pairs"):
-        cli_eval.read_pairs_csv(csv_path)
+        read_pairs_csv(csv_path)
     csv_path.write_text('source,edited,target_prompt\na.wav,/abs/b.wav,"jazz, with horns"\n')
-    (pair,) = cli_eval.read_pairs_csv(csv_path)
+    (pair,) = read_pairs_csv(csv_path)
     assert pair.source == tmp_path / "a.wav" and str(pair.edited) == "/abs/b.wav"
     assert pair.target_prompt == "jazz, with horns" and pair.label is None
 
@@ -289,36 +290,6 @@ def test_cli_user_errors_exit_2_with_one_line(tmp_path, monkeypatch, capsys, cas
 
 
 # ---------------------------------------------------------------- CLAP
-
-@pytest.fixture(scope="module")
-def tiny_clap_dir(tmp_path_factory):
-    """A random-init CLAP with a tiny config, plus a locally built tokenizer and feature
-    extractor, saved in transformers' layout: the same files a real checkpoint has."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    # Byte-level BPE over single characters (no merges): enough to tokenize prompts.
-    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4}
-    for ch in "abcdefghijklmnopqrstuvwxyz,Ġ":
-        vocab[ch] = len(vocab)
-    tokenizer = transformers.RobertaTokenizer(vocab=vocab, merges=[])
-    config = transformers.ClapConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=80, projection_dim=16),
-        # spec_size / num_mel_bins stay at LAION's 256 / 64: they must match the extractor.
-        audio_config=dict(hidden_size=32, patch_embeds_hidden_size=16, depths=[1, 1],
-                          num_attention_heads=[2, 2], num_hidden_layers=2, projection_dim=16),
-        projection_dim=16,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = transformers.ClapModel(config)
-    # The settings of laion/clap-htsat-unfused's preprocessor_config.json.
-    extractor = transformers.ClapFeatureExtractor(truncation="rand_trunc", padding="repeatpad")
-    directory = tmp_path_factory.mktemp("tiny_clap")
-    model.save_pretrained(directory)
-    transformers.ClapProcessor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(directory)
-    return directory
-
 
 def test_clap_scorer_end_to_end(tiny_clap_dir):
     from editgen.eval.clap import ClapScorer

@@ -248,8 +248,18 @@ def test_greedy_generation_matches_torch(spec, ort_backend):
 
 
 EDITS = {
+    # The default setting, editgen-code, runs the released code's operators (mapper editgen-code).
     "replace": [EditSpec(source=SRC, target="lofi guitar with warm drums")],
     "refine": [EditSpec(source=SRC, target="lofi piano with warm jazz drums", op="refine")],
+    # Each mapper kind on its own, under the hard setting: pieces 1 -> 3 (sitar = ▁s i tar),
+    # 1 -> 2 (marimba), repeated tokens and words before the source's.
+    "editgen_code_mapper": [
+        EditSpec(source=SRC, target="lofi sitar with warm drums", setting="hard", mapper="editgen-code"),
+        EditSpec(source=SRC, target="warm piano and lofi piano with warm drums", op="refine", setting="hard",
+                 mapper="editgen-code")],
+    "p2p_mapper": [
+        EditSpec(source=SRC, target="lofi marimba with warm drums", mapper="p2p"),
+        EditSpec(source=SRC, target="warm piano and lofi piano with warm drums", op="refine", mapper="p2p")],
     "reweight": [EditSpec(source=SRC, op="reweight", word_weights={"piano": -1.5, "drums": 2.0})],
     "two_targets_windows": [EditSpec(source=SRC, target="lofi guitar with warm drums", windows={"default": 0.4}),
                             EditSpec(source=SRC, target="lofi piano with cold drums", setting="hard")],

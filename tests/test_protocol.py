@@ -2,7 +2,8 @@
 tokenizer, every category, ops as labelled), the loader's checks, the command on
 random:tiny (4 pairs x 3 settings, 0.4 s: the tables, PNG, JSON, CSV and audio it
 writes, its edits equal to `editgen edit`, its scores equal to `editgen eval --batch`),
-and bad input (exit 2, one line, no output directory)."""
+a run from a --pairs-file with a word part, CLAP text against the source prompt and
+--steps, and bad input (exit 2, one line, no output directory)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ pytest.importorskip("mir_eval")
 import editgen.cli  # noqa: E402
 import editgen.model.loading  # noqa: E402
 from editgen.engine.edit import compile_edit  # noqa: E402
-from editgen.engine.edit.spec import WEIGHT_MAX, WEIGHT_MIN  # noqa: E402
+from editgen.engine.edit.spec import WEIGHT_MAX, WEIGHT_MIN, word_key  # noqa: E402
 from editgen.engine.tokenizer import TextTokenizer, split_words  # noqa: E402
 from editgen.errors import EditGenError, InvalidRequestError  # noqa: E402
 from editgen.eval.protocol import (CATEGORIES, CATEGORY_OPS, PAIRS_FILE, check_tokenizer,  # noqa: E402
@@ -83,6 +84,8 @@ def test_shipped_pairs_are_valid():
     assert all(WEIGHT_MIN <= c <= WEIGHT_MAX for c in weights)
     assert any(0 < c < 1 for c in weights) and any(c < 0 for c in weights) and any(c > 1 for c in weights)
     assert 0.0 not in weights  # so reweight mode editgen-code (divides by c) runs every pair
+    # A weighted part of a word, as the released evaluation's ("funk" in "funk-infused").
+    assert any(w not in {word_key(x) for x in split_words(p.source)} for p in pairs for w in p.word_weights)
     # The preset tokenizer knows every word and each prompt fits its 64 tokens.
     tokenizer = TextTokenizer.preset()
     check_tokenizer(pairs, tokenizer, num_layers=2)
@@ -115,7 +118,8 @@ GOOD = {"id": "x-1", "category": "instrument", "op": "replace", "source": "soft 
 
 @pytest.mark.parametrize("change, message", [
     ({"op": "refine"}, "instrument pairs are replace edits"),
-    ({"category": "tempo"}, "not one of"),
+    ({"category": "tempo", "op": "swap"}, "op 'swap' is not one of"),
+    ({"category": " "}, "must be a label"),
     ({"target": "soft guitar solo tonight"}, "same number of words"),
     ({"target": "soft piano solo"}, "changed word"),
     ({"category": "refine", "op": "refine", "target": "soft piano"}, "adds words"),
@@ -123,6 +127,7 @@ GOOD = {"id": "x-1", "category": "instrument", "op": "replace", "source": "soft 
     ({"category": "reweight", "op": "reweight", "word_weights": {"piano": 1.5}}, "leave out target"),
     ({"category": "reweight", "op": "reweight", "target": None, "word_weights": {"piano": 2.5}}, "[-2, 2]"),
     ({"category": "reweight", "op": "reweight", "target": None, "word_weights": {"drums": 1.5}}, "not in the target"),
+    ({"category": "reweight", "op": "reweight", "target": None, "word_weights": {"iano": 1.5}}, "or its start"),
     ({"target_prompt": " "}, "target_prompt"),
     ({"id": "../escape"}, "lower-case letters"),
     ({"tempo": 120}, "unknown keys tempo"),
@@ -136,13 +141,32 @@ def test_loader_rejects_bad_pairs(tmp_path, change, message):
     assert message in str(err.value) and "pair 2" in str(err.value)
 
 
+def test_pairs_of_other_categories_and_default_target_prompts(tmp_path):
+    """A user's file: its own category labels (any op), target_prompt left out (the
+    target; for reweight the source); `--pairs N` takes its labels in file order."""
+    path = tmp_path / "pairs.json"
+    path.write_text(json.dumps({"pairs": [
+        {"id": "a", "category": "Genre Fusion", "op": "refine", "source": "guitar riff",
+         "target": "funk-infused guitar riff"},
+        {"id": "b", "category": "Genre Fusion", "op": "replace", "source": "soft piano solo",
+         "target": "soft guitar solo"},
+        {"id": "c", "category": "Genre Blend", "op": "reweight", "source": "funk-infused guitar riff",
+         "word_weights": {"funk": 2.0}}]}))
+    pairs = load_pairs(path)
+    assert [p.target_prompt for p in pairs] == ["funk-infused guitar riff", "soft guitar solo",
+                                                "funk-infused guitar riff"]
+    assert [p.clap_text("source") for p in pairs] == ["guitar riff", "soft piano solo", "funk-infused guitar riff"]
+    assert [p.id for p in select_pairs(pairs, count=3)] == ["a", "c", "b"]
+    check_tokenizer(pairs, TextTokenizer.preset(), num_layers=2)
+
+
 def test_loader_rejects_duplicate_ids_missing_keys_and_bad_files(tmp_path):
     path = tmp_path / "pairs.json"
     path.write_text(json.dumps({"pairs": [GOOD, GOOD]}))
     with pytest.raises(InvalidRequestError, match="used twice"):
         load_pairs(path)
-    path.write_text(json.dumps({"pairs": [{k: v for k, v in GOOD.items() if k != "target_prompt"}]}))
-    with pytest.raises(InvalidRequestError, match="target_prompt"):
+    path.write_text(json.dumps({"pairs": [{k: v for k, v in GOOD.items() if k != "source"}]}))
+    with pytest.raises(InvalidRequestError, match="source"):
         load_pairs(path)
     path.write_text("{not json")
     with pytest.raises(InvalidRequestError, match="cannot read"):
@@ -169,7 +193,10 @@ def test_help_shows_every_option_and_default(capsys):
         assert action.help, action.option_strings
         if action.default not in (None, [], "==SUPPRESS==") and action.option_strings:
             assert f"(default: {action.default})" in text, action.option_strings
-    assert "(default: 10.0)" in text and "(default: editgen-code,paper-text,hard)" in text
+    assert "(default: editgen-code,paper-text,hard)" in text and "(default: source)" in text
+    for option in ("--pairs-file FILE", "--steps N", "--clap-text {source,target}", "--mapper {p2p,editgen-code}"):
+        assert option in text, option
+    assert "default without --seconds: 512" in text
 
 
 # ---------------------------------------------------------------- the command on random:tiny
@@ -237,7 +264,12 @@ def test_protocol_writes_the_table(protocol_run):
     meta = json.loads((out / "protocol.json").read_text())
     assert meta["pair_ids"] == ["instrument-01", "refine-01", "reweight-01", "genre-01"]
     assert [s["name"] for s in meta["settings"]] == list(SETTINGS)
-    assert meta["seeds"] == [0] and meta["seconds"] == 0.4 and meta["frames"] == 20
+    assert meta["seeds"] == [0] and meta["seconds"] == 0.4 and meta["frames"] == 20 and meta["steps"] is None
+    assert meta["clap_text"] == "source" and Path(meta["pairs_file"]) == PAIRS_FILE
+    assert [s["mapper"] for s in meta["settings"]] == ["editgen-code", "p2p", "p2p"]
+    assert text.splitlines()[1] == "CLAP text: the edited audio vs the source prompt (as the released evaluation)"
+    # pairs.csv's target_prompt column is the CLAP text: the source prompts by default.
+    assert [r["target_prompt"] for r in csv_rows] == [p["source"] for p in meta["pairs"] for _ in SETTINGS]
     assert meta["notes"][0].startswith("random weights") and meta["clap"] is None
     report = json.loads((out / "eval.json").read_text())
     assert list(report["summary"]) == list(SETTINGS) and len(report["pairs"]) == 12
@@ -284,6 +316,50 @@ def test_protocol_scores_are_eval_batch(protocol_run, tmp_path, capsys):
     assert [[p[f] for f in fields] for p in ours["pairs"]] == [[p[f] for f in fields] for p in theirs["pairs"]]
 
 
+PAIRS_WITH_A_WORD_PART = {"about": "a user's pairs file", "pairs": [
+    {"id": "funk-part", "category": "Genre Blend", "op": "reweight", "source": "funk-infused guitar riff",
+     "word_weights": {"funk": 2.0}},  # "funk": a hyphen part, as the released evaluation reweights
+    {"id": "swap", "category": "instrument", "op": "replace", "source": "soft piano solo", "target": "soft guitar solo",
+     "target_prompt": "a soft guitar solo"}]}
+
+
+@pytest.mark.slow
+def test_protocol_from_a_pairs_file_with_a_word_part(tmp_path, tiny_clap_dir, capsys):
+    """The released protocol's knobs in one run: a user's --pairs-file (a word part),
+    --steps (23 steps on random:tiny = 20 frames, 0.4 s), CLAP text against the source
+    prompt (tiny random CLAP); the word-part edit is `editgen edit --word funk=2`'s."""
+    from editgen.eval.audio_io import load_audio
+    from editgen.eval.clap import ClapScorer
+
+    pairs_file, out = tmp_path / "pairs.json", tmp_path / "out"
+    pairs_file.write_text(json.dumps(PAIRS_WITH_A_WORD_PART))
+    assert run("protocol", *MODEL, "--pairs-file", pairs_file, "--clap-text", "source", "--clap", tiny_clap_dir,
+               "--settings", "editgen-code,hard", "--steps", 23, "--no-progress", "-o", out) == 0
+    meta = json.loads((out / "protocol.json").read_text())
+    assert meta["pair_ids"] == ["funk-part", "swap"] and meta["pairs_file"] == str(pairs_file)
+    assert (meta["steps"], meta["frames"], meta["seconds"], meta["clap_text"]) == (23, 20, 0.4, "source")
+    text = (out / "table.txt").read_text()
+    assert text.splitlines()[:2] == ["EditGen protocol: 2 pairs x 1 seed, 23 steps, 0.4 s clips, random:tiny",
+                                     "CLAP text: the edited audio vs the source prompt (as the released evaluation)"]
+    assert first_table(text)[0] == ["setting", "n", "CLAP text (source)", "CLAP audio", "melody acc", "dynamics r",
+                                    "rhythm F1"]
+    scorer = ClapScorer(tiny_clap_dir)
+    report = json.loads((out / "eval.json").read_text())
+    sources = {p["id"]: p["source"] for p in meta["pairs"]}
+    for entry, (pair_id, setting) in zip(report["pairs"], [(i, s) for i in sources for s in ("editgen-code", "hard")]):
+        assert entry["target_prompt"] == sources[pair_id]  # not "a soft guitar solo"
+        edited = load_audio(out / entry["edited"])
+        assert entry["clap_text"] == pytest.approx(scorer.text_audio(sources[pair_id], edited.samples,
+                                                                     edited.sample_rate), abs=1e-6)
+    alone = tmp_path / "alone"
+    assert run("edit", *MODEL, "--source", sources["funk-part"], "--op", "reweight", "--word", "funk=2",
+               "--seconds", 0.4, "--no-progress", "-o", alone) == 0
+    np.testing.assert_array_equal(sf.read(alone / "edited.wav", dtype="float32")[0],
+                                  sf.read(out / "audio/funk-part/seed-0/editgen-code.wav", dtype="float32")[0])
+    plan = json.loads((alone / "edit.json").read_text())["plan"]
+    assert plan["weights"][:2] == [2.0, 1.0]  # ▁funk only, not "-infused"
+
+
 # ---------------------------------------------------------------- bad input: exit 2, one line, no output
 
 @pytest.mark.parametrize("extra, expect", [
@@ -296,6 +372,9 @@ def test_protocol_scores_are_eval_batch(protocol_run, tmp_path, capsys):
     (["--pair-ids", "mood-01,mood-01"], "twice"),
     (["--pair-ids", ","], "--pair-ids names no pair"),
     (["--seeds", "0"], "--seeds 0"),
+    (["--steps", "0"], "--steps 0: give a positive number"),
+    (["--steps", "30"], "give --steps or --seconds, not both"),  # FAST has --seconds
+    (["--pairs-file", "/nonexistent/pairs.json"], "cannot read protocol pairs"),
     (["--seconds", "-1"], "seconds must be a positive number"),
     (["--clap", "/nonexistent/clap"], "does not exist"),
 ])
@@ -317,15 +396,19 @@ def test_unwritable_output_and_too_long_clips_exit_2(tmp_path, capsys):
     out = tmp_path / "long"
     assert_user_error(capsys, ["protocol", *MODEL, "--seconds", "100000", "--no-progress", "-o", out], out,
                       "ask for at most")
+    assert_user_error(capsys, ["protocol", *MODEL, "--steps", "5", "--no-progress", "-o", out], out,
+                      "--steps 5 gives 2 audio frames on this model, the codec needs 4: ask for at least 7 steps")
+    assert_user_error(capsys, ["protocol", *MODEL, "--steps", "5000", "--no-progress", "-o", out], out,
+                      "--steps 5000 is more than")
 
 
 def test_failure_while_scoring_leaves_no_output(tmp_path, capsys, monkeypatch):
-    import editgen.cli.eval as cli_eval
+    import editgen.eval.scoring as scoring
 
     def broken(*args, **kwargs):
         raise EditGenError("scoring broke")
 
-    monkeypatch.setattr(cli_eval, "score_pairs", broken)
+    monkeypatch.setattr(scoring, "score_pairs", broken)
     out = tmp_path / "out"
     assert_user_error(capsys, ["protocol", *MODEL, "--pairs", 1, "--settings", "hard", *FAST, "-o", out], out,
                       "scoring broke")

@@ -69,6 +69,8 @@ BAD_JSON = [  # (endpoint, body, status, code)
     ("/v1/edit", {**EDIT, "capture": "/etc/passwd"}, 422, "invalid_body"),
     ("/v1/edit", {**EDIT, "target": "lofi guitar with soft"}, 400, "invalid_request"),  # word counts differ
     ("/v1/edit", {**EDIT, "word_weights": {"banjo": 1.0}}, 400, "invalid_request"),
+    ("/v1/edit", {**EDIT, "word_weights": {"guit": 1.0}}, 400, "invalid_request"),  # not where ▁guitar splits
+    ("/v1/edit", {**EDIT, "mapper": "seq-aligner"}, 422, "invalid_body"),
     ("/v1/edit", {**EDIT, "word_weights": {"guitar": 3.0}}, 400, "invalid_request"),
     ("/v1/edit", {**EDIT, "windows": {"guitar": 1.5}}, 400, "invalid_request"),
     ("/v1/edit", {**EDIT, "blend": "sideways"}, 422, "invalid_body"),  # renamed cross_blend: unknown field
@@ -268,6 +270,21 @@ def test_capture_then_edit_from_it_and_delete(client):
     assert hard.status_code == 200 and not any("runs again" in n for n in hard.json()["notes"])
     assert client.delete(f"/v1/captures/{capture_id}").status_code == 204
     assert error_of(client.get(f"/v1/captures/{capture_id}")) == (404, "unknown_capture")
+
+
+def test_mapper_and_word_parts_in_json_and_form(client):
+    source = "funk-infused guitar riff"
+    r = client.post("/v1/edit", json={"source": source, "op": "reweight", "word_weights": {"funk": 1.5},
+                                      "mapper": "p2p", "seconds": 0.5, "format": "json"})
+    assert r.status_code == 200, r.text
+    files = {"audio": ("song.wav", wav_upload(seconds=0.6), "audio/wav")}
+    r = client.post("/v1/edit/audio", files=files, data={"source": source, "op": "reweight", "word": ["funk=1.5"],
+                                                        "mapper": "editgen-code", "format": "json"})
+    assert r.status_code == 200, r.text
+    r = client.post("/v1/edit/audio", files=files, data={"source": source, "op": "reweight", "word": ["fun=1.5"]})
+    assert error_of(r) == (400, "invalid_request") and "splits as ▁funk" in r.json()["error"]["message"]
+    r = client.post("/v1/edit/audio", files=files, data={"source": SRC, "target": TGT, "mapper": "other"})
+    assert error_of(r) == (422, "invalid_body")
 
 
 def test_audio_upload_edit_and_capture(client):

@@ -145,7 +145,7 @@ def _write_outputs(out, args, spec, result, mode, source_wav, edited_wav, shapes
         "word_weights": dict(spec.word_weights),
         "windows": {w: list(b) for w, b in spec.windows.items()},
         "setting": spec.setting, "cross_blend": spec.cross_blend, "self_blend": spec.self_blend,
-        "self_window": list(spec.self_window), "reweight_mode": spec.reweight_mode,
+        "self_window": list(spec.self_window), "reweight_mode": spec.reweight_mode, "mapper": spec.mapper,
         "region": None if region is None else [region.start, region.end],
         "capture": args.capture, "audio": args.audio,
         "options": dataclasses.asdict(result.options),

@@ -1,33 +1,37 @@
 """`editgen protocol`: the paper's evaluation in one command.
 
-    editgen protocol --model DIR [--settings editgen-code,paper-text,hard] [--pairs N | --pair-ids ID ...]
-                     [--seconds 10] [--seed 0] [--seeds 1] [--clap DIR] -o OUTDIR
+    editgen protocol --model DIR [--settings editgen-code,paper-text,hard] [--pairs-file FILE]
+                     [--pairs N | --pair-ids ID ...] [--steps 512 | --seconds S] [--seed 0] [--seeds 1]
+                     [--clap DIR] [--clap-text source|target] [--mapper KIND] -o OUTDIR
 
-Every pair of the shipped set (editgen/eval/data/protocol_pairs.json: instrument, genre
-and mood swaps, refine additions, reweights; 45 pairs written for this project) is
-edited under every named setting, scored by the code of `editgen eval --batch` (melody,
-dynamics, rhythm F1; CLAP text-to-audio and audio-to-audio with --clap), and reported
-in the layout of the paper's Table 1: one row per setting, mean ± 95% CI per metric.
+Every pair of a pairs file (default: the shipped set, editgen/eval/data/protocol_pairs.json:
+instrument, genre and mood swaps, refine additions, reweights; 46 pairs written for this
+project; the format is in editgen/eval/protocol.py) is edited under every named setting,
+scored by the code of `editgen eval --batch` (melody, dynamics, rhythm F1; CLAP
+text-to-audio and audio-to-audio with --clap), and reported in the layout of the paper's
+Table 1: one row per setting, mean ± 95% CI per metric.
 
 One paired edit per (pair, seed) carries one target row per setting: the source row is
 never edited, so it is the same for every setting and is generated (and written) once;
 every target row draws from the same seeded stream, so each setting's edit is exactly
 what `editgen edit --setting S` gives for that seed (tests pin this).
 
-Defaults follow the paper's released evaluation code: clips of 10 s (it decodes 512
-steps, 10.2 s), guidance 3, top-k 250 sampling. It ran 5 seeds per pair; `--seeds 1`
-is the default here to keep a CPU run near an hour (`--seeds 5` matches it). Its CLAP
-text score compares the edit with the *source* prompt; here it is each pair's target
-prompt (the edit's aim).
+Defaults follow the paper's released evaluation code (notebooks/evaluation/MusicGen.ipynb
+and Comparison.ipynb): 512 decoder steps per clip (its max_new_tokens: 509 frames, 10.18 s
+on a 50 Hz model), guidance 3, top-k 250 sampling, and CLAP's text score against the
+*source* prompt (`--clap-text source`; `target` scores each pair's target_prompt, the
+edit's aim). It ran 5 seeds per pair, 0-4: `--seeds 5` (default 1, to keep a CPU run near
+an hour).
 
 OUTDIR (written atomically: a failure leaves nothing): table.txt, table.png, eval.json
 (the `editgen eval --batch` report), protocol.json (settings, model, seeds, pairs, files,
-summaries by setting and by op), pairs.csv (`editgen eval --batch` input), and
-audio/<pair>/seed-<k>/{source,<setting>}.wav. On random weights the numbers mean
-nothing and every output says so."""
+summaries by setting and by op), pairs.csv (`editgen eval --batch` input; its
+target_prompt column holds the CLAP text), and audio/<pair>/seed-<k>/{source,<setting>}.wav.
+On random weights the numbers mean nothing and every output says so."""
 
 from __future__ import annotations
 
+import argparse
 import collections
 import csv
 import dataclasses
@@ -37,11 +41,12 @@ from pathlib import Path
 
 from editgen.cli.common import add_generation_args, add_model_args, add_parser, generation_options, note, open_from_args
 from editgen.cli.outputs import atomic_dir, check_writable_dir
-from editgen.engine.edit.settings import REWEIGHT_MODES, SETTINGS
+from editgen.engine.edit.settings import MAPPERS, REWEIGHT_MODES, SETTINGS
 from editgen.errors import InvalidRequestError
 
 DEFAULT_SETTINGS = ("editgen-code", "paper-text", "hard")
-DEFAULT_SECONDS = 10.0
+DEFAULT_STEPS = 512  # the released evaluation's max_new_tokens
+CLAP_TEXT_TITLES = {"source": "CLAP text (source)", "target": "CLAP text (target)"}
 RANDOM_NOTE = ("random weights: these numbers mean nothing about the method; "
                "run with a real checkpoint directory to reproduce the paper")
 CSV_COLUMNS = ("source", "edited", "target_prompt", "label")
@@ -50,26 +55,40 @@ CSV_COLUMNS = ("source", "edited", "target_prompt", "label")
 def register(sub) -> None:
     p = add_parser(sub, "protocol", help="run the paper's evaluation: the shipped prompt pairs under each "
                                          "setting, scored, as the paper's Table 1",
-                   description="Edit every shipped prompt pair under each named setting, score the edits as "
-                               "`editgen eval --batch` does and write the paper's Table 1 layout (table.txt, "
-                               "table.png), eval.json, protocol.json, pairs.csv and the audio into one directory. "
-                               "Defaults follow the paper's released evaluation code: 10 s clips, guidance 3, "
-                               "top-k 250. On random weights the numbers mean nothing.")
+                   description="Edit every prompt pair of a pairs file (default: the shipped set) under each "
+                               "named setting, score the edits as `editgen eval --batch` does and write the "
+                               "paper's Table 1 layout (table.txt, table.png), eval.json, protocol.json, "
+                               "pairs.csv and the audio into one directory. Defaults follow the paper's "
+                               "released evaluation code: 512 decoder steps, guidance 3, top-k 250 sampling, "
+                               "CLAP text against the source prompt; --seeds 5 runs its seeds 0-4. On random "
+                               "weights the numbers mean nothing.")
     add_model_args(p)
     p.add_argument("--settings", default=",".join(DEFAULT_SETTINGS),
                    help=f"comma-separated named settings, one table row each ({', '.join(SETTINGS)})")
+    p.add_argument("--pairs-file", type=Path, metavar="FILE",
+                   help="prompt pairs to run, JSON as the shipped editgen/eval/data/protocol_pairs.json "
+                        "(format: editgen/eval/protocol.py; default: that file)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--pairs", type=int, metavar="N",
                        help="the first N pairs, categories taken in turn (default: all)")
-    which.add_argument("--pair-ids", nargs="+", metavar="ID", help="these pairs (ids from protocol_pairs.json)")
+    which.add_argument("--pair-ids", nargs="+", metavar="ID", help="these pairs (ids from the pairs file)")
     p.add_argument("--seeds", type=int, default=1, metavar="N",
-                   help="seeds per pair: --seed, --seed + 1, ... (the released code ran 5)")
+                   help="seeds per pair: --seed, --seed + 1, ... (the released code ran 5: 0-4)")
+    p.add_argument("--steps", type=int, metavar="N",
+                   help=f"decoder steps per clip, as the released code's max_new_tokens: N - 3 frames on a "
+                        f"4-codebook model (default without --seconds: {DEFAULT_STEPS}, 10.18 s at 50 Hz)")
+    p.add_argument("--mapper", default=None, choices=MAPPERS,
+                   help="override every setting's operators (see `editgen edit --help`; default: each "
+                        "setting's own)")
     p.add_argument("--reweight-mode", default="p2p", choices=REWEIGHT_MODES,
                    help="how reweight pairs scale a word (see `editgen edit --help`)")
     p.add_argument("--clap", type=Path, metavar="DIR",
                    help="local CLAP checkpoint directory: adds the CLAP text and audio columns")
+    p.add_argument("--clap-text", default="source", choices=("source", "target"),
+                   help="what CLAP's text score compares the edit with: the source prompt, as the released "
+                        "evaluation, or each pair's target_prompt")
     add_generation_args(p)
-    p.set_defaults(seconds=DEFAULT_SECONDS)
+    p.set_defaults(seconds=None)  # --steps, or DEFAULT_STEPS, unless --seconds is given
     p.add_argument("-o", "--output", required=True, help="output directory")
     p.set_defaults(func=run)
 
@@ -90,10 +109,32 @@ class Plan:
     """What one run does, checked before the model loads."""
 
     pairs: tuple  # ProtocolPair, in run order
+    pairs_file: Path
     settings: tuple[str, ...]
     seeds: tuple[int, ...]
-    options: object  # GenerationOptions; its seed is replaced by each of `seeds`
+    # GenerationOptions; its seed is replaced by each of `seeds`, and with `steps` its
+    # seconds by the model's (clip_options)
+    options: object
+    steps: int | None  # decoder steps per clip; None: options.seconds
     reweight_mode: str
+    mapper: str | None  # None: each setting's own
+    clap_text: str  # eval.protocol.CLAP_TEXTS
+
+
+def clip_options(plan: Plan, shapes):
+    """plan.options for this model: --steps N is N decoder steps, so N - C + 1 frames under
+    the delay pattern (C codebooks per channel), as the released code's max_new_tokens."""
+    if plan.steps is None:
+        return plan.options
+    frames = plan.steps - shapes.channel_codebooks + 1
+    if frames < shapes.min_frames:
+        raise InvalidRequestError(f"--steps {plan.steps} gives {frames} audio frames on this model, the codec needs "
+                                  f"{shapes.min_frames}: ask for at least "
+                                  f"{shapes.steps_for_frames(shapes.min_frames)} steps")
+    if frames > shapes.max_frames:
+        raise InvalidRequestError(f"--steps {plan.steps} is more than the model's {shapes.max_positions} "
+                                  f"positions take: ask for at most {shapes.steps_for_frames(shapes.max_frames)}")
+    return dataclasses.replace(plan.options, seconds=frames / shapes.frame_rate)
 
 
 def parse_settings(text: str) -> tuple[str, ...]:
@@ -109,18 +150,30 @@ def parse_settings(text: str) -> tuple[str, ...]:
 
 
 def plan_from_args(args) -> Plan:
-    from editgen.eval.protocol import load_pairs, select_pairs
+    from editgen.eval.protocol import PAIRS_FILE, load_pairs, select_pairs
 
     settings = parse_settings(args.settings)
     if args.seeds < 1:
         raise InvalidRequestError(f"--seeds {args.seeds}: give at least 1")
+    if args.steps is not None and args.steps < 1:
+        raise InvalidRequestError(f"--steps {args.steps}: give a positive number of decoder steps, e.g. 512")
+    if args.steps is not None and args.seconds is not None:
+        raise InvalidRequestError(f"give --steps or --seconds, not both (--steps {args.steps}, "
+                                  f"--seconds {args.seconds:g})")
+    steps = None if args.seconds is not None else DEFAULT_STEPS if args.steps is None else args.steps
     ids = None if args.pair_ids is None else [i for item in args.pair_ids for i in item.split(",") if i]
-    pairs = select_pairs(load_pairs(), count=args.pairs, ids=ids)
+    pairs_file = PAIRS_FILE if args.pairs_file is None else args.pairs_file
+    pairs = select_pairs(load_pairs(pairs_file), count=args.pairs, ids=ids)
     for pair in pairs:  # reweight mode editgen-code rejects c = 0: fail now, not at pair 30
         for s in settings:
-            pair.spec(s, args.reweight_mode)
-    return Plan(pairs=pairs, settings=settings, seeds=tuple(range(args.seed, args.seed + args.seeds)),
-                options=generation_options(args), reweight_mode=args.reweight_mode)
+            pair.spec(s, args.reweight_mode, args.mapper)
+    # With --steps the model's shapes set the seconds (clip_options); until it loads, the
+    # other options are checked with a placeholder duration.
+    seconds = args.seconds if steps is None else steps / 50.0
+    options = generation_options(argparse.Namespace(**{**vars(args), "seconds": seconds}))
+    return Plan(pairs=pairs, pairs_file=Path(pairs_file), settings=settings,
+                seeds=tuple(range(args.seed, args.seed + args.seeds)), options=options, steps=steps,
+                reweight_mode=args.reweight_mode, mapper=args.mapper, clap_text=args.clap_text)
 
 
 def run(args) -> int:
@@ -134,6 +187,7 @@ def run(args) -> int:
 
     with open_from_args(args) as backend:
         check_tokenizer(plan.pairs, backend.tokenizer, backend.shapes.num_layers)
+        plan = dataclasses.replace(plan, options=clip_options(plan, backend.shapes))
         frames = plan.options.frames(backend.shapes)  # the duration, checked before any edit
         is_random = getattr(backend, "is_random", False) or (args.model or "").startswith("random:")
         if is_random:
@@ -142,7 +196,7 @@ def run(args) -> int:
                     "frames": frames, "sample_rate": backend.shapes.sample_rate}
         with atomic_dir(out) as tmp:
             edits = _run_edits(backend, tmp, plan, progress=not args.no_progress)
-            _write_csv(tmp / "pairs.csv", edits)
+            _write_csv(tmp / "pairs.csv", edits, plan.clap_text)
             scored = _score(tmp, scorer, progress=not args.no_progress)
             text, files = _write_reports(tmp, plan, edits, scored, run_info)
     print(text, end="")  # its notes included: they are not repeated on stderr
@@ -163,7 +217,7 @@ def _run_edits(backend, tmp: Path, plan: Plan, *, progress: bool) -> list[Edit]:
     total = len(plan.pairs) * len(plan.seeds) * len(plan.settings)
     with progress_bar(total, enabled=progress, desc="protocol", unit="edit") as bar:
         for pair in plan.pairs:
-            specs = [pair.spec(s, plan.reweight_mode) for s in plan.settings]
+            specs = [pair.spec(s, plan.reweight_mode, plan.mapper) for s in plan.settings]
             for seed in plan.seeds:
                 result = edit(backend, specs, dataclasses.replace(plan.options, seed=seed))
                 codes = np.concatenate([result.source_codes[None], result.edited_codes])  # [1 + settings, K, frames]
@@ -180,21 +234,23 @@ def _run_edits(backend, tmp: Path, plan: Plan, *, progress: bool) -> list[Edit]:
     return edits
 
 
-def _write_csv(path: Path, edits: list[Edit]) -> None:
+def _write_csv(path: Path, edits: list[Edit], clap_text: str) -> None:
+    """`editgen eval --batch` input; its target_prompt column is the text CLAP scores."""
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
         for e in edits:
-            writer.writerow([e.source, e.edited, e.pair.target_prompt, e.setting])
+            writer.writerow([e.source, e.edited, e.pair.clap_text(clap_text), e.setting])
 
 
 def _score(tmp: Path, scorer, *, progress: bool):
     """Scores pairs.csv exactly as `editgen eval --batch OUTDIR/pairs.csv` would (read back
     through its reader), then makes paths relative to OUTDIR: the temporary directory's
     name must not outlive it in eval.json."""
-    from editgen.cli.eval import Scored, read_pairs_csv, score_pairs
+    from editgen.cli.eval import progress_wrap
+    from editgen.eval.scoring import Scored, read_pairs_csv, score_pairs
 
-    scored = score_pairs(read_pairs_csv(tmp / "pairs.csv"), scorer, batch=True, progress=progress)
+    scored = score_pairs(read_pairs_csv(tmp / "pairs.csv"), scorer, batch=True, wrap=progress_wrap(progress))
     prefix = f"{tmp}{os.sep}"
     results = tuple(dataclasses.replace(r, source=r.source.removeprefix(prefix), edited=r.edited.removeprefix(prefix),
                                         notes=tuple(n.replace(prefix, "") for n in r.notes))
@@ -225,28 +281,35 @@ def _write_reports(tmp: Path, plan: Plan, edits: list[Edit], scored, info: dict)
     op_groups = report.group_summaries(by_op)
     notes = _collapsed_notes(scored)
     seeds = len(plan.seeds)
+    clip = f"{plan.steps} steps, " if plan.steps is not None else ""
     title = (f"EditGen protocol: {len(plan.pairs)} pairs x {seeds} seed{'s' * (seeds > 1)}, "
-             f"{plan.options.seconds:g} s clips, {info['model'] or info['engine']}")
+             f"{clip}{plan.options.seconds:g} s clips, {info['model'] or info['engine']}")
+    clap_line = (f"CLAP text: the edited audio vs the {plan.clap_text} prompt"
+                 f"{' (as the released evaluation)' if plan.clap_text == 'source' else ''}")
+    titles = {"clap_text": CLAP_TEXT_TITLES[plan.clap_text]}
     text = "\n".join([
-        title, *(["NOTE: " + RANDOM_NOTE] if info["random"] else []), "",
-        report.format_methods_table(results, groups, settings), "",
+        title, clap_line, *(["NOTE: " + RANDOM_NOTE] if info["random"] else []), "",
+        report.format_methods_table(results, groups, settings, titles=titles), "",
         "By edit op:",
-        report.format_methods_table(by_op, op_groups, op_labels, label_title="setting / op"), "",
+        report.format_methods_table(by_op, op_groups, op_labels, label_title="setting / op", titles=titles), "",
         "Cells: mean ± 95% CI half-width (Student t) over the n edits of a row; n/a: undefined for "
         "every edit; (n=k): defined for k of them (eval.json has each edit's scores and notes).",
         *notes,
     ]) + "\n"
     (tmp / "table.txt").write_text(text, encoding="utf-8")
     files = ["table.txt", "eval.json", "protocol.json", "pairs.csv", "audio/"]
-    if _plot(tmp / "table.png", results, groups, settings, title, info["random"]):
+    if _plot(tmp / "table.png", results, groups, settings, f"{title}\n{clap_line}", info["random"], titles):
         files.insert(1, "table.png")
     (tmp / "eval.json").write_text(json.dumps(scored.to_json(), indent=2, allow_nan=False) + "\n")
     doc = {
         "editgen_version": __version__,
         "model": info["model"], "engine": info["engine"], "backend": info["backend"],
-        "settings": [dataclasses.asdict(SETTINGS[s]) for s in settings],
+        # Each setting as run: its mapper is --mapper where given.
+        "settings": [{**dataclasses.asdict(SETTINGS[s]), "mapper": plan.mapper or SETTINGS[s].mapper}
+                     for s in settings],
         "reweight_mode": plan.reweight_mode,
-        "seeds": list(plan.seeds), "seconds": plan.options.seconds, "frames": info["frames"],
+        "pairs_file": str(plan.pairs_file), "clap_text": plan.clap_text,
+        "seeds": list(plan.seeds), "steps": plan.steps, "seconds": plan.options.seconds, "frames": info["frames"],
         "sample_rate": info["sample_rate"],
         "options": {k: v for k, v in dataclasses.asdict(plan.options).items() if k != "seed"},
         "clap": scored.settings["clap"],
@@ -271,7 +334,7 @@ def _audio_of(pair_id: str, edits: list[Edit]) -> dict:
     return out
 
 
-def _plot(path: Path, results, groups, settings, title: str, is_random: bool) -> bool:
+def _plot(path: Path, results, groups, settings, title: str, is_random: bool, titles: dict) -> bool:
     from editgen.cli.plots import matplotlib_available
     from editgen.eval import report
     from editgen.eval.figure import plot_methods
@@ -279,7 +342,7 @@ def _plot(path: Path, results, groups, settings, title: str, is_random: bool) ->
     if not matplotlib_available():
         note("no table.png: matplotlib is not installed (pip install 'editgen[cli]')")
         return False
-    plot_methods(path, groups, settings, report.table1_columns(results),
+    plot_methods(path, groups, settings, report.table1_columns(results, titles),
                  report.methods_cells(results, groups, settings), title=title,
                  warning=RANDOM_NOTE if is_random else None)
     return True

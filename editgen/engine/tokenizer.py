@@ -12,7 +12,8 @@ Two sources of a tokenizer:
 
 Words are whitespace-separated (`split_words`). Punctuation is not split off: it stays part
 of its word ("jazz," is one word whose pieces are "▁jazz" and ","). Edit specs match words
-with `editgen.engine.edit.spec.word_key`, which ignores case and surrounding punctuation.
+with `editgen.engine.edit.words.word_key`, which ignores case and surrounding punctuation;
+a named part of a word ("funk" in "funk-infused") is located by `TokenizedPrompt.span_tokens`.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ def split_words(text: str) -> tuple[str, ...]:
     return tuple(m.group() for m in _WORD.finditer(text))
 
 
+def word_spans(text: str) -> tuple[tuple[int, int], ...]:
+    """[start, end) character span of each word of `split_words(text)`."""
+    return tuple(m.span() for m in _WORD.finditer(text))
+
+
 @functools.lru_cache(maxsize=1)
 def build_preset_tokenizer() -> Tokenizer:
     """The preset tokenizer shipped in `data/preset_tokenizer.json`. Cached: callers must
@@ -56,10 +62,38 @@ class TokenizedPrompt:
     pieces: tuple[str, ...]  # [length] token strings
     word_of_token: tuple[int | None, ...]  # [length] word index; None for special tokens
     words: tuple[str, ...]  # whitespace words, normalized as the tokenizer does (lower-case)
+    offsets: tuple[tuple[int, int], ...]  # [length] each token's characters in `text`, as the tokenizer gives them
+    decoded: tuple[str, ...]  # [length] each id decoded alone ("▁bass" -> "bass", "</s>" -> "</s>")
 
     def word_tokens(self, word: int) -> tuple[int, ...]:
         """Token positions of word `word`, in order."""
         return tuple(t for t, w in enumerate(self.word_of_token) if w == word)
+
+    def span_tokens(self, word: int, start: int, end: int) -> tuple[int, ...] | None:
+        """The tokens of word `word` that make up exactly the characters [start, end) of
+        `text`, in order; None when a token crosses start or end (the tokenizer does not
+        split the word there). A piece that is only the space mark "▁" goes with the piece
+        after it, so a span at the start of a word gets the word's "▁" as a whole word does.
+
+        A token's characters: its offsets less the space a "▁" piece's offsets may include.
+        """
+        inside: list[int] = []
+        pending: list[int] = []  # "▁" pieces waiting for the piece they mark
+        covered = 0
+        for t in self.word_tokens(word):
+            if self.pieces[t] == "▁":
+                pending.append(t)
+                continue
+            lo, hi = self.offsets[t]
+            while lo < hi and self.text[lo].isspace():
+                lo += 1
+            if start <= lo and hi <= end:
+                inside += pending + [t]
+                covered += hi - lo
+            elif lo < end and hi > start:
+                return None  # crosses a boundary of the span
+            pending = []
+        return tuple(inside) if inside and covered == end - start else None
 
 
 def check_prompt(prompt: str, name: str = "prompt") -> None:
@@ -128,7 +162,8 @@ class TextTokenizer:
         return TokenizedPrompt(
             text=prompt, ids=ids, mask=mask, length=n, pieces=tuple(enc.tokens),
             word_of_token=_word_of_token(prompt, enc.offsets, enc.special_tokens_mask),
-            words=tuple(self.normalize(w) for w in words),
+            words=tuple(self.normalize(w) for w in words), offsets=tuple(enc.offsets),
+            decoded=tuple(self._tok.decode([i], skip_special_tokens=False) for i in enc.ids),
         )
 
     def unknown_words(self, prompt: str) -> tuple[str, ...]:
@@ -157,7 +192,7 @@ def _word_of_token(text: str, offsets, special) -> tuple[int | None, ...]:
     that is only the `▁` standing for a space (offsets empty or on the space) belongs
     to the word that follows it.
     """
-    spans = [m.span() for m in _WORD.finditer(text)]
+    spans = word_spans(text)
     out: list[int | None] = []
     for (start, end), is_special in zip(offsets, special):
         if is_special:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -114,10 +114,12 @@ def format_batch_table(results: Sequence[EvalResult], groups: dict[str, dict[str
     return _table(["label", "pairs"] + [title for _, title in columns], rows)
 
 
-def table1_columns(results: Sequence[EvalResult]) -> list[tuple[str, str]]:
-    """(field, title) of the paper's Table 1 that these results have, in its order."""
+def table1_columns(results: Sequence[EvalResult], titles: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """(field, title) of the paper's Table 1 that these results have, in its order; `titles`
+    renames columns by field (the protocol's "CLAP text (source)")."""
     shown = dict(shown_metrics(results))
-    return [(f, shown[f]) for f in TABLE1_ORDER if f in shown]
+    names = {**shown, **(titles or {})}
+    return [(f, names[f]) for f in TABLE1_ORDER if f in shown]
 
 
 def methods_cells(results: Sequence[EvalResult], groups: dict[str, dict[str, Summary | None]],
@@ -129,10 +131,12 @@ def methods_cells(results: Sequence[EvalResult], groups: dict[str, dict[str, Sum
 
 
 def format_methods_table(results: Sequence[EvalResult], groups: dict[str, dict[str, Summary | None]],
-                         labels: Sequence[str], *, label_title: str = "setting") -> str:
+                         labels: Sequence[str], *, label_title: str = "setting",
+                         titles: Mapping[str, str] | None = None) -> str:
     """The paper's Table 1 layout: one row per method (`labels`, in that order), columns
-    CLAP text and CLAP audio (when computed), melody, dynamics, rhythm; `n` = pairs."""
-    columns = table1_columns(results)
+    CLAP text and CLAP audio (when computed), melody, dynamics, rhythm; `n` = pairs;
+    `titles` renames columns by field."""
+    columns = table1_columns(results, titles)
     rows = [[label, str(_group_size(results, label)), *cells]
             for label, cells in zip(labels, methods_cells(results, groups, labels))]
     return _table([label_title, "n"] + [title for _, title in columns], rows)

@@ -28,10 +28,7 @@ def replace_mapper(src: TokenizedPrompt, tgt: TokenizedPrompt, T: int) -> np.nda
     gives 0.5 each, two -> one sums the two. Either way the word's total attention is
     kept. Special tokens (`</s>`) map to each other in order; pad columns are 0.
     """
-    if len(src.words) != len(tgt.words):
-        raise InvalidRequestError(
-            f"replace needs the same number of words: source has {len(src.words)}, target "
-            f"has {len(tgt.words)}; use --op refine to add or remove words")
+    check_word_counts(src, tgt)
     mapper = np.zeros((T, T), dtype=np.float32)
     for word in range(len(tgt.words)):
         s_tok = np.asarray(src.word_tokens(word), dtype=np.intp)
@@ -45,6 +42,14 @@ def replace_mapper(src: TokenizedPrompt, tgt: TokenizedPrompt, T: int) -> np.nda
     assert len(s_special) == len(t_special), "one tokenizer adds the same special tokens"
     mapper[s_special, t_special] = 1.0
     return mapper
+
+
+def check_word_counts(src: TokenizedPrompt, tgt: TokenizedPrompt) -> None:
+    """Replace pairs words by position (both mapper kinds): the counts must be equal."""
+    if len(src.words) != len(tgt.words):
+        raise InvalidRequestError(
+            f"replace needs the same number of words: source has {len(src.words)}, target "
+            f"has {len(tgt.words)}; use --op refine to add or remove words")
 
 
 def needleman_wunsch(x: Sequence[int], y: Sequence[int]) -> tuple[int | None, ...]:
@@ -100,3 +105,13 @@ def refine_alignment(src: TokenizedPrompt, tgt: TokenizedPrompt,
         index[t] = 0 if s is None else s
         alpha[t] = 0.0 if s is None else 1.0
     return index, alpha
+
+
+def refine_mapper(src: TokenizedPrompt, tgt: TokenizedPrompt, T: int) -> tuple[np.ndarray, np.ndarray]:
+    """mapper float32 [T, T] (one-hot columns, 0 where alpha is 0), alpha float32 [T]:
+    refine_alignment as the plan's tensors."""
+    index, alpha = refine_alignment(src, tgt, T)
+    mapper = np.zeros((T, T), dtype=np.float32)
+    aligned = np.flatnonzero(alpha == 1.0)
+    mapper[index[aligned], aligned] = 1.0
+    return mapper, alpha

@@ -6,10 +6,13 @@ import dataclasses
 
 import numpy as np
 
-from editgen.engine.edit.alignment import refine_alignment, replace_mapper
+from editgen.engine.edit.alignment import refine_mapper, replace_mapper
+from editgen.engine.edit.released_mappers import released_refine, released_replace
 from editgen.engine.edit.settings import cross_window_steps, reweight_factors
-from editgen.engine.edit.spec import DEFAULT_WINDOW, EditSpec, word_key
-from editgen.engine.tokenizer import TextTokenizer, TokenizedPrompt, split_words
+from editgen.engine.edit.spec import DEFAULT_WINDOW, EditSpec
+from editgen.engine.edit.words import named_tokens
+from editgen.engine.tokenizer import TextTokenizer, TokenizedPrompt
+from editgen.errors import InvalidRequestError
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -33,6 +36,7 @@ class EditPlan:
     self_window: np.ndarray  # float64 [2] (start, end) of self-attention injection
     setting: str = ""
     reweight_mode: str = "p2p"
+    mapper_kind: str = "p2p"  # settings.MAPPERS: which operators built `mapper` and `alphas`
 
     @property
     def num_layers(self) -> int:
@@ -63,32 +67,51 @@ class EditPlan:
             "self_window": self.self_window.tolist(),
             "setting": self.setting,
             "reweight_mode": self.reweight_mode,
+            "mapper_kind": self.mapper_kind,
         }
+
+
+def _real(prompt: TokenizedPrompt, T: int) -> np.ndarray:
+    """float32 [T]: 1 on the prompt's real tokens (`</s>` included), 0 on pads."""
+    return (np.arange(T) < prompt.length).astype(np.float32)
+
+
+def _p2p_replace(source: TokenizedPrompt, target: TokenizedPrompt, T: int) -> tuple[np.ndarray, np.ndarray]:
+    return replace_mapper(source, target, T), _real(target, T)
+
+
+def _reweight(source: TokenizedPrompt, target: TokenizedPrompt, T: int) -> tuple[np.ndarray, np.ndarray]:
+    """No base edit: the target is the source text, every real column from the source. The
+    same under both mapper kinds: the released ReweightWordController copies the whole
+    source map (`</s>` included) before scaling (controllers.py:88)."""
+    real = _real(target, T)
+    return np.diag(real), real
+
+
+# (op, mapper kind) -> (source, target, T) -> (mapper float32 [T, T], alpha float32 [T])
+BASE_EDITS = {
+    ("replace", "p2p"): _p2p_replace,
+    ("refine", "p2p"): refine_mapper,
+    ("reweight", "p2p"): _reweight,
+    ("replace", "editgen-code"): released_replace,
+    ("refine", "editgen-code"): released_refine,
+    ("reweight", "editgen-code"): _reweight,
+}
 
 
 def compile_edit(spec: EditSpec, tokenizer: TextTokenizer, num_layers: int) -> EditPlan:
     source, target = tokenizer.encode(spec.source), tokenizer.encode(spec.target)
     T = tokenizer.max_tokens
-    real = (np.arange(T) < target.length).astype(np.float32)  # [T] 1 on target's tokens
-    if spec.op == "replace":
-        mapper, alphas = replace_mapper(source, target, T), real
-    elif spec.op == "refine":
-        index, alphas = refine_alignment(source, target, T)
-        mapper = np.zeros((T, T), dtype=np.float32)
-        aligned = np.flatnonzero(alphas == 1.0)
-        mapper[index[aligned], aligned] = 1.0  # one-hot columns; 0 where alpha is 0
-    else:  # reweight: target is the source text, tokens correspond one to one
-        mapper, alphas = np.diag(real), real
+    mapper, alphas = BASE_EDITS[spec.op, spec.mapper](source, target, T)
 
-    keys = [word_key(w) for w in split_words(target.text)]  # [words]
-    token_keys = [None if w is None else keys[w] for w in target.word_of_token]  # [length]
     weights = np.ones(T, dtype=np.float32)
     bounds = np.tile(np.asarray(spec.windows[DEFAULT_WINDOW], dtype=np.float64), (T, 1))  # [T, 2]
-    for t, key in enumerate(token_keys):
-        if key in spec.word_weights:
-            weights[t] = spec.word_weights[key]
-        if key in spec.windows:  # a word literally named "default" gets the default
-            bounds[t] = spec.windows[key]
+    for t, c in _per_token("word_weights", spec.word_weights, target).items():
+        weights[t] = c
+    # A word literally named "default" gets the default window.
+    named = {k: v for k, v in spec.windows.items() if k != DEFAULT_WINDOW}
+    for t, window in _per_token("windows", named, target).items():
+        bounds[t] = window
     weights = reweight_factors(weights, list(spec.word_weights.values()), spec.reweight_mode)
 
     arrays = dict(mapper=mapper, alphas=alphas.astype(np.float32), weights=weights,
@@ -99,10 +122,24 @@ def compile_edit(spec: EditSpec, tokenizer: TextTokenizer, num_layers: int) -> E
     for a in arrays.values():
         a.flags.writeable = False
     return EditPlan(op=spec.op, source=source, target=target, setting=spec.setting,
-                    reweight_mode=spec.reweight_mode, **arrays)
+                    reweight_mode=spec.reweight_mode, mapper_kind=spec.mapper, **arrays)
+
+
+def _per_token(what: str, values: dict, target: TokenizedPrompt) -> dict[int, object]:
+    """{token: value} of named words or word parts; a token named twice (a word and a part
+    of it) is refused: which value it takes would depend on the order of the names."""
+    out: dict[int, object] = {}
+    owner: dict[int, str] = {}
+    for name, value in values.items():
+        for t in named_tokens(what, name, target):
+            if t in owner and owner[t] != name:
+                raise InvalidRequestError(f"{what}: {owner[t]!r} and {name!r} both name the token "
+                                          f"{target.pieces[t]!r}: name one of them")
+            out[t], owner[t] = value, name
+    return out
 
 
 def _prompt_json(p: TokenizedPrompt) -> dict:
     return {"text": p.text, "ids": p.ids[: p.length].tolist(), "pieces": list(p.pieces),
-            "words": list(p.words), "word_of_token": list(p.word_of_token),
+            "decoded": list(p.decoded), "words": list(p.words), "word_of_token": list(p.word_of_token),
             "length": p.length}

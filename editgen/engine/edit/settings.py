@@ -1,16 +1,26 @@
-"""Named edit settings, step windows and reweight modes, each as its source defines it.
+"""Named edit settings, mapper kinds, step windows and reweight modes, each as its source defines it.
 
-Settings (what a user picks with `--setting`; the schedules are in blend.py):
+Settings (what a user picks with `--setting`; the schedules are in blend.py, the mappers in
+alignment.py and released_mappers.py):
 
-- `editgen-code` (default): cross-attention injected fully at every layer (`hard`), the
-  source's self-attention blended in with b_i = (2i+1)/(2N) (`editgen`). This is what the
-  paper's released code (EditGen on GitHub, hooking transformers' MusicGen attention)
-  runs for the evaluation, i.e. what produced the paper's Table 1. Default because it is
-  the setting that reproduces the paper's numbers.
-- `paper-text`: cross-attention blended with a_i = i/N (`soft`), no self-injection: the
-  paper's text ("Z = aX + (1 - a)Y, a = i/N, deeper layers receive more original
-  features"). This was editgen's default before; the released code does not run it.
-- `hard`: cross-attention injected fully, no self-injection: plain Prompt-to-Prompt.
+- `editgen-code` (default): the released EditGen code's Replace and Refine (mapper
+  `editgen-code`), cross-attention injected fully at every layer (`hard`), the source's
+  self-attention blended in with b_i = (2i+1)/(2N) (`editgen`). This is what the paper's
+  released code (EditGen on GitHub, hooking transformers' MusicGen attention) runs for the
+  evaluation, i.e. what produced the paper's Table 1. Default because it is the setting
+  that reproduces the paper's numbers.
+- `paper-text`: Prompt-to-Prompt's mappers (`p2p`), cross-attention blended with a_i = i/N
+  (`soft`), no self-injection: the paper's text ("Z = aX + (1 - a)Y, a = i/N, deeper
+  layers receive more original features"). This was editgen's default before; the
+  released code does not run it.
+- `hard`: Prompt-to-Prompt's mappers, cross-attention injected fully, no self-injection:
+  plain Prompt-to-Prompt.
+
+Mapper kinds (which target columns come from the source, and how; docs/design.md has the
+formulas): `p2p`, Prompt-to-Prompt's seq_aligner (every real target column from the
+source); `editgen-code`, the released code's operators (Replace: only the changed words'
+columns, each the mean of the source word's pieces; Refine: the columns whose decoded token
+equals a source token's, special tokens excluded). Reweight is the same under both.
 
 Windows follow Prompt-to-Prompt's own code. A window is (start, end) as fractions of the
 request's N steps; a bare f means (0, f).
@@ -40,23 +50,29 @@ Window = tuple[float, float]  # (start, end) fractions of the steps, 0 <= start 
 FULL_WINDOW: Window = (0.0, 1.0)
 
 
+MAPPERS = ("p2p", "editgen-code")
+REWEIGHT_MODES = ("p2p", "editgen-code")
+
+
 @dataclasses.dataclass(frozen=True)
 class EditSetting:
     name: str
+    mapper: str  # one of MAPPERS
     cross_blend: str  # blend.py form, kind "cross"
     self_blend: str  # blend.py form, kind "self"
     origin: str  # where it comes from, one line
 
 
 SETTINGS = {s.name: s for s in (
-    EditSetting("editgen-code", "hard", "editgen",
-                "the released EditGen code: hard cross-attention, self-attention b_i = (2i+1)/(2N)"),
-    EditSetting("paper-text", "soft", "off",
-                "the paper's text: cross-attention a_i = i/N, no self-attention injection"),
-    EditSetting("hard", "hard", "off", "Prompt-to-Prompt: hard cross-attention, no self-attention injection"),
+    EditSetting("editgen-code", "editgen-code", "hard", "editgen",
+                "the released EditGen code: its Replace and Refine, hard cross-attention, "
+                "self-attention b_i = (2i+1)/(2N)"),
+    EditSetting("paper-text", "p2p", "soft", "off",
+                "the paper's text: Prompt-to-Prompt's mappers, cross-attention a_i = i/N, no self-attention injection"),
+    EditSetting("hard", "p2p", "hard", "off",
+                "Prompt-to-Prompt: its mappers, hard cross-attention, no self-attention injection"),
 )}
 DEFAULT_SETTING = "editgen-code"
-REWEIGHT_MODES = ("p2p", "editgen-code")
 
 
 def setting_named(name: str) -> EditSetting:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import string
 from types import MappingProxyType
 from typing import Literal, Mapping
 
 from editgen.engine.edit.blend import LayerSchedule
-from editgen.engine.edit.settings import (DEFAULT_SETTING, FULL_WINDOW, REWEIGHT_MODES, SETTINGS, Window,
+from editgen.engine.edit.settings import (DEFAULT_SETTING, FULL_WINDOW, MAPPERS, REWEIGHT_MODES, SETTINGS, Window,
                                           parse_window, setting_named)
+from editgen.engine.edit.words import PART_RULE, named_spans, word_key
 from editgen.engine.request_fields import option
 from editgen.engine.tokenizer import check_prompt, split_words
 from editgen.errors import InvalidRequestError
@@ -19,12 +19,7 @@ from editgen.errors import InvalidRequestError
 OPS = ("replace", "refine", "reweight")
 WEIGHT_MIN, WEIGHT_MAX = -2.0, 2.0
 DEFAULT_WINDOW = "default"  # the windows key for tokens not named (and `</s>`, pads)
-
-
-def word_key(word: str) -> str:
-    """How a named word matches a prompt word: case-insensitive, surrounding punctuation
-    ignored ("Guitar," matches "guitar"); inner punctuation kept ("hi-hats")."""
-    return word.lower().strip(string.punctuation)
+__all__ = ["DEFAULT_WINDOW", "OPS", "WEIGHT_MAX", "WEIGHT_MIN", "EditSpec", "word_key"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -33,17 +28,21 @@ class EditSpec:
 
     op: replace (same word count, words swapped one to one), refine (words added or
         removed, aligned globally), reweight (no base edit: target is the source).
-    word_weights: reweight factor c in [-2, 2] per target word, with any op.
+    word_weights: reweight factor c in [-2, 2] per target word, with any op. A word may be
+        a part of a target word: a hyphen part or its start ("funk" in "funk-infused";
+        words.py), where the tokenizer splits the word (checked by compile_edit).
     windows: steps during which a word's cross-attention edit is injected, as Prompt-to-
         Prompt's windows (settings.py): a fraction f (= 0:f) or (start, end) / "start:end";
-        key "default" plus optional target words ({"default": 1.0, "guitar": "0.2:0.6"}).
-    setting: a named setting (settings.SETTINGS): the cross and self layer schedules.
+        key "default" plus optional target words or word parts ({"default": 1.0, "guitar": "0.2:0.6"}).
+    setting: a named setting (settings.SETTINGS): the mapper and the cross and self layer schedules.
+    mapper: override the setting's mapper kind (settings.MAPPERS): "p2p" (Prompt-to-Prompt's
+        seq_aligner) or "editgen-code" (the released EditGen code's Replace and Refine).
     cross_blend, self_blend: override the setting's schedules (blend.py forms).
     self_window: steps of self-attention injection, as windows (default: all).
     reweight_mode: "p2p" (multiply the word's columns by c) or "editgen-code" (divide the
         other columns by c, as the released code).
     Mappings are stored read-only with keys as `word_key` gives them; after creation
-    cross_blend, self_blend and self_window hold the resolved values.
+    mapper, cross_blend, self_blend and self_window hold the resolved values.
     """
 
     source: str = option(kind="text", help="source prompt (with a capture: the captured one by default; with "
@@ -55,15 +54,17 @@ class EditSpec:
              "word weights")
     word_weights: Mapping[str, float] = option(
         {}, kind="word_numbers", item="word", metavar="WORD=C",
-        help="reweight target word WORD by C in [-2, 2] (repeatable)")
+        help="reweight target word WORD by C in [-2, 2] (repeatable); WORD may be a part of a word where the "
+             "tokenizer splits it: a hyphen part or its start (funk in funk-infused)")
     windows: Mapping[str, float | str | tuple[float, float]] = option(
         {}, kind="word_windows", item="window", metavar="WORD=F|WORD=S:E",
         help="inject WORD's cross-attention edit during steps [floor(S (N+1)), floor(E (N+1))) of N, as "
-             "Prompt-to-Prompt (F means 0:F); WORD may be `default` (repeatable)")
+             "Prompt-to-Prompt (F means 0:F); WORD may be `default` or a word part, as for --word (repeatable)")
     setting: str = option(
         DEFAULT_SETTING, kind="choice", choices=tuple(SETTINGS),
-        help="editgen-code: hard cross + self-attention b_i = (2i+1)/(2N), what the paper's released code "
-             "evaluates; paper-text: cross a_i = i/N, no self-injection; hard: Prompt-to-Prompt")
+        help="editgen-code: the released code's Replace/Refine, hard cross + self-attention b_i = (2i+1)/(2N), "
+             "what the paper's released code evaluates; paper-text: P2P's mappers, cross a_i = i/N, no "
+             "self-injection; hard: Prompt-to-Prompt")
     cross_blend: str | None = option(
         None, kind="text", aliases=("--blend",),
         help="override the setting's cross-attention layer schedule a_i (1 keeps the own map): soft, hard, "
@@ -77,6 +78,11 @@ class EditSpec:
         "p2p", kind="choice", choices=REWEIGHT_MODES,
         help="p2p: multiply the word's attention by C (Prompt-to-Prompt); editgen-code: divide every other "
              "column by C (the released EditGen code)")
+    mapper: str | None = option(
+        None, kind="choice", choices=MAPPERS,
+        help="override the setting's operators: p2p (Prompt-to-Prompt's mappers: every column from the "
+             "source) or editgen-code (the released code: Replace overwrites only the changed word's columns "
+             "with the mean of the source word's; Refine copies the columns of equal tokens, </s> excluded)")
 
     def __post_init__(self) -> None:
         check_prompt(self.source, "source prompt")
@@ -98,12 +104,15 @@ class EditSpec:
         windows = {DEFAULT_WINDOW: FULL_WINDOW}
         windows.update(_window_map(self.windows, words, target))
         setting = setting_named(self.setting)
+        mapper = setting.mapper if self.mapper is None else self.mapper
+        if mapper not in MAPPERS:
+            raise InvalidRequestError(f"mapper {self.mapper!r} is not one of {', '.join(MAPPERS)}")
         cross = LayerSchedule.parse(setting.cross_blend if self.cross_blend is None else self.cross_blend, "cross")
         self_ = LayerSchedule.parse(setting.self_blend if self.self_blend is None else self.self_blend, "self")
         self_window = FULL_WINDOW if self.self_window is None else parse_window(self.self_window, "self window")
         for name, value in (("word_weights", MappingProxyType(weights)), ("windows", MappingProxyType(windows)),
-                            ("setting", setting.name), ("cross_blend", str(cross)), ("self_blend", str(self_)),
-                            ("self_window", self_window)):
+                            ("setting", setting.name), ("mapper", mapper), ("cross_blend", str(cross)),
+                            ("self_blend", str(self_)), ("self_window", self_window)):
             object.__setattr__(self, name, value)
 
     def _checked_target(self) -> str:
@@ -149,10 +158,10 @@ def _window_map(given: Mapping, words: tuple[str, ...], target: str) -> dict[str
 
 def _checked_key(name: str, raw, words: tuple[str, ...], target: str, *, allow_default: bool, seen) -> str:
     key = word_key(str(raw))
-    if key not in words and not (allow_default and key == DEFAULT_WINDOW):
+    if not (allow_default and key == DEFAULT_WINDOW) and not named_spans(key, target):
         raise InvalidRequestError(
             f"{name}: word {raw!r} is not in the target prompt {target!r} "
-            f"(words: {', '.join(words)}): name one of them")
+            f"(words: {', '.join(words)}): name one of them ({PART_RULE})")
     if key in seen:
         raise InvalidRequestError(f"{name}: word {raw!r} is named twice")
     return key
