@@ -3,6 +3,7 @@ invariance, the segmented step against DecoderStep, and how the runtime picks it
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 
@@ -18,6 +19,7 @@ from editgen.engine.manifest import load_manifest
 from editgen.engine.runtime import open_backend
 from editgen.kernels.cpu_attention import (BLOCK, k_positions, kv8_attention, kv8_attention_ref, quantize_ref,
                                            scale_positions, v_positions)
+from editgen.model.edit_tensors import EditTensors
 from editgen.model.step_module import DecoderStep
 from editgen.model.step_segments import StepSegment
 from tests.conftest import loaded_model
@@ -149,17 +151,16 @@ def test_segments_chained_with_fp32_attention_equal_decoder_step():
             torch.ones(rows, T), torch.rand(rows, L, generator=gen), torch.zeros(rows),
             torch.zeros(L, rows, H, T))
     self_blend, self_window = torch.rand(rows, L, generator=gen), torch.tensor([0.0, 0.0, 1.0, 1.0])
+    full_edit = EditTensors(*edit, self_blend, self_window)
     with torch.no_grad():
         want_logits, _, want_maps = step(codes, positions, past[0::2], past[1::2], cross[0::2], cross[1::2], mask,
-                                         *edit, self_blend, self_window)
+                                         full_edit)
         segments = [StepSegment(step, i) for i in range(L + 1)]
         x, qkv = segments[0](codes, positions)
-        valid = torch.arange(capacity)[None, :] < positions[:, None]
-        bias = torch.where(valid, 0.0, -3.4e38)[:, None, None, :]
-        terms = step.edit_terms(*edit, self_blend, self_window)
+        self_terms = step.self_attention.terms(positions, capacity, full_edit)
         maps = []
         for i in range(L):
-            attn, _ = step._self_attention(qkv, past[2 * i], past[2 * i + 1], bias, i, terms)
+            attn, _ = step.self_attention(i, qkv, past[2 * i], past[2 * i + 1], self_terms)
             out = segments[i + 1](x, attn, cross[2 * i], cross[2 * i + 1], mask, *edit)
             maps.append(out[-1])
             x, qkv = out[0], out[1] if i + 1 < L else None
@@ -216,8 +217,9 @@ def test_without_the_kernel_the_export_says_so_and_the_runtime_runs_the_standard
     monkeypatch.setattr(cpu_attention, "build_error", lambda: "no C++ compiler 'c++' for the int8 KV kernel")
     report = segments.segments_agreement(engine)
     assert report == {"skipped": "no C++ compiler 'c++' for the int8 KV kernel"}
-    manifest = load_manifest(engine).data
-    line = validation_table({**manifest, "segments": {**manifest["segments"], "agreement": report}}).splitlines()[-1]
+    manifest = load_manifest(engine)
+    skipped = dataclasses.replace(manifest, segments=dataclasses.replace(manifest.segments, agreement=report))
+    line = validation_table(skipped).splitlines()[-1]
     assert line == "int8 KV engine: agreement not measured (no C++ compiler 'c++' for the int8 KV kernel)"
     backend = open_backend(engine=str(engine), threads=1)
     assert type(backend).__name__ == "OrtBackend"

@@ -22,7 +22,7 @@ from editgen.engine.contract import StepBatch
 from editgen.engine.edit import EditBatch, EditSpec, EditStepInputs, StepEdits
 from editgen.engine.jobs import capture_source, compile_specs, edit, edit_from_capture
 from editgen.engine.generate import generate_codes
-from editgen.engine.manifest import FORMAT_VERSION, MANIFEST_FILE, TensorSpec, load_manifest
+from editgen.engine.manifest import FORMAT_VERSION, MANIFEST_FILE, Manifest, TensorSpec, load_manifest
 from editgen.engine.options import GenerationOptions
 from editgen.errors import AudioError, ExportDirError
 from tests.conftest import loaded_model, torch_backend
@@ -412,6 +412,36 @@ def test_tensor_spec_axes_are_parsed_not_evaluated(tmp_path):
             TensorSpec.from_dict({"name": "x", "dtype": "float32", "shape": [bad]}, "test")
 
 
+def test_manifest_is_one_type_written_and_read(exported):
+    """The file the export writes is Manifest.to_json of what it returns, and reads back
+    to an equal Manifest; the reader refuses a wrong type or value under any key, naming it."""
+    engine = exported("random:tiny", quantize="int8")
+    manifest = load_manifest(engine)
+    assert (engine / MANIFEST_FILE).read_text() == manifest.to_json()
+    assert Manifest.from_json(manifest.to_json(), "again") == manifest
+    assert manifest.quantize == "int8" and [g.name for g in manifest.segment_graphs] == [
+        f"step_segment_{i:02d}" for i in range(manifest.shapes.num_layers + 1)]
+    data = manifest.to_dict()
+    bad = {"dtype": ("fp8", r'dtype "fp8" is not one of "fp32", "fp16"'),
+           "quantize": ("int4", r'quantize "int4" is not one of null, "int8"'),
+           "is_random": ("yes", "is_random must be true or false, got 'yes'"),
+           "opset": (True, "opset must be an integer, got True"),
+           "graphs": ({**data["graphs"], "cross_kv": {**data["graphs"]["cross_kv"], "file": "../x.onnx"}},
+                      r"graph cross_kv: bad file name '\.\./x\.onnx'"),
+           "segments": ({"kv_cache": "int8"}, r"segments are malformed \(KeyError: 'graphs'\)")}
+    for key, (value, message) in bad.items():
+        with pytest.raises(ExportDirError, match=r"^here.*" + message):
+            Manifest.from_dict({**data, key: value}, "here")
+
+
+def test_missing_segment_graph_is_named(exported, tmp_path):
+    engine = tmp_path / "engine"
+    shutil.copytree(exported("random:tiny", quantize="int8"), engine)
+    (engine / "step_segment_01.onnx").unlink()
+    with pytest.raises(ExportDirError, match=r"is missing step_segment_01\.onnx"):
+        load_manifest(engine)
+
+
 @pytest.fixture
 def engine_copy(exported, tmp_path):
     dst = tmp_path / "engine"
@@ -477,7 +507,8 @@ def test_int8_export_reports_agreement(exported):
     assert not (engine / "decoder_step.int8.onnx").exists()
     from editgen.cli.export import validation_table
 
-    assert "int8 KV engine (3 step segments, int8 K/V cache): token agreement" in validation_table(data)
+    assert "int8 KV engine (3 step segments, int8 K/V cache): token agreement" in validation_table(
+        load_manifest(engine))
     with OrtBackend(engine) as backend:
         codes = generate_codes(backend, [backend.tokenizer.encode(SRC)], options(backend.shapes)).codes
     assert codes.shape[-1] == STEPS - backend.shapes.channel_codebooks + 1

@@ -22,7 +22,10 @@ from __future__ import annotations
 
 from torch import nn
 
+from editgen.engine.contract import SEGMENT_EDIT_INPUTS
+from editgen.model.edit_tensors import EditTensors
 from editgen.model.step_module import DecoderStep
+
 
 class StepSegment(nn.Module):
     """Segment `index` (0..num_layers) of `step` (a fused DecoderStep)."""
@@ -39,8 +42,8 @@ class StepSegment(nn.Module):
             x = step.embed_codes(codes, positions)
             return x, step.qkv_projection(0, x)
         x, attn, cross_k, cross_v, text_mask, *edit = inputs
-        terms = step.edit_terms(*edit)
-        x, p = step.layer_tail(i - 1, x, attn, cross_k, cross_v, step.cross_bias(text_mask, x.dtype), terms)
+        edit = EditTensors.partial(**{name.removeprefix("edit_"): t for name, t in zip(SEGMENT_EDIT_INPUTS, edit)})
+        x, p = step.layer_tail(i - 1, x, attn, cross_k, cross_v, step.cross_attention.terms(text_mask, edit))
         p = p.flatten(2)  # [rows, heads, 1, T] -> [rows, heads, T]
         if i == self.num_layers:
             return step.lm_logits(x), p
