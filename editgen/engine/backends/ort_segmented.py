@@ -27,7 +27,7 @@ import numpy as np
 import onnxruntime as ort
 
 from editgen.engine.backends.kv8_pool import Int8KVPool
-from editgen.engine.backends.ort_backend import OrtBackend
+from editgen.engine.backends.ort_sessions import OrtSessions
 from editgen.engine.backends.slots import SlotTable
 from editgen.engine.contract import SEGMENT_EDIT_INPUTS, StepBatch, StepOutputs
 from editgen.errors import ExportDirError
@@ -54,40 +54,52 @@ def _ptr(array: np.ndarray) -> int:
     return array.__array_interface__["data"][0]
 
 
-class SegmentedOrtBackend(OrtBackend):
+class SegmentedOrtBackend:
     """Backend protocol over an int8 export with segments (`manifest.segment_graphs`).
     CPU provider only. `threads`: onnxruntime's intra-op threads and the kernel's (default:
-    the CPUs this process may use)."""
+    the CPUs this process may use). `profile_dir`: every segment runs under onnxruntime's
+    profiler (OrtSessions.open; benchmarks.step_parts reads the traces)."""
 
     name = "ort-kv8"
-    # A step is num_layers + 1 runs of as many sessions, each with its own thread pool:
-    # threads that kept spinning after their run took the cores from the next session's
-    # (a 10 s edit took 210 s instead of 25 s). They stop when their run returns.
-    session_config = {"session.force_spinning_stop": "1"}
 
-    def __init__(self, engine_dir: str | Path, *, threads: int | None = None):
-        super().__init__(engine_dir, providers=["CPUExecutionProvider"], threads=threads)
-
-    def _open_step(self, step_file: str | None) -> None:
+    def __init__(self, engine_dir: str | Path, *, threads: int | None = None, profile_dir: str | Path | None = None):
+        # A step is num_layers + 1 runs of as many sessions, each with its own thread pool:
+        # threads that kept spinning after their run took the cores from the next session's
+        # (a 10 s edit took 210 s instead of 25 s). They stop when their run returns.
+        s = self.sessions = OrtSessions(engine_dir, providers=["CPUExecutionProvider"], threads=threads,
+                                        session_config={"session.force_spinning_stop": "1"})
+        # The request side of the Backend protocol is the shared part's.
+        self.manifest, self.shapes, self.tokenizer, self.is_random = s.manifest, s.shapes, s.tokenizer, s.is_random
+        self.encode_text, self.decode_audio, self.encode_audio = s.encode_text, s.decode_audio, s.encode_audio
         self._segments = self.manifest.segment_graphs
         if len(self._segments) != self.shapes.num_layers + 1:
             raise ExportDirError(f"{self.manifest.root} has no int8-KV segments: re-export it with "
                                  "`editgen export --quantize int8`")
         cpu_attention.load()  # KernelBuildError now, not at the first step
         usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
-        self._kernel_threads = self.threads or len(usable)
-        self._step = [self._session(info.name, info=info) for info in self._segments]
+        self._kernel_threads = threads or len(usable)
+        profile = Path(profile_dir) if profile_dir is not None else None
+        self._step = [s.open(info.name, info=info, profile_dir=profile) for info in self._segments]
         self._bindings = [session.io_binding() for session in self._step]
         self.binds = 0  # bind_input/bind_output calls so far (0 per step in steady state)
         self._rows: dict[int, _RowBuffers] = {}
         self._scratch = np.zeros(0, np.float32)
         self._bound_key: tuple | None = None
+        self.slots: SlotTable | None = None
+        self.pool: Int8KVPool | None = None
 
     def open(self, max_slots: int) -> None:
         self.slots = SlotTable(self.shapes, max_slots)
         self.pool = Int8KVPool(self.shapes)
         self._rows.clear()
         self._bound_key = None
+
+    def admit(self, slots: np.ndarray, hidden: np.ndarray, mask: np.ndarray) -> None:
+        """hidden [R, T, text_hidden], mask [R, T] -> cross K/V of rows `slots`, kept in the pool."""
+        self.sessions.admit(self.slots, self.pool, slots, hidden, mask)
+
+    def release(self, slots: np.ndarray) -> None:
+        self.slots.release(slots)
 
     def _buffers(self, n: int) -> _RowBuffers:
         buf = self._rows.get(n)
@@ -168,13 +180,23 @@ class SegmentedOrtBackend(OrtBackend):
             binding.bind_output(name, "cpu", 0, array.dtype, array.shape, _ptr(array))
         self.binds += len(inputs) + len(outputs)
 
-    def end_profiling(self) -> Path:
-        raise NotImplementedError("benchmarks.profile_ort profiles the standard step (OrtBackend)")
+    def end_profiling(self) -> list[Path]:
+        """The segments' onnxruntime traces (with `profile_dir`), in segment order."""
+        return [Path(session.end_profiling()) for session in self._step]
 
-    def _close_step(self) -> None:
+    def close(self) -> None:
+        self.sessions.close()
+        self._step = None
         self._bindings = []
         self._rows.clear()
         self._bound_key = None
+        self.slots = self.pool = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def use_segmented(engine_dir: str | Path) -> bool:
