@@ -210,10 +210,10 @@ def test_pool_keeps_the_live_prefix_when_it_grows_and_shrinks():
 def test_without_the_kernel_the_export_says_so_and_the_runtime_runs_the_standard_step(monkeypatch, exported):
     from editgen.cli.export import validation_table
     from editgen.export import segments
-    from editgen.kernels import cpu_attention
+    from editgen.kernels import cpu_library
 
     engine = exported("random:tiny", quantize="int8")
-    monkeypatch.setattr(cpu_attention, "build_error", lambda: "no C++ compiler 'c++' for the int8 KV kernel")
+    monkeypatch.setattr(cpu_library, "build_error", lambda: "no C++ compiler 'c++' for the int8 KV kernel")
     report = segments.segments_agreement(engine)
     assert report == {"skipped": "no C++ compiler 'c++' for the int8 KV kernel"}
     manifest = load_manifest(engine).data

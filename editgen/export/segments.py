@@ -99,7 +99,7 @@ def segments_agreement(out: Path) -> dict:
     from editgen.engine.backends.ort_backend import OrtBackend
     from editgen.engine.backends.ort_segmented import SegmentedOrtBackend
     from editgen.export.quantize import compare_backends
-    from editgen.kernels.cpu_attention import build_error
+    from editgen.kernels.cpu_library import build_error
 
     why = build_error()
     if why is not None:

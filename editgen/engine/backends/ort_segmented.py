@@ -20,7 +20,6 @@ step binds nothing and copies nothing O(cache).
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,7 @@ from editgen.engine.backends.ort_sessions import OrtSessions
 from editgen.engine.backends.slots import SlotTable
 from editgen.engine.contract import SEGMENT_EDIT_INPUTS, StepBatch, StepOutputs
 from editgen.errors import ExportDirError
-from editgen.kernels import cpu_attention
+from editgen.kernels import cpu_attention, cpu_library
 
 _EDIT_FIELDS = tuple(name.removeprefix("edit_") for name in SEGMENT_EDIT_INPUTS)
 
@@ -75,9 +74,8 @@ class SegmentedOrtBackend:
         if len(self._segments) != self.shapes.num_layers + 1:
             raise ExportDirError(f"{self.manifest.root} has no int8-KV segments: re-export it with "
                                  "`editgen export --quantize int8`")
-        cpu_attention.load()  # KernelBuildError now, not at the first step
-        usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
-        self._kernel_threads = threads or len(usable)
+        cpu_library.load()  # KernelBuildError now, not at the first step
+        self._kernel_threads = threads or cpu_library.usable_cpus()
         profile = Path(profile_dir) if profile_dir is not None else None
         self._step = [s.open(info.name, info=info, profile_dir=profile) for info in self._segments]
         self._bindings = [session.io_binding() for session in self._step]
@@ -144,7 +142,7 @@ class SegmentedOrtBackend:
             self._bound_key = key
         # The library entry point itself, with pointers computed once per step: the checked
         # wrapper (cpu_attention.kv8_attention) costs its asserts and ctypes lookups per layer.
-        kernel, layers = cpu_attention.load().editgen_kv8_attention, self.shapes.num_layers
+        kernel, layers = cpu_library.load().editgen_kv8_attention, self.shapes.num_layers
         fixed = [_ptr(a) for a in (phys.positions, buf.write, buf.qkv, edit.src_row)]
         pools = [(_ptr(a), a[0].nbytes) for a in (pool.k8, pool.kscale, pool.v8, pool.vscale)]
         self_b, scratch, attn = _ptr(buf.self_b), _ptr(self._scratch), _ptr(buf.attn)
@@ -206,4 +204,4 @@ def use_segmented(engine_dir: str | Path) -> bool:
 
     if not load_manifest(engine_dir).segment_graphs or "CUDAExecutionProvider" in ort.get_available_providers():
         return False
-    return cpu_attention.available()
+    return cpu_library.available()
