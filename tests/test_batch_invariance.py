@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from editgen.engine.backends.int8_step_backend import Int8StepBackend
 from editgen.engine.backends.ort_backend import OrtBackend
 from editgen.engine.backends.ort_segmented import SegmentedOrtBackend
 from editgen.engine.core import EngineCore
@@ -36,10 +37,14 @@ def run_schedule(core, plan: dict, *, cancel_at: int, cancelled) -> None:
         step += 1
 
 
-@pytest.fixture(params=["ort-fp32", "ort-int8", "ort-kv8", "torch"])
+@pytest.fixture(params=["ort-fp32", "ort-int8", "ort-kv8", "int8-step", "torch"])
 def backend(request, exported):
     if request.param == "torch":
         yield torch_backend("random:tiny")
+        return
+    if request.param == "int8-step":  # the int8 export's default CPU engine: the step in C++
+        with Int8StepBackend(exported("random:tiny", quantize="int8"), threads=2) as b:
+            yield b
         return
     if request.param == "ort-kv8":  # the int8 export's default engine: segments + int8 KV kernel
         with SegmentedOrtBackend(exported("random:tiny", quantize="int8"), threads=1) as b:

@@ -219,3 +219,38 @@ def test_a_rows_bits_do_not_depend_on_other_rows_the_pool_or_the_threads(weights
     pair = _run(model, shapes, codes[:2], pos[:2], mask[:2], two, pool, threads=1)
     np.testing.assert_array_equal(pair[0][1], crowd[0][1])
 
+
+def test_int8_export_records_the_int8_step_and_the_runtime_runs_the_faster_path(exported):
+    from editgen.cli.export import validation_table
+    from editgen.engine.backends.int8_step_backend import Int8StepBackend
+    from editgen.engine.manifest import load_manifest
+    from editgen.engine.runtime import open_backend
+
+    engine = exported("random:tiny", quantize="int8")
+    manifest = load_manifest(engine).data
+    entry = manifest["int8_step"]
+    assert entry["file"] == "int8_step.npz" and entry["isa"] == cpu_library.isa()
+    assert entry["agreement"]["teacher_forced_token_agreement"] > 0.9 and entry["agreement"]["max_logit_error"] < 0.05
+    assert set(entry["step_ms"]) == {"int8-step", "ort-int8"} and entry["default"] == min(entry["step_ms"],
+                                                                                       key=entry["step_ms"].get)
+    assert f"CPU path: {entry['default']} ({entry['isa']})" in validation_table(manifest)
+    backend = open_backend(engine=str(engine), threads=1)
+    try:  # on CPU (an onnxruntime with CUDA runs the standard step on the GPU)
+        assert isinstance(backend, Int8StepBackend) == (entry["default"] == "int8-step") or \
+            "CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers()
+    finally:
+        backend.close()
+
+
+def test_without_the_library_the_export_says_so_and_the_runtime_runs_the_standard_step(monkeypatch, exported):
+    from editgen.engine.runtime import open_backend
+    from editgen.export.int8_step import cpu_path_line, measure_paths
+
+    engine = exported("random:tiny", quantize="int8")
+    monkeypatch.setattr(cpu_library, "build_error", lambda: "no C++ compiler 'c++' for the CPU kernels")
+    report = measure_paths(engine, log=lambda line: None)
+    assert report == {"skipped": "no C++ compiler 'c++' for the CPU kernels"}
+    assert cpu_path_line(report).endswith("(not measured at export: no C++ compiler 'c++' for the CPU kernels)")
+    backend = open_backend(engine=str(engine), threads=1)
+    assert type(backend).__name__ == "OrtBackend"
+    backend.close()

@@ -7,7 +7,6 @@ import os
 import shutil
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 
@@ -168,13 +167,8 @@ def test_segments_chained_with_fp32_attention_equal_decoder_step():
     assert [len(segment_io(i, L)[1]) for i in (0, 1, L)] == [2, 3, 2]
 
 
-def test_int8_export_runs_segmented_and_agrees_with_fp32(exported):
+def test_int8_export_has_segments_that_agree_with_fp32(exported):
     engine = exported("random:tiny", quantize="int8")
-    backend = open_backend(engine=str(engine), threads=1)
-    try:  # on CPU (an onnxruntime with CUDA runs the standard step on the GPU)
-        assert isinstance(backend, SegmentedOrtBackend) or "CUDAExecutionProvider" in ort.get_available_providers()
-    finally:
-        backend.close()
     report = SegmentedOrtBackend(engine, threads=1).manifest.data["segments"]
     assert report["kv_cache"] == "int8" and len(report["graphs"]) == loaded_model("random:tiny").shapes.num_layers + 1
     agreement = report["agreement"]

@@ -55,6 +55,16 @@ def validation_table(manifest: dict) -> str:
                      f"{int8['teacher_forced_token_agreement']:.4f} teacher-forced, "
                      f"{int8['free_running_token_agreement']:.4f} free-running over {int8['steps']} steps; "
                      f"max logit error {int8['max_logit_error']:.3g}")
+    int8_step = manifest.get("int8_step")
+    if int8_step:
+        from editgen.export.int8_step import cpu_path_line
+
+        a = int8_step.get("agreement")
+        if a:
+            lines.append(f"int8 step: token agreement with fp32 {a['teacher_forced_token_agreement']:.4f} "
+                         f"teacher-forced, {a['free_running_token_agreement']:.4f} free-running; max logit error "
+                         f"{a['max_logit_error']:.3g}")
+        lines.append(cpu_path_line(int8_step))
     segments = manifest.get("segments")
     if segments and "skipped" in segments.get("agreement", {}):
         lines.append(f"int8 KV engine: agreement not measured ({segments['agreement']['skipped']})")

@@ -170,6 +170,14 @@ class Manifest:
             raise ExportDirError(f"{where} segments are malformed ({type(exc).__name__}: {exc})") from None
 
     @property
+    def int8_step(self) -> dict | None:
+        """manifest["int8_step"] of an int8 export (editgen.export.int8_step), or None."""
+        entry = self.data.get("int8_step")
+        if entry is not None and not isinstance(entry, dict):
+            raise ExportDirError(f"{self.root / MANIFEST_FILE} int8_step is malformed")
+        return entry
+
+    @property
     def encodec_min_samples(self) -> int:
         return int(self.data.get("encodec", {}).get("min_samples", 0))
 
@@ -244,6 +252,8 @@ def _check_files(manifest: Manifest) -> None:
         needed.append(graph.file)
         if graph.data_file:
             needed.append(graph.data_file)
+    if manifest.int8_step is not None:
+        needed.append(_plain_file_name(manifest.int8_step.get("file"), f"{manifest.root / MANIFEST_FILE} int8_step"))
     for name in needed:
         if not (manifest.root / name).is_file():
             raise ExportDirError(f"engine directory {manifest.root} is missing {name}: "

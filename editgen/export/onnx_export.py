@@ -86,7 +86,8 @@ def export_engine(loaded, out_dir: str | Path, *, dtype: str = "fp32", quantize:
     }
     write_manifest(out, manifest)
     if quantize == "int8":
-        from editgen.export.quantize import quantize_engine_int8
+        from editgen.export.int8_step import export_int8_step, measure_paths
+        from editgen.export.quantize import quantize_engine_int8, replace_with_int8
         from editgen.export.segments import export_segments, segments_agreement
 
         manifest["segments"] = export_segments(loaded.model, shapes, out, log)
@@ -100,6 +101,8 @@ def export_engine(loaded, out_dir: str | Path, *, dtype: str = "fp32", quantize:
                 f"{report['teacher_forced_token_agreement']:.4f}, free-running {report['free_running_token_agreement']:.4f}, "
                 f"max logit error {report['max_logit_error']:.3g} ({time.perf_counter() - start:.1f} s)")
 
+        manifest["int8_step"] = export_int8_step(loaded.model, shapes, out, log)
+        write_manifest(out, manifest)
         start = time.perf_counter()
         quantize_engine_int8(out, manifest, external_data_bytes)
         report = manifest["int8"]
@@ -107,6 +110,8 @@ def export_engine(loaded, out_dir: str | Path, *, dtype: str = "fp32", quantize:
             f"{report['teacher_forced_token_agreement']:.4f}, free-running "
             f"{report['free_running_token_agreement']:.4f} over {report['steps']} steps, "
             f"max logit error {report['max_logit_error']:.3g} ({time.perf_counter() - start:.1f} s)")
+        manifest["int8_step"].update(measure_paths(out, log))
+        replace_with_int8(out, manifest)
         write_manifest(out, manifest)
     return manifest
 

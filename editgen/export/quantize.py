@@ -59,14 +59,20 @@ def quantize_step_graph(src: Path, dst: Path, method: str = METHOD, *, external_
 
 
 def quantize_engine_int8(out: Path, manifest: dict, external_data_bytes: int, method: str = METHOD) -> None:
-    """Quantize out/decoder_step.onnx in place; update `manifest` (graph entry, "int8")."""
+    """Write the int8 step beside out/decoder_step.onnx (INT8_FILE) and its agreement with
+    fp32 (manifest["int8"]); `replace_with_int8` then makes it the engine's decoder_step."""
     entry = manifest["graphs"]["decoder_step"]
     src = out / entry["file"]
     fp32_bytes = sum((out / f).stat().st_size for f in (entry["file"], entry.get("data_file")) if f)
     external = fp32_bytes // 4 > external_data_bytes  # int8 weights are about 1/4 of fp32
     quantize_step_graph(src, out / INT8_FILE, method, external_data=external)
-    report = agreement(out, INT8_FILE)
-    # The int8 graph becomes the engine's decoder_step; the fp32 one is not kept.
+    manifest["int8"] = {"method": method, "bits": 8, "block_size": BLOCK_SIZE if method == "matmul_nbits" else None,
+                        **agreement(out, INT8_FILE)}
+
+
+def replace_with_int8(out: Path, manifest: dict) -> None:
+    """The int8 graph becomes the engine's decoder_step; the fp32 one is not kept."""
+    entry = manifest["graphs"]["decoder_step"]
     for name in (entry["file"], entry.get("data_file")):
         if name:
             (out / name).unlink()
@@ -77,8 +83,6 @@ def quantize_engine_int8(out: Path, manifest: dict, external_data_bytes: int, me
         _rename_external_data(out / entry["file"], INT8_FILE + ".data", data_file)
     entry.update(quantize="int8", data_file=data_file)
     entry["validation"]["note"] = "errors of the fp32 graph before quantization; int8 vs fp32: manifest int8"
-    manifest["int8"] = {"method": method, "bits": 8, "block_size": BLOCK_SIZE if method == "matmul_nbits" else None,
-                        **report}
 
 
 def _rename_external_data(model_path: Path, old: str, new: str) -> None:
