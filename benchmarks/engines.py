@@ -35,11 +35,11 @@ class OurStepBench:
     `capacity` is the cache positions the timed steps read (the pool's length)."""
 
     def __init__(self, backend, workload: str, batch: int, past: int, burst: int, timed_steps: int):
-        from editgen.engine.backends.slots import MIN_ROWS
+        from editgen.engine.contract import MIN_ROWS
         from editgen.engine.contract import attended_positions
         from editgen.engine.core import EngineCore
         from editgen.engine.edit import EditBatch, EditSpec
-        from editgen.engine.editing import compile_specs
+        from editgen.engine.jobs import compile_specs
         from editgen.engine.options import GenerationOptions
         from editgen.engine.requests import Request
 
@@ -69,7 +69,7 @@ class OurStepBench:
 
 def our_e2e(backend, workload: str, batch: int, seconds: float) -> float:
     from editgen.engine.edit import EditSpec
-    from editgen.engine.editing import edit
+    from editgen.engine.jobs import edit
     from editgen.engine.generate import generate_codes
     from editgen.engine.options import GenerationOptions
 

@@ -158,7 +158,7 @@ def _run(backend, workload: str, steps: int):
     """Greedy codes [rows_cond, K, steps + 1] (delay pattern kept) and the recorded logits."""
     from editgen.engine.core import run_alone
     from editgen.engine.edit import EditSpec
-    from editgen.engine.editing import edit_job
+    from editgen.engine.jobs import edit_job
     from editgen.engine.options import GenerationOptions
     from editgen.engine.requests import Request
 
@@ -219,7 +219,7 @@ def timings(loaded, device, cfg, bandwidth: float) -> dict:
 
     from editgen.engine.backends.kernel_backend import KernelBackend
     from editgen.engine.edit import EditSpec
-    from editgen.engine.editing import edit
+    from editgen.engine.jobs import edit
     from editgen.engine.options import GenerationOptions
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)

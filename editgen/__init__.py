@@ -19,10 +19,10 @@ Importing this package imports no torch; the torch backend loads it when chosen.
 
 from editgen.engine.edit import EditSpec
 from editgen.engine.core import EngineCore
-from editgen.engine.editing import (Job, Region, capture_job, capture_source, edit, edit_from_capture,
-                                    edit_from_capture_job, edit_job)
+from editgen.engine.jobs import (Job, Region, capture_job, capture_source, edit, edit_from_capture,
+                                 edit_from_capture_job, edit_job, generate, generate_job)
 from editgen.engine.options import GenerationOptions
-from editgen.engine.runtime import generate, generate_job, open_backend
+from editgen.engine.runtime import open_backend
 from editgen.errors import EditGenError
 from editgen.version import __version__
 

@@ -14,9 +14,9 @@ from editgen.engine.backends.ort_backend import OrtBackend
 from editgen.engine.backends.ort_segmented import SegmentedOrtBackend
 from editgen.engine.core import EngineCore
 from editgen.engine.edit import EditSpec
-from editgen.engine.editing import capture_job, edit_job
+from editgen.engine.jobs import capture_job, edit_job
 from editgen.engine.options import GenerationOptions
-from editgen.engine.runtime import generate_job
+from editgen.engine.jobs import generate_job
 from tests.conftest import torch_backend
 
 SECONDS = 8.0

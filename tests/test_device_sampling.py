@@ -11,7 +11,7 @@ from editgen.engine.backends.fake import FakeBackend
 from editgen.engine.contract import SamplingBatch, StepOutputs
 from editgen.engine.core import EngineCore
 from editgen.engine.edit import EditBatch, EditSpec
-from editgen.engine.editing import compile_specs
+from editgen.engine.jobs import compile_specs
 from editgen.engine.hooks import MeanMaps, RowMaps
 from editgen.engine.options import GenerationOptions
 from editgen.engine.requests import Request

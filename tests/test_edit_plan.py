@@ -353,7 +353,7 @@ def test_edit_batch_rows(tok):
              for t, w in [("lofi marimba with warm drums", {}),
                           ("lofi guitar with warm drums", {"guitar": 1.5})]]
     batch = EditBatch(plans, cfg=True, num_heads=2)
-    assert (batch.rows_cond, batch.rows) == (3, 6)
+    assert (batch.layout.names, batch.rows) == (("source", "target_1", "target_2"), 6)
     x = batch.inputs(0, 10)
     assert x.src_row.tolist() == [0, 0, 0, 3, 4, 5]
     for r in (0, 3, 4, 5):
@@ -372,28 +372,28 @@ def test_edit_batch_rows(tok):
          "edit_blend", "edit_use_captured", "edit_captured", "edit_self_blend", "edit_self_window"])
 
 
-def test_edit_batch_reuses_buffers(tok):
+def test_edit_batch_static_rows_and_step_buffers(tok):
+    """The static rows are built once; a step refills only its window buffers in place."""
     plan = compile_edit(EditSpec(source=BASE, target=BASE, windows={"default": 0.5}), tok, 4)
     batch = EditBatch([plan], cfg=False, num_heads=2)
-    first = batch.inputs(0, 4)
-    arrays = {k: v for k, v in first.as_feed().items()}
-    assert first.window[1, 0] == 1
-    second = batch.inputs(2, 4)
-    assert second is first
-    for k, v in second.as_feed().items():
-        assert v is arrays[k]
+    static = batch.row_inputs
+    first = batch.step_edits(0, 4)
+    assert first.window[1, 0] == 1 and first.captured_rows.size == 0
+    second = batch.step_edits(2, 4)
+    assert second.window is first.window and second.self_window is first.self_window
     assert second.window[1, 0] == 0  # refilled in place
+    assert batch.row_inputs is static
     tracemalloc.start()
     try:
-        batch.inputs(1, 4)  # warm up
+        batch.step_edits(1, 4)  # warm up
         before = tracemalloc.get_traced_memory()[0]
         tracemalloc.reset_peak()
         for step in range(4):
-            batch.inputs(step, 4)
+            batch.step_edits(step, 4)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak - before < 2048  # the buffers alone are > 32 KB
+    assert peak - before < 2048  # the static rows alone are > 32 KB
 
 
 def test_edit_batch_captured_mode(tok):
@@ -402,7 +402,7 @@ def test_edit_batch_captured_mode(tok):
     batch = EditBatch([plan], cfg=True, num_heads=2, captured_maps=maps)
     x = batch.inputs(3, 10)
     # The source is not run: rows are [target, null target].
-    assert (batch.rows_cond, batch.first_target) == (1, 0)
+    assert batch.layout.names == ("target_1",) and batch.layout.source is None
     assert x.use_captured.tolist() == [1, 0]
     assert x.src_row.tolist() == [0, 1]
     np.testing.assert_array_equal(x.captured[:, 0], maps[3])
@@ -420,7 +420,7 @@ def test_edit_batch_plain_and_source_check(tok):
     x = batch.inputs(0, 5)
     for r in range(4):
         _identity_row(x, r)
-    assert batch.inputs(4, 5) is x
+    assert batch.layout.names == ("prompt_1", "prompt_2")
     shapes = ModelShapes(num_layers=3, hidden_size=16, num_heads=2, num_codebooks=4)
     y = EditBatch.plain(rows_cond=1, cfg=False, shapes=shapes).inputs(0, 5)
     assert (y.mapper.shape, y.blend.shape, y.captured.shape) == ((1, T, T), (1, 3), (3, 1, 2, T))

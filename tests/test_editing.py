@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from editgen.engine.edit import EditSpec
-from editgen.engine.editing import Region, capture_source, edit, edit_from_capture
+from editgen.engine.jobs import Region, capture_source, edit, edit_from_capture
 from editgen.engine.options import GenerationOptions
-from editgen.engine.runtime import generate
+from editgen.engine.jobs import generate
 from editgen.errors import InvalidRequestError
 
 SRC = "lofi piano with warm drums"

@@ -9,7 +9,7 @@ import pytest
 from editgen.engine.backends.fake import FakeBackend
 from editgen.engine.core import EngineCore
 from editgen.engine.edit import EditBatch, EditSpec
-from editgen.engine.editing import compile_specs, edit_job
+from editgen.engine.jobs import compile_specs, edit_job
 from editgen.engine.options import GenerationOptions
 from editgen.engine.requests import Request, State
 from editgen.errors import InvalidRequestError

@@ -29,10 +29,10 @@ pytest.importorskip("triton")
 from editgen.engine.backends.kernel_backend import NO_DEVICE, KernelBackend  # noqa: E402
 from editgen.engine.core import EngineCore  # noqa: E402
 from editgen.engine.edit import EditBatch, EditSpec  # noqa: E402
-from editgen.engine.editing import capture_source, compile_specs, edit_from_capture, edit_job  # noqa: E402
+from editgen.engine.jobs import capture_source, compile_specs, edit_from_capture, edit_job  # noqa: E402
 from editgen.engine.generate import generate_codes  # noqa: E402
 from editgen.engine.options import GenerationOptions  # noqa: E402
-from editgen.engine.runtime import generate_job  # noqa: E402
+from editgen.engine.jobs import generate_job  # noqa: E402
 from editgen.errors import InvalidRequestError  # noqa: E402
 from tests.conftest import loaded_model, torch_backend  # noqa: E402
 from tests.test_batch_invariance import _Spy, run_schedule  # noqa: E402

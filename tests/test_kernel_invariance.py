@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from editgen.engine.backends.slots import MIN_ROWS
+from editgen.engine.contract import MIN_ROWS
 from editgen.engine.contract import POSITION_BUCKET
 
 HIDDEN, FFN, HEADS, HEAD_DIM = 1024, 4096, 16, 64

@@ -19,8 +19,8 @@ import pytest
 
 from editgen.engine.backends.ort_backend import OrtBackend
 from editgen.engine.contract import StepBatch
-from editgen.engine.edit import EditBatch, EditSpec, EditStepInputs
-from editgen.engine.editing import capture_source, compile_specs, edit, edit_from_capture
+from editgen.engine.edit import EditBatch, EditSpec, EditStepInputs, StepEdits
+from editgen.engine.jobs import capture_source, compile_specs, edit, edit_from_capture
 from editgen.engine.generate import generate_codes
 from editgen.engine.manifest import FORMAT_VERSION, MANIFEST_FILE, TensorSpec, load_manifest
 from editgen.engine.options import GenerationOptions
@@ -92,32 +92,37 @@ def _random_edit(shapes, rows, rng, *, edited) -> EditStepInputs:
         self_blend=rng.random((rows, L), dtype=np.float32), self_window=(rng.random(rows) > 0.3).astype(np.float32))
 
 
-def _concat_edits(parts) -> EditStepInputs:
-    """Requests' edit tensors -> one batch's (src_row shifted to batch rows)."""
-    fields = {}
-    offsets = np.cumsum([0] + [e.src_row.shape[0] for e in parts])[:-1]
-    for name in EditStepInputs.__dataclass_fields__:
-        arrays = [getattr(e, name) + o if name == "src_row" else getattr(e, name) for e, o in zip(parts, offsets)]
-        fields[name] = np.concatenate(arrays, axis=1 if name == "captured" else 0)
-    return EditStepInputs(**fields)
+def _step_edits(edit: EditStepInputs, rng, *, edited) -> StepEdits:
+    """This step's windows and captured maps of one request's rows (`edit`: its static rows)."""
+    rows, T = edit.window.shape
+    if not edited:
+        return StepEdits.identity(rows, T, edit.captured.shape[0], edit.captured.shape[2])
+    captured_rows = np.flatnonzero(edit.use_captured)
+    captured = edit.captured[:, captured_rows] * rng.random(len(captured_rows), dtype=np.float32)[:, None, None]
+    return StepEdits(window=(rng.random((rows, T)) > 0.5).astype(np.float32),
+                     self_window=(rng.random(rows) > 0.3).astype(np.float32), captured_rows=captured_rows,
+                     captured=captured)
 
 
 def scripted_steps(backend, shapes, seed, *, edited, steps=5):
     """Two requests through the contract by hand: B (2 rows, slots 2 and 6) runs 3 steps
     alone, then A (4 rows, slots 0, 1, 4, 5) joins; rows sit at different positions,
-    slot 3 is a padding row. Returns per step (logits, maps) copies (all rows want maps)."""
+    slot 3 is a padding row. Static edit tensors are random per request, windows and
+    captured maps random per step. Returns per step (logits, maps) copies (all rows want maps)."""
     rng = np.random.default_rng(seed)
     T, K = shapes.max_text_tokens, shapes.num_codebooks
     backend.open(8)
     out = []
     slots_a, slots_b = np.array([0, 1, 4, 5]), np.array([2, 6])
+    static = {}
 
     def admit(slots):
         mask = np.zeros((len(slots), T), np.int64)
         for r in range(len(slots) // 2):
             mask[r, : rng.integers(2, 20)] = 1
         hidden = rng.standard_normal((len(slots), T, shapes.text_hidden_size), dtype=np.float32) * mask[..., None].astype(np.float32)
-        backend.admit(slots, hidden, mask)
+        static[slots.tobytes()] = edit = _random_edit(shapes, len(slots), rng, edited=edited)
+        backend.admit(slots, hidden, mask, edit)
 
     admit(slots_b)
     for t in range(3 + steps):
@@ -125,7 +130,9 @@ def scripted_steps(backend, shapes, seed, *, edited, steps=5):
             admit(slots_a)
         rows = [(slots_b, t)] + ([(slots_a, t - 3)] if t >= 3 else [])
         slots = np.concatenate([s for s, _ in rows])
-        edit = _concat_edits([_random_edit(shapes, len(s), rng, edited=edited) for s, _ in rows])
+        parts = [(_step_edits(static[s.tobytes()], rng, edited=edited), first)
+                 for (s, _), first in zip(rows, np.cumsum([0] + [len(s) for s, _ in rows])[:-1])]
+        edit = StepEdits.concat(parts)
         batch = StepBatch(slots=slots, positions=np.concatenate([np.full(len(s), p) for s, p in rows]),
                           codes=rng.integers(0, shapes.vocab_size + 1, (len(slots), K)), edit=edit,
                           want_maps=np.ones(len(slots), bool))
@@ -159,7 +166,7 @@ def test_step_binds_once_and_reads_the_pool_in_place(ort_backend):
     positions = backend.slots.length[slots].copy()
     for _ in range(3):
         batch = StepBatch(slots=slots, positions=positions, codes=rng.integers(0, 2048, (6, shapes.num_codebooks)),
-                          edit=EditStepInputs.identity(6, shapes.max_text_tokens, shapes.num_layers, shapes.num_heads),
+                          edit=StepEdits.identity(6, shapes.max_text_tokens, shapes.num_layers, shapes.num_heads),
                           want_maps=np.zeros(6, bool))
         before = backend.pool.kv[:, :, slots, :, positions].copy()  # [6, layers, 2, heads, head_dim]
         backend.step(batch)
@@ -310,7 +317,7 @@ import sys
 from editgen.engine.backends.ort_backend import OrtBackend
 from editgen.engine.contract import StepBatch
 from editgen.engine.options import GenerationOptions
-from editgen.engine.runtime import generate
+from editgen.engine.jobs import generate
 with OrtBackend({str(engine)!r}) as b:
     out = generate(b, "lofi piano", GenerationOptions(seconds=0.3, greedy=True), progress=False)
 assert out.wav.shape == (1, 15 * 640) and out.codes.shape[0] == b.shapes.num_codebooks

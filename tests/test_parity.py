@@ -50,11 +50,12 @@ def test_step_logits_match_transformers_forward(spec):
     rows = 2 * n
     slots = np.arange(rows)
     backend.open(rows)
-    backend.admit(slots, np.concatenate([h, np.zeros_like(h)]), np.concatenate([pmask, np.zeros_like(pmask)]))
     edits = EditBatch.plain(rows_cond=n, cfg=True, shapes=shapes)
+    backend.admit(slots, np.concatenate([h, np.zeros_like(h)]), np.concatenate([pmask, np.zeros_like(pmask)]),
+                  edits.row_inputs)
     for t in range(steps):
         batch = StepBatch(slots=slots, positions=np.full(rows, t), codes=np.ascontiguousarray(seq[:, :, t]),
-                          edit=edits.inputs(t, steps), want_maps=np.zeros(rows, bool))
+                          edit=edits.step_edits(t, steps), want_maps=np.zeros(rows, bool))
         out = backend.step(batch)
         np.testing.assert_allclose(out.logits, ref[:, :, t], atol=1e-4, rtol=0)
 

@@ -15,7 +15,7 @@ import soundfile as sf
 
 import editgen.cli
 from editgen.engine.edit import EditSpec
-from editgen.engine.editing import Region, capture_source, edit
+from editgen.engine.jobs import Region, capture_source, edit
 from editgen.engine.options import GenerationOptions
 from editgen.errors import CheckpointError, InvalidRequestError
 from tests.conftest import loaded_model, torch_backend

@@ -36,7 +36,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from editgen.cli.edit import audio_codes, read_source_audio
-    from editgen.engine.editing import capture_source
+    from editgen.engine.jobs import capture_source
     from editgen.engine.tokenizer import check_prompt
 
     out = check_writable_file(args.output)

@@ -144,7 +144,7 @@ def build_spec(args, source: str):
 
 def run(args) -> int:
     from editgen.engine.capture import SourceCapture
-    from editgen.engine.editing import Region
+    from editgen.engine.jobs import Region
 
     # Everything cheap is checked before the model loads.
     out = check_writable_dir(args.output)
@@ -177,7 +177,7 @@ def run(args) -> int:
 
 
 def _run_edit(backend, args, spec, options, capture, region, clip):
-    from editgen.engine.editing import edit, edit_from_capture
+    from editgen.engine.jobs import edit, edit_from_capture
     from editgen.engine.notes import rerun_note
 
     progress = not args.no_progress

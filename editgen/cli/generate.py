@@ -25,7 +25,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from editgen.engine.audio import write_wav
-    from editgen.engine.runtime import generate
+    from editgen.engine.jobs import generate
 
     out = check_writable_file(args.output)
     if out.suffix.lower() != ".wav":

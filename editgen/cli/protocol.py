@@ -155,7 +155,7 @@ def _run_edits(backend, tmp: Path, plan: Plan, *, progress: bool) -> list[Edit]:
     import numpy as np
 
     from editgen.engine.audio import write_wav
-    from editgen.engine.editing import edit
+    from editgen.engine.jobs import edit
     from editgen.engine.progress import progress_bar
 
     rate = backend.shapes.sample_rate

@@ -1,4 +1,4 @@
-"""The backend contract (v3), torch-free: the decoder step's tensor names and named axes,
+"""The backend contract (v4), torch-free: the decoder step's tensor names and named axes,
 the per-step batch the engine core hands a backend, and what a backend returns.
 
 The export (editgen.export.graphs), every backend and the tests read names and axes from
@@ -8,7 +8,8 @@ engine core passes only small per-step arrays (StepBatch) and gets logits and th
 the rows that asked for them (StepOutputs): nothing O(cache) crosses this boundary.
 
     open(max_slots)                      size the pools (allocated on the backend's device)
-    admit(slots, hidden, text_mask)      cross K/V of these rows, written once
+    admit(slots, hidden, text_mask, edit)  cross K/V and the static edit tensors of these
+                                         rows, written once (a persistent batch by slot)
     step(batch) -> StepOutputs           reads its cache, writes this position's K/V at
                                          (slot, position) of every batch row; logits, or
                                          codes where the backend samples on its device
@@ -23,8 +24,14 @@ from typing import Protocol
 import numpy as np
 
 from editgen.engine.config import ModelShapes
-from editgen.engine.edit.step_inputs import EditStepInputs
+from editgen.engine.edit.step_inputs import EditStepInputs, StepEdits
 from editgen.engine.tokenizer import TextTokenizer
+
+# Fewest rows a step runs (backends pad with identity rows): torch's matmul (and ONNX
+# Runtime's MatMulNBits, the earlier int8 method) take another kernel for one row, with
+# other rounding, so a row's numbers must not depend on whether it runs alone
+# (tests/test_batch_invariance.py). The engine core never sizes itself below it.
+MIN_ROWS = 2
 
 # The attention of a row at position p reads `attended_positions(p)` cache positions: a
 # multiple of POSITION_BUCKET. Measured on ONNX Runtime (MLAS) and torch CPU kernels: with
@@ -86,12 +93,13 @@ def attended_positions(position: int) -> int:
 class StepBatch:
     """One step's rows, from any number of requests at any positions. R = rows.
 
-    `edit.src_row` indexes rows of this batch (a target's source row shares its step)."""
+    The static edit tensors of each slot were given at admission; `edit` holds only what
+    changes per step (windows, captured maps), its captured_rows indexing batch rows."""
 
     slots: np.ndarray  # int64 [R] pool slot of each row (distinct)
     positions: np.ndarray  # int64 [R] position of this step's frame; the row reads positions < it
     codes: np.ndarray  # int64 [R, K] codes of this frame (delay pattern applied)
-    edit: EditStepInputs  # rows R
+    edit: StepEdits  # rows R
     want_maps: np.ndarray  # bool [R] rows whose cross-attention maps are returned
     # Every row that wants maps needs only their mean over layers and heads: a backend may
     # return cross_attn as [1, M, 1, T] (reduced where the maps are) instead of in full.
@@ -140,9 +148,10 @@ class Backend(Protocol):
     def encode_text(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """ids, mask: [n, T] int64 -> T5 hidden states [n, T, text_hidden] float32."""
 
-    def admit(self, slots: np.ndarray, hidden: np.ndarray, mask: np.ndarray) -> None:
+    def admit(self, slots: np.ndarray, hidden: np.ndarray, mask: np.ndarray, edit: EditStepInputs) -> None:
         """Compute and keep the cross K/V of rows `slots` [R] from hidden [R, T, text_hidden]
-        and mask [R, T]; their self-attention caches start empty."""
+        and mask [R, T], and keep their static edit tensors (`edit`, rows R; its src_row
+        indexes these R rows); their self-attention caches start empty."""
 
     def step(self, batch: StepBatch) -> StepOutputs:
         """One decoder step of `batch`; writes each row's K/V at (slot, position). The

@@ -13,13 +13,10 @@ import collections
 
 import numpy as np
 
-from editgen.engine.backends.slots import MIN_ROWS
-from editgen.engine.contract import Backend, SamplingBatch, StepBatch
-from editgen.engine.edit.step_inputs import EditStepInputs
+from editgen.engine.contract import MIN_ROWS, Backend, SamplingBatch, StepBatch
+from editgen.engine.edit.step_inputs import StepEdits
 from editgen.engine.requests import Request, State
 from editgen.errors import InvalidRequestError
-
-_EDIT_FIELDS = tuple(EditStepInputs.__dataclass_fields__)
 
 
 class EngineCore:
@@ -135,17 +132,18 @@ class EngineCore:
         return failed
 
     def _admit(self, request: Request, slots: np.ndarray) -> None:
+        """The request's text and static edit tensors, into its slots (once)."""
         ids = np.stack([p.ids for p in request.prompts])  # [rows_cond, T]
         mask = np.stack([p.mask for p in request.prompts])
         hidden = self.backend.encode_text(ids, mask)  # [rows_cond, T, text_hidden]
-        if request.options.cfg:  # null conditioning: zero states, zero mask (as transformers)
+        if request.layout.cfg:  # null conditioning: zero states, zero mask (as transformers)
             hidden = np.concatenate([hidden, np.zeros_like(hidden)])
             mask = np.concatenate([mask, np.zeros_like(mask)])
-        self.backend.admit(slots, hidden, mask)
+        self.backend.admit(slots, hidden, mask, request.edits.row_inputs)
 
     def _batch(self) -> tuple[StepBatch, list[tuple[int, int, int]]]:
-        """The running requests' rows, in order. spans: (first row, first map row, first
-        code row) per request."""
+        """The running requests' rows, in order: what changes per step only. spans: (first
+        row, first map row, first code row) per request."""
         slots, positions, codes, edits, want, spans, sampling = [], [], [], [], [], [], []
         row = map_row = code_row = 0
         books = self.backend.shapes.num_codebooks
@@ -156,8 +154,7 @@ class EngineCore:
             slots.append(request.slots)
             positions.append(np.full(request.rows, request.step, dtype=np.int64))
             codes.append(request.frame())
-            e = request.edit_inputs()
-            edits.append((e, row))
+            edits.append((request.step_edits(), row))
             wants = np.zeros(request.rows, dtype=bool)
             wants[: request.rows_cond] = request.wants_maps
             want.append(wants)
@@ -165,13 +162,9 @@ class EngineCore:
             row += request.rows
             map_row += request.rows_cond if request.wants_maps else 0
             code_row += request.rows_cond
-        fields = {}
-        for name in _EDIT_FIELDS:
-            parts = [getattr(e, name) + offset if name == "src_row" else getattr(e, name) for e, offset in edits]
-            fields[name] = np.concatenate(parts, axis=1 if name == "captured" else 0)
         means_only = all(r.map_means_only for r in self.running if r.wants_maps)
         batch = StepBatch(slots=np.concatenate(slots), positions=np.concatenate(positions),
-                          codes=np.concatenate(codes), edit=EditStepInputs(**fields), want_maps=np.concatenate(want),
+                          codes=np.concatenate(codes), edit=StepEdits.concat(edits), want_maps=np.concatenate(want),
                           map_means_only=means_only,
                           sampling=SamplingBatch(*map(np.concatenate, zip(*sampling))) if sampling else None)
         return batch, spans

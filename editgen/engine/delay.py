@@ -43,16 +43,27 @@ class DelayPattern:
         column[:, self.forced[:, position]] = self.pad_id
         return column
 
+    @property
+    def max_delay(self) -> int:
+        return self.span - 1
+
+    def completed_frames(self, filled: int) -> int:
+        """Frames whose every codebook is known once positions 0..filled are filled: codebook
+        k holds frame f at position f + 1 + d_k, so frame f is complete at f + 1 + max_delay."""
+        return max(0, min(filled - self.max_delay, self.frames))
+
     def frame_of(self, position: int) -> np.ndarray:
         """[K] frame index that each codebook holds at `position` (meaningless where forced)."""
         return position - 1 - self.delays
 
-    def to_frames(self, sequence: np.ndarray) -> np.ndarray:
-        """sequence: [rows, K, length] with the pattern -> codes [rows, K, frames]."""
-        rows = sequence.shape[0]
-        out = np.empty((rows, self.K, self.frames), dtype=np.int64)
+    def to_frames(self, sequence: np.ndarray, frames: int | None = None) -> np.ndarray:
+        """sequence: [..., K, length] with the pattern -> codes [..., K, frames] (a copy); `frames`
+        takes a prefix (a running request's completed_frames)."""
+        frames = self.frames if frames is None else frames
+        assert 0 <= frames <= self.frames, (frames, self.frames)
+        out = np.empty(sequence.shape[:-2] + (self.K, frames), dtype=np.int64)
         for k, d in enumerate(self.delays):
-            out[:, k] = sequence[:, k, d + 1 : d + 1 + self.frames]
+            out[..., k, :] = sequence[..., k, d + 1 : d + 1 + frames]
         return out
 
     def from_frames(self, codes: np.ndarray) -> np.ndarray:

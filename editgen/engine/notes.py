@@ -34,8 +34,8 @@ def region_note(region, frames: int, frame_rate: int) -> str | None:
 
 
 def rerun_note(specs) -> str | None:
-    """Captured mode with self-attention injection runs the source row again (editing.reruns_source)."""
-    from editgen.engine.editing import reruns_source
+    """Captured mode with self-attention injection runs the source row again (jobs.reruns_source)."""
+    from editgen.engine.jobs import reruns_source
 
     if reruns_source(specs):
         return ("self-attention injection needs the source's self-attention, which a capture does not store: "

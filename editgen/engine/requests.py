@@ -1,8 +1,9 @@
 """A request's rows and the state it carries between steps (the engine core steps it).
 
-Rows are the request's conditional prompts, then, with classifier-free guidance, the
-same rows with null text. A request owns its delay pattern, code sequence, sampler, edit
-tensors and hooks; the backend only holds its slots' caches."""
+Rows are laid out by its RowLayout (editgen.engine.rows): the conditional rows, then, with
+classifier-free guidance, the same rows with null text. A request owns its delay
+pattern, code sequence, sampler, edit tensors and hooks; the backend only holds its
+slots' caches and static edit tensors."""
 
 from __future__ import annotations
 
@@ -13,18 +14,20 @@ import numpy as np
 
 from editgen.engine.config import ModelShapes
 from editgen.engine.delay import DelayPattern
-from editgen.engine.edit.step_inputs import EditBatch, EditStepInputs
+from editgen.engine.edit.step_inputs import EditBatch, EditStepInputs, StepEdits
 from editgen.engine.options import GenerationOptions
+from editgen.engine.rows import RowLayout
 from editgen.engine.sampling import Sampler, classifier_free_guidance
 from editgen.engine.tokenizer import TokenizedPrompt
 
 
-class StepEdits(Protocol):
-    """Edit tensors for each step of one request (an EditBatch)."""
+class RequestEdits(Protocol):
+    """A request's edit tensors (an EditBatch): static rows, and what changes per step."""
 
-    rows: int
+    layout: RowLayout
+    row_inputs: EditStepInputs
 
-    def inputs(self, step: int, num_steps: int) -> EditStepInputs: ...
+    def step_edits(self, step: int, num_steps: int) -> StepEdits: ...
 
 
 # Called with (position, codes [rows_cond, K]) after sampling; may overwrite rows in place.
@@ -42,22 +45,24 @@ class State(enum.Enum):
 
 
 class Request:
-    """One generation (plain, any edit mode, capture): `prompts` are its conditional rows."""
+    """One generation (plain, any edit mode, capture): `prompts` are its conditional rows, in
+    the order of `edits.layout` (plain generation: prompt_1..prompt_n)."""
 
     def __init__(self, shapes: ModelShapes, prompts: Sequence[TokenizedPrompt], options: GenerationOptions, *,
-                 edits: StepEdits | None = None, overrides: Sequence[CodeOverride] = (),
+                 edits: RequestEdits | None = None, overrides: Sequence[CodeOverride] = (),
                  recorders: Sequence[MapRecorder] = ()):
         if not prompts:
             raise ValueError("a request needs at least one prompt")
         self.options = options
         self.prompts = tuple(prompts)
-        self.rows_cond = len(prompts)
-        self.rows = 2 * self.rows_cond if options.cfg else self.rows_cond
+        self.edits = edits if edits is not None else EditBatch.plain(len(prompts), cfg=options.cfg, shapes=shapes)
+        self.layout = self.edits.layout
+        if (self.layout.rows_cond, self.layout.cfg) != (len(prompts), options.cfg):
+            raise ValueError(f"rows {self.layout.names} (guidance {self.layout.cfg}) do not fit {len(prompts)} "
+                             f"prompts with guidance {options.cfg}")
+        self.rows_cond, self.rows = self.layout.rows_cond, self.layout.rows
         self.steps = shapes.steps_for_frames(options.frames(shapes))
         self.pattern = DelayPattern.for_shapes(shapes, self.steps + 1)
-        self.edits = edits if edits is not None else EditBatch.plain(self.rows_cond, cfg=options.cfg, shapes=shapes)
-        if self.edits.rows != self.rows:
-            raise ValueError(f"edit tensors cover {self.edits.rows} rows, the request has {self.rows}")
         self.overrides, self.recorders = tuple(overrides), tuple(recorders)
         self.sampler = Sampler(self.rows_cond, seed=options.seed, top_k=options.top_k,
                                temperature=options.temperature, greedy=options.greedy)
@@ -87,12 +92,22 @@ class Request:
         """Codes [rows, K] of this step's frame, the delay pattern applied."""
         t = self.step
         self._frame[: self.rows_cond] = self.pattern.apply(self.sequence[:, :, t], t)
-        if self.options.cfg:  # the null-text rows repeat the conditional rows' codes
+        if self.layout.cfg:  # the null-text rows repeat the conditional rows' codes
             self._frame[self.rows_cond:] = self._frame[: self.rows_cond]
         return self._frame
 
-    def edit_inputs(self) -> EditStepInputs:
-        return self.edits.inputs(self.step, self.steps)
+    def step_edits(self) -> StepEdits:
+        return self.edits.step_edits(self.step, self.steps)
+
+    def completed_frames(self) -> int:
+        """Frames every codebook of every row has sampled so far."""
+        return self.pattern.completed_frames(self.step)
+
+    def codes_so_far(self, name: str, frames: int) -> np.ndarray:
+        """Codes [K, frames] of conditional row `name`, the delay pattern removed (a copy);
+        frames <= completed_frames()."""
+        assert frames <= self.completed_frames() or self.state is State.FINISHED, (frames, self.step)
+        return self.pattern.to_frames(self.sequence[self.layout.index(name)], frames)
 
     def sampling_inputs(self, books: int) -> tuple[np.ndarray, ...]:
         """This step's rows of a SamplingBatch, rows relative to the request's first:
@@ -101,7 +116,7 @@ class Request:
         o, n = self.options, self.rows_cond
         cond = np.arange(n, dtype=np.int64)
         uniforms = self.sampler.draw(books)
-        return (cond, cond + n if o.cfg else cond, np.full(n, o.guidance_scale, np.float32),
+        return (cond, cond + n if self.layout.cfg else cond, np.full(n, o.guidance_scale, np.float32),
                 np.full(n, o.temperature, np.float64), np.full(n, 0 if o.greedy else o.top_k, np.int64),
                 np.zeros((n, books)) if uniforms is None else uniforms)
 

@@ -1,15 +1,8 @@
-"""Choosing and opening a backend; the plain `generate` entry point."""
+"""Choosing and opening a backend."""
 
 from __future__ import annotations
 
-import dataclasses
-
-import numpy as np
-
 from editgen.engine.contract import Backend
-from editgen.engine.editing import Job, run_job
-from editgen.engine.requests import Request
-from editgen.engine.options import GenerationOptions
 from editgen.errors import InvalidRequestError
 
 BACKENDS = ("torch", "ort", "triton")
@@ -48,25 +41,3 @@ def open_backend(*, model: str | None = None, engine: str | None = None, backend
     from editgen.engine.backends.torch_backend import TorchBackend
 
     return TorchBackend(load_musicgen(model))
-
-
-@dataclasses.dataclass
-class Generated:
-    wav: np.ndarray  # [channels, samples] float32 (channels: the model's, 1 or 2)
-    codes: np.ndarray  # [K, frames] int64
-    sample_rate: int
-
-
-def generate_job(backend: Backend, prompt: str, options: GenerationOptions) -> Job:
-    """Codes of one prompt; the result is Generated (decoded audio)."""
-    request = Request(backend.shapes, [backend.tokenizer.encode(prompt)], options)
-
-    def finish(r: Request) -> Generated:
-        codes = r.codes()
-        return Generated(backend.decode_audio(codes)[0], codes[0], backend.shapes.sample_rate)
-
-    return Job(request, finish)
-
-
-def generate(backend: Backend, prompt: str, options: GenerationOptions, *, progress: bool = True) -> Generated:
-    return run_job(backend, generate_job(backend, prompt, options), progress)

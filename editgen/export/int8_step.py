@@ -118,16 +118,17 @@ def step_time(backend) -> float:
     """Median ms of TIMED_STEPS backend steps of TIMED_ROWS rows at TIMED_POSITION (an edit
     mid-way through a 10 s clip), the cache filled by earlier steps of the same rows."""
     from editgen.engine.contract import StepBatch
-    from editgen.engine.edit.step_inputs import EditStepInputs
+    from editgen.engine.edit.step_inputs import EditStepInputs, StepEdits
 
     s = backend.shapes
-    rows, T = TIMED_ROWS, s.max_text_tokens
+    rows, T, L, H = TIMED_ROWS, s.max_text_tokens, s.num_layers, s.num_heads
     backend.open(rows)
     slots = np.arange(rows)
     mask = np.zeros((rows, T), np.int64)
     mask[: rows // 2, :8] = 1  # conditional rows with 8 text tokens, null rows without
-    backend.admit(slots, backend.encode_text(np.zeros((rows, T), np.int64), mask), mask)
-    edit = EditStepInputs.identity(rows, T, s.num_layers, s.num_heads)
+    backend.admit(slots, backend.encode_text(np.zeros((rows, T), np.int64), mask), mask,
+                  EditStepInputs.identity(rows, T, L, H))
+    edit = StepEdits.identity(rows, T, L, H)
     codes = np.zeros((rows, s.num_codebooks), np.int64)
     times = []
     for position in range(TIMED_POSITION + TIMED_STEPS):

@@ -118,9 +118,9 @@ class _Paired:
     def encode_text(self, ids, mask):
         return self.test.encode_text(ids, mask)
 
-    def admit(self, slots, hidden, mask):
-        self.ref.admit(slots, hidden, mask)
-        self.test.admit(slots, hidden, mask)
+    def admit(self, slots, hidden, mask, edit):
+        self.ref.admit(slots, hidden, mask, edit)
+        self.test.admit(slots, hidden, mask, edit)
 
     def release(self, slots):
         self.ref.release(slots)

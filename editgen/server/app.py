@@ -33,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from editgen.engine.editing import Region
+from editgen.engine.jobs import Region
 from editgen.errors import EditGenError, first_line
 from editgen.server.audio_stream import wav_bytes, wav_header
 from editgen.server.config import ServerConfig

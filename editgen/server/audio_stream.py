@@ -19,8 +19,6 @@ import struct
 
 import numpy as np
 
-from editgen.engine.requests import Request
-
 HOLDBACK_FRAMES = 4  # EnCodec decoder look-ahead: frames f-4..f-1 of an f-frame prefix are not final
 _WAV_HEADER = "<4sI4s4sIHHIIHH4sI"
 
@@ -42,19 +40,6 @@ def wav_header(samples: int, sample_rate: int, channels: int = 1) -> bytes:
 def wav_bytes(wav: np.ndarray, sample_rate: int) -> bytes:
     """wav: float32 [channels, samples]."""
     return wav_header(wav.shape[-1], sample_rate, wav.shape[0]) + pcm16(wav)
-
-
-def completed_frames(request: Request) -> int:
-    """Audio frames whose every codebook is sampled. Codebook k holds frame f at position
-    f + 1 + k (the delay pattern), and positions 0..request.step are filled."""
-    K = request.pattern.K
-    return max(0, min(request.step - K + 1, request.pattern.frames))
-
-
-def prefix_codes(request: Request, row: int, frames: int) -> np.ndarray:
-    """Codes [K, frames] of conditional row `row`, the delay pattern removed (a copy)."""
-    seq = request.sequence[row]  # [K, steps + 1]
-    return np.stack([seq[k, k + 1: k + 1 + frames] for k in range(request.pattern.K)])
 
 
 class ChunkPlan:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from editgen.engine.backends.slots import MIN_ROWS
+from editgen.engine.contract import MIN_ROWS
 from editgen.errors import InvalidRequestError
 
 MIB = 1024 * 1024

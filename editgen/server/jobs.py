@@ -11,13 +11,12 @@ import numpy as np
 from editgen.engine.audio import check_not_silent, check_source_codes, prepare_source, read_clip_bytes
 from editgen.engine.capture import SourceCapture
 from editgen.engine.edit import EditSpec
-from editgen.engine.editing import EditResult, Region, capture_job, edit_from_capture_job, edit_job
+from editgen.engine.jobs import EditResult, Region, capture_job, edit_from_capture_job, edit_job
 from editgen.engine.notes import region_note, request_notes, rerun_note
 from editgen.engine.options import GenerationOptions
-from editgen.engine.runtime import Generated, generate_job
+from editgen.engine.jobs import Generated, generate_job
 from editgen.engine.tokenizer import check_prompt
 from editgen.errors import InvalidRequestError
-from editgen.server.audio_stream import prefix_codes
 from editgen.server.captures import CaptureStore, capture_bytes
 from editgen.server.config import ServerConfig
 from editgen.server.schemas import CaptureBody, EditBody, GenerateBody, Sampling
@@ -25,10 +24,6 @@ from editgen.server.tickets import Outcome, Ticket, Track
 
 CAPTURE_DTYPES = {"fp16": np.float16, "fp32": np.float32}
 _SAMPLING_FIELDS = ("seconds", "guidance", "top_k", "temperature", "greedy", "seed")
-
-
-def _row(row: int):
-    return lambda request, frames: prefix_codes(request, row, frames)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +78,7 @@ class JobFactory:
             return Outcome({"audio": result.wav}, {"audio": result.codes},
                            self._info(notes, result.codes.shape[-1], options=dataclasses.asdict(options)))
 
-        return self._ticket("generate", job, finish, tracks=[Track("audio", _row(0))], stream=body.stream,
+        return self._ticket("generate", job, finish, tracks=[Track("audio", "prompt_1")], stream=body.stream,
                             arrived=arrived, notes=notes)
 
     # -- edit ---------------------------------------------------------------------------
@@ -118,15 +113,14 @@ class JobFactory:
             rerun = rerun_note([spec])  # then rows are [source, target], as paired
             if rerun:
                 notes.append(rerun)
-            tracks = [Track("edited", _row(1 if rerun else 0)),
-                      Track("source", lambda r, f, c=capture.codes: c[:, :f].copy())]
+            tracks = [Track("edited", "target_1"), Track("source", "source")]
             mode = "captured"
         else:
             codes = audio.codes if audio is not None else None
             notes.append(region_note(region, codes.shape[-1] if codes is not None else options.frames(self.shapes),
                                      rate))
             job = edit_job(self.backend, [spec], options, region=region, audio_codes=codes)
-            tracks = [Track("edited", _row(1)), Track("source", _row(0))]
+            tracks = [Track("edited", "target_1"), Track("source", "source")]
             mode = "paired" if audio is None else "audio"
 
         def finish(result: EditResult) -> Outcome:

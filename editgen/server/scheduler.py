@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from editgen.engine.core import EngineCore
 from editgen.engine.requests import State
 from editgen.errors import InvalidRequestError
-from editgen.server.audio_stream import HOLDBACK_FRAMES, ChunkPlan, completed_frames, pcm16
+from editgen.server.audio_stream import HOLDBACK_FRAMES, ChunkPlan, pcm16
 from editgen.server.config import ServerConfig
 from editgen.server.errors import (
     DeadlineExceededError,
@@ -193,10 +193,10 @@ class Scheduler:
             ticket.post(Failed(as_client_error(ticket.request.error)))
 
     def _maybe_chunk(self, ticket: Ticket) -> None:
-        frames = completed_frames(ticket.request)
+        frames = ticket.job.settled_frames()
         settled = frames - HOLDBACK_FRAMES
         if frames < ticket.frames and ticket.plan.due(settled):
-            codes = {t.name: t.codes(ticket.request, frames) for t in ticket.tracks}  # copies
+            codes = {t.name: ticket.job.codes_so_far(t.output, frames) for t in ticket.tracks}  # copies
             ticket.decoding = True
             self.codec.submit(self._chunk, ticket, codes, settled)
 

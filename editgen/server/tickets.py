@@ -14,18 +14,17 @@ from typing import Callable
 
 import numpy as np
 
-from editgen.engine.editing import Job
+from editgen.engine.jobs import Job
 from editgen.engine.requests import Request
 from editgen.errors import EditGenError
 
 
 @dataclasses.dataclass(frozen=True)
 class Track:
-    """One audio of a result ("audio"; "source", "edited"): how to read its first f frames
-    of codes [K, f] while the request runs."""
+    """One audio of a result ("audio"; "source", "edited") and the job output it streams."""
 
     name: str
-    codes: Callable[[Request, int], np.ndarray]
+    output: str  # a name in job.outputs
 
 
 @dataclasses.dataclass

@@ -45,8 +45,8 @@ class FakeBackend:
     def encode_text(self, ids, mask):
         return (self._embed[ids % self._embed.shape[0]] * mask[..., None]).astype(np.float32)
 
-    def admit(self, slots, hidden, mask) -> None:
-        self.slots.admit(slots, mask)
+    def admit(self, slots, hidden, mask, edit) -> None:
+        self.slots.admit(slots, mask, edit)
         self._text[slots] = hidden.sum(axis=1)  # [R, text_hidden]
         self._history[slots] = 0
 
@@ -57,8 +57,8 @@ class FakeBackend:
         self.steps += 1
         if self.fail_at_step == self.steps:
             raise RuntimeError("fake backend failure")
-        self.slots.expand(batch)  # the same checks as the real backends (admitted, positions)
-        s, e = self.shapes, batch.edit
+        e = self.slots.batch_edit(batch)  # the same checks as the real backends (admitted, positions)
+        s = self.shapes
         slots, positions = batch.slots, batch.positions
         self._history[slots, positions] = batch.codes
         # A rolling summary of each row's cache up to and including its position.

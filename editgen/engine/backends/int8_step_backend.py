@@ -68,9 +68,10 @@ class Int8StepBackend:
         self.pool = Int8KVPool(self.shapes)
         self._rows.clear()
 
-    def admit(self, slots: np.ndarray, hidden: np.ndarray, mask: np.ndarray) -> None:
-        """hidden [R, T, text_hidden], mask [R, T] -> cross K/V of rows `slots`, kept in the pool."""
-        self.sessions.admit(self.slots, self.pool, slots, hidden, mask)
+    def admit(self, slots: np.ndarray, hidden: np.ndarray, mask: np.ndarray, edit) -> None:
+        """hidden [R, T, text_hidden], mask [R, T] -> cross K/V of rows `slots`, kept in the pool;
+        edit (EditStepInputs, rows R) kept in the slot table."""
+        self.sessions.admit(self.slots, self.pool, slots, hidden, mask, edit)
 
     def release(self, slots: np.ndarray) -> None:
         self.slots.release(slots)

@@ -117,19 +117,17 @@ class KernelBackend(TorchPools):
         self._gathered = None
         super().open(max_slots)
 
-    def admit(self, slots, hidden, mask) -> None:
+    def admit(self, slots, hidden, mask, edit) -> None:
         self._gathered = None  # these slots' cross K/V change
-        super().admit(slots, hidden, mask)
+        super().admit(slots, hidden, mask, edit)
 
     # -- the step -----------------------------------------------------------------------
 
-    def _check(self, batch: StepBatch) -> None:
-        """SlotTable's step checks (the other backends get them from expand), and what only
-        the kernels need: a position inside the pool, a self-injected row at its source's."""
-        self.slots.check_step(batch)
+    def _check(self, batch: StepBatch, e) -> None:
+        """What only the kernels need (SlotTable.batch_edit made the slot checks): a
+        position inside the pool, a self-injected row at its source's."""
         if batch.positions.max() >= self.shapes.max_positions:
             raise RuntimeError(f"position {int(batch.positions.max())} past the model's {self.shapes.max_positions}")
-        e = batch.edit
         injected = (e.self_blend * e.self_window[:, None]).any(axis=1)
         if np.any(injected & (batch.positions[e.src_row] != batch.positions)):
             raise RuntimeError("a self-injected row and its source row must be at one position")
@@ -155,10 +153,10 @@ class KernelBackend(TorchPools):
         # at a time and both kernels run one program per (row, head), so one row alone
         # gives the same bits as with any others (tested).
         torch, t = self._torch, self._t
-        self._check(batch)
+        e = self.slots.batch_edit(batch)  # EditStepInputs of the batch rows
+        self._check(batch, e)
         s, d = self.shapes, self._dec
         R, H, D, L = batch.rows, s.num_heads, s.head_dim, s.num_layers
-        e = batch.edit
         with torch.inference_mode():
             slots, positions, src = t(batch.slots), t(batch.positions), t(e.src_row)
             cross_k, cross_v, text_mask = self._rows_cross(np.asarray(batch.slots, np.int64))

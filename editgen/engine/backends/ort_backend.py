@@ -86,9 +86,10 @@ class OrtBackend:
         self.pool = HostKVPool(self.shapes, self._kv_dtype)
         self._kv_key = None
 
-    def admit(self, slots: np.ndarray, hidden: np.ndarray, mask: np.ndarray) -> None:
-        """hidden [R, T, text_hidden], mask [R, T] -> cross K/V of rows `slots`, kept in the pool."""
-        self.sessions.admit(self.slots, self.pool, slots, hidden, mask)
+    def admit(self, slots: np.ndarray, hidden: np.ndarray, mask: np.ndarray, edit) -> None:
+        """hidden [R, T, text_hidden], mask [R, T] -> cross K/V of rows `slots`, kept in the pool;
+        edit (EditStepInputs, rows R) kept in the slot table."""
+        self.sessions.admit(self.slots, self.pool, slots, hidden, mask, edit)
 
     def release(self, slots: np.ndarray) -> None:
         self.slots.release(slots)

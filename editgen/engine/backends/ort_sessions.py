@@ -96,10 +96,11 @@ class OrtSessions:
         return self._text.run(["hidden"], feed)[0]
 
     def admit(self, table: SlotTable, pool: HostKVPool, slots: np.ndarray, hidden: np.ndarray,
-              mask: np.ndarray) -> None:
-        """Rows `slots` join `table`; their cross K/V (from hidden [R, T, text_hidden], mask
-        [R, T]) are written into `pool` (any HostKVPool: they share the cross K/V layout)."""
-        table.admit(slots, mask)
+              mask: np.ndarray, edit) -> None:
+        """Rows `slots` join `table` with their static edit tensors (EditStepInputs, rows R);
+        their cross K/V (from hidden [R, T, text_hidden], mask [R, T]) are written into `pool`
+        (any HostKVPool: they share the cross K/V layout)."""
+        table.admit(slots, mask, edit)
         feed = {"hidden": np.ascontiguousarray(hidden, dtype=np.float32),
                 "text_mask": np.ascontiguousarray(mask, dtype=np.int64)}
         k, v = self._cross.run(["cross_k", "cross_v"], feed)  # [layers, R, heads, T, head_dim]

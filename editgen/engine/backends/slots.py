@@ -1,12 +1,17 @@
-"""What every backend does the same way around its step: which slots are admitted, and
-how a StepBatch becomes the rows the step runs.
+"""What every backend does the same way around its step: which slots are admitted, the
+persistent slot-indexed edit tensors, and how a StepBatch becomes the rows the step runs.
+
+The edit tensors live in buffers indexed by slot (vLLM's InputBatch): a request's static
+ones (mapper, alphas, weights, blends, its source's slot) are written at admission and
+reset to identity at release; a step writes only what changes (windows, captured maps)
+at its rows' slots.
 
 A step runs the pool's slots 0..n-1 as its rows (n = the highest slot of the batch + 1,
 at least MIN_ROWS), so that every K/V input is a contiguous prefix of the pool and can be
-bound in place. Slots in that range that are not in the batch (free, or admitted and not
-stepped) run as padding rows: pad codes, position 0, identity edit, and their outputs
-are dropped and their K/V not written. The scheduler hands out the lowest free slots, so
-padding rows are rare.
+bound in place. Slots in that range that are not in the batch are free (the engine core
+steps every admitted request every step) and run as padding rows: pad codes, position
+0, identity edit; their outputs are dropped and their K/V not written. The scheduler hands
+out the lowest free slots, so padding rows are rare.
 """
 
 from __future__ import annotations
@@ -16,14 +21,9 @@ import dataclasses
 import numpy as np
 
 from editgen.engine.config import ModelShapes
-from editgen.engine.contract import StepBatch, attended_positions
-from editgen.engine.edit.step_inputs import EditStepInputs
+from editgen.engine.contract import MIN_ROWS, StepBatch, attended_positions
+from editgen.engine.edit.step_inputs import STATIC_FIELDS, EditStepInputs
 from editgen.errors import InvalidRequestError
-
-# torch's matmul (and ONNX Runtime's MatMulNBits, the earlier int8 method) take another
-# kernel for one row, with other rounding: a step never runs fewer rows, so a row's
-# numbers do not depend on whether it runs alone (tests/test_batch_invariance.py).
-MIN_ROWS = 2
 
 
 @dataclasses.dataclass
@@ -34,7 +34,7 @@ class PhysicalStep:
     codes: np.ndarray  # int64 [n, K]
     positions: np.ndarray  # int64 [n]
     text_mask: np.ndarray  # int64 [n, T]
-    edit: EditStepInputs  # rows n; src_row indexes rows 0..n-1
+    edit: EditStepInputs  # rows n; src_row indexes rows 0..n-1 (= slots)
     attended: int  # cache positions the step reads (multiple of POSITION_BUCKET)
 
 
@@ -48,26 +48,42 @@ class SlotTable:
         self.text_mask = np.zeros((max_slots, T), dtype=np.int64)
         self.length = np.zeros(max_slots, dtype=np.int64)  # positions written per slot
         self._identity = EditStepInputs.identity(max_slots, T, L, H)
-        self._edit = EditStepInputs.identity(max_slots, T, L, H)  # working buffers
-        # captured [layers, rows, heads, T]: a prefix of rows is not contiguous, so one
-        # buffer per row count (a step's inputs are bound by pointer, and stay put).
+        # The persistent edit batch, by slot; src_row holds slots. `captured` is not used
+        # from it: a prefix of its rows is not contiguous, so `_captured` keeps one buffer
+        # per row count (a step's inputs are bound by pointer, and stay put).
+        self.edit = EditStepInputs.identity(max_slots, T, L, H)
         self._captured: dict[int, np.ndarray] = {}
         self._codes = np.full((max_slots, K), shapes.pad_token_id, dtype=np.int64)
         self._positions = np.zeros(max_slots, dtype=np.int64)
 
-    def admit(self, slots: np.ndarray, mask: np.ndarray) -> None:
+    def admit(self, slots: np.ndarray, mask: np.ndarray, edit: EditStepInputs) -> None:
+        """Rows `slots` join with their text mask [R, T] and static edit tensors (rows R,
+        src_row indexing these rows)."""
         slots = self._check(slots)
         if self.admitted[slots].any():
             raise RuntimeError(f"slots {slots[self.admitted[slots]].tolist()} are already admitted")
+        if not (0 <= edit.src_row.min() and edit.src_row.max() < slots.size):
+            raise RuntimeError(f"src_row {edit.src_row.tolist()} outside the {slots.size} admitted rows")
         self.admitted[slots] = True
         self.text_mask[slots] = mask
         self.length[slots] = 0
+        self._reset(slots)
+        for name in STATIC_FIELDS:
+            getattr(self.edit, name)[slots] = getattr(edit, name)
+        self.edit.src_row[slots] = slots[edit.src_row]
 
     def release(self, slots: np.ndarray) -> None:
         slots = self._check(slots)
         self.admitted[slots] = False
         self.text_mask[slots] = 0
         self.length[slots] = 0
+        self._reset(slots)
+
+    def _reset(self, slots: np.ndarray) -> None:
+        """Identity edit tensors at `slots` (a free slot runs as an unedited padding row)."""
+        for f in dataclasses.fields(EditStepInputs):
+            if f.name != "captured":
+                getattr(self.edit, f.name)[slots] = getattr(self._identity, f.name)[slots]
 
     def needed_positions(self) -> int:
         """Positions every admitted slot's cache must keep (its written length)."""
@@ -86,6 +102,8 @@ class SlotTable:
         return slots
 
     def expand(self, batch: StepBatch) -> PhysicalStep:
+        """The step on rows 0..n-1: this step's windows written at the batch's slots, every
+        other edit tensor as admitted; codes and positions of the batch rows, pads elsewhere."""
         slots = self.check_step(batch)
         n = max(int(slots.max()) + 1, MIN_ROWS)
         codes, positions = self._codes[:n], self._positions[:n]
@@ -93,20 +111,38 @@ class SlotTable:
         positions.fill(0)
         codes[slots] = batch.codes
         positions[slots] = batch.positions
-        if n not in self._captured:
+        captured = self._captured.get(n)
+        if captured is None:
             s = self.shapes
-            self._captured[n] = np.zeros((s.num_layers, n, s.num_heads, s.max_text_tokens), np.float32)
-        edit = EditStepInputs(**{f.name: self._captured[n] if f.name == "captured" else getattr(self._edit, f.name)[:n]
-                                 for f in dataclasses.fields(EditStepInputs)})
-        for f in dataclasses.fields(EditStepInputs):
-            np.copyto(getattr(edit, f.name), _rows(getattr(self._identity, f.name), f.name, n))
-        src = batch.edit
-        edit.src_row[slots] = slots[src.src_row]
-        for name in ("mapper", "alpha", "weight", "window", "blend", "use_captured", "self_blend", "self_window"):
-            getattr(edit, name)[slots] = getattr(src, name)
-        edit.captured[:, slots] = src.captured
+            captured = self._captured[n] = np.zeros((s.num_layers, n, s.num_heads, s.max_text_tokens), np.float32)
+        self._write_step(slots, batch)
+        captured[:, slots[batch.edit.captured_rows]] = batch.edit.captured
+        fields = {f.name: getattr(self.edit, f.name)[:n] for f in dataclasses.fields(EditStepInputs)}
+        edit = EditStepInputs(**{**fields, "captured": captured})
         attended = attended_positions(int(batch.positions.max()))
         return PhysicalStep(n, codes, positions, self.text_mask[:n], edit, attended)
+
+    def batch_edit(self, batch: StepBatch) -> EditStepInputs:
+        """The edit tensors of the batch's R rows in batch order (src_row indexing batch
+        rows), for a backend that runs exactly the batch's rows. A source outside the batch
+        is an engine bug (paired rows step together)."""
+        slots = self.check_step(batch)
+        self._write_step(slots, batch)
+        row_of = np.full(self.max_slots, -1, dtype=np.int64)
+        row_of[slots] = np.arange(slots.size)
+        src_row = row_of[self.edit.src_row[slots]]
+        if (src_row < 0).any():
+            raise RuntimeError(f"rows {np.flatnonzero(src_row < 0).tolist()} read a source row outside the step")
+        fields = {f.name: getattr(self.edit, f.name)[slots] for f in dataclasses.fields(EditStepInputs)
+                  if f.name not in ("src_row", "captured")}
+        s = self.shapes
+        captured = np.zeros((s.num_layers, slots.size, s.num_heads, s.max_text_tokens), np.float32)
+        captured[:, batch.edit.captured_rows] = batch.edit.captured
+        return EditStepInputs(**fields, src_row=src_row, captured=captured)
+
+    def _write_step(self, slots: np.ndarray, batch: StepBatch) -> None:
+        self.edit.window[slots] = batch.edit.window
+        self.edit.self_window[slots] = batch.edit.self_window
 
     def written(self, batch: StepBatch) -> None:
         self.length[batch.slots] = batch.positions + 1
@@ -118,11 +154,6 @@ class SlotTable:
         if np.unique(slots).size != slots.size:
             raise RuntimeError(f"slots {slots.tolist()} repeat")
         return slots
-
-
-def _rows(array: np.ndarray, name: str, n: int) -> np.ndarray:
-    """The first n rows of an EditStepInputs buffer (rows are axis 1 of `captured`)."""
-    return array[:, :n] if name == "captured" else array[:n]
 
 
 class HostKVPool:

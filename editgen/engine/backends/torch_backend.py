@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from editgen.engine.backends.slots import MIN_ROWS, SlotTable
+from editgen.engine.backends.slots import SlotTable
+from editgen.engine.contract import MIN_ROWS
 from editgen.engine.backends.torch_pools import TorchPools
 from editgen.engine.contract import StepBatch, StepOutputs, attended_positions
 

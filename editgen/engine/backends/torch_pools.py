@@ -50,8 +50,8 @@ class TorchPools:
             out = self.model.text_encoder(input_ids=self._t(ids), attention_mask=self._t(mask))
         return out.last_hidden_state.float().cpu().numpy()
 
-    def admit(self, slots, hidden, mask) -> None:
-        self.slots.admit(slots, mask)
+    def admit(self, slots, hidden, mask, edit) -> None:
+        self.slots.admit(slots, mask, edit)
         self._grow(max(int(np.max(slots)) + 1, self.min_slots))
         index = self._t(np.asarray(slots, np.int64))
         with self._torch.inference_mode():

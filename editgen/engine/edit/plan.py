@@ -38,6 +38,11 @@ class EditPlan:
     def num_layers(self) -> int:
         return self.cross_blend.shape[0]
 
+    def row_inputs(self) -> dict[str, np.ndarray]:
+        """The target row's static step inputs, by EditStepInputs field name."""
+        return {"mapper": self.mapper, "alpha": self.alphas, "weight": self.weights, "blend": self.cross_blend,
+                "self_blend": self.self_blend}
+
     def window(self, step: int, num_steps: int) -> np.ndarray:
         """Cross window w_t at `step` of `num_steps`: float32 [T] (Prompt-to-Prompt's steps)."""
         lo, hi = cross_window_steps(self.window_bounds, num_steps).T
