@@ -254,3 +254,33 @@ def test_without_the_library_the_export_says_so_and_the_runtime_runs_the_standar
     backend = open_backend(engine=str(engine), threads=1)
     assert type(backend).__name__ == "OrtBackend"
     backend.close()
+
+
+def test_step_is_decoder_step_within_int8_error(tiny_step, tmp_path):
+    """The same step of DecoderStep (torch, fp32 weights, the int8 cache dequantized):
+    logits and maps within what int8 weights and activations change (a missing residual,
+    a misplaced norm or a wrong edit term would be off by the logits' own size)."""
+    import torch
+
+    from editgen.kernels.cpu_attention import k_positions, scale_positions, v_positions
+    from editgen.model.step_module import DecoderStep
+
+    shapes, arrays = tiny_step
+    model = _model(shapes, arrays, tmp_path)
+    rng = np.random.default_rng(2)
+    rows = 6
+    codes, pos, mask, edit, pool = _inputs(shapes, rng, rows, rows, 64)
+    logits, maps = _run(model, shapes, codes, pos, mask, edit, pool)
+    t = torch.from_numpy
+    keys = [t(k_positions(pool.k8[i]) * scale_positions(pool.kscale[i])[..., None])[:rows].float()
+            for i in range(shapes.num_layers)]
+    values = [t(v_positions(pool.v8[i]) * scale_positions(pool.vscale[i])[..., None])[:rows].float()
+              for i in range(shapes.num_layers)]
+    step = DecoderStep(loaded_model("random:tiny").model).eval()
+    with torch.no_grad():
+        want_logits, _, want_maps = step(t(codes), t(pos), keys, values, list(t(pool.cross_k[:, :rows])),
+                                         list(t(pool.cross_v[:, :rows])), t(mask),
+                                         *(t(getattr(edit, f)) for f in vars(edit)))
+    scale = float(want_logits.abs().max())
+    np.testing.assert_allclose(logits, want_logits.numpy(), atol=0.05 * scale)
+    np.testing.assert_allclose(maps, want_maps.numpy(), atol=0.01)

@@ -385,7 +385,7 @@ def test_stereo_manifest_codec_graphs(exported):
     """A stereo export: shapes carry audio_channels; the EnCodec graphs have a static
     channel axis of 2 (decode [clips, 2, samples], encode [2, samples] -> [8, frames])."""
     manifest = load_manifest(exported(STEREO))
-    assert manifest.data["format_version"] == FORMAT_VERSION == 6
+    assert manifest.data["format_version"] == FORMAT_VERSION == 7
     assert manifest.shapes == loaded_model(STEREO).shapes and manifest.shapes.audio_channels == 2
     decode, encode = manifest.graphs["encodec_decode"], manifest.graphs["encodec_encode"]
     assert decode.input("codes").shape == ("clips", 8, "frames")
@@ -467,7 +467,7 @@ def test_int8_export_reports_agreement(exported):
     assert not (engine / "decoder_step.int8.onnx").exists()
     from editgen.cli.export import validation_table
 
-    assert "int8 KV engine (3 step segments, int8 K/V cache): token agreement" in validation_table(data)
+    assert "int8 step: token agreement with fp32" in validation_table(data)
     with OrtBackend(engine) as backend:
         codes = generate_codes(backend, [backend.tokenizer.encode(SRC)], options(backend.shapes), progress=False).codes
     assert codes.shape[-1] == STEPS - backend.shapes.channel_codebooks + 1

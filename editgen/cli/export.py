@@ -15,8 +15,8 @@ def register(sub) -> None:
     p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
                    help="weights and compute of the decoder graphs: fp32, or fp16 (for GPU)")
     p.add_argument("--quantize", choices=("int8",), default=None,
-                   help="int8: the decoder step's weight matmuls in int8, and the step's segments for the int8 KV "
-                        "engine (for CPU); agreement with fp32 goes in the manifest")
+                   help="int8: the decoder step's weight matmuls in int8, and the CPU int8 step's weights "
+                        "(for CPU); agreement with fp32 and the CPU path the engine runs go in the manifest")
     p.set_defaults(func=run)
 
 
@@ -65,12 +65,4 @@ def validation_table(manifest: dict) -> str:
                          f"teacher-forced, {a['free_running_token_agreement']:.4f} free-running; max logit error "
                          f"{a['max_logit_error']:.3g}")
         lines.append(cpu_path_line(int8_step))
-    segments = manifest.get("segments")
-    if segments and "skipped" in segments.get("agreement", {}):
-        lines.append(f"int8 KV engine: agreement not measured ({segments['agreement']['skipped']})")
-    elif segments:
-        a = segments["agreement"]
-        lines.append(f"int8 KV engine ({len(segments['graphs'])} step segments, {segments['kv_cache']} K/V cache): "
-                     f"token agreement with fp32 {a['teacher_forced_token_agreement']:.4f} teacher-forced, "
-                     f"{a['free_running_token_agreement']:.4f} free-running; max logit error {a['max_logit_error']:.3g}")
     return "\n".join(lines)

@@ -6,10 +6,10 @@ ExportDirError naming the file. Tensor shapes use named dynamic axes (`"rows"`,
 `"positions"`, ...) that the runtime resolves with `TensorSpec.resolve(axes)` to size its
 buffers: plain dictionary lookups, never `eval`.
 
-Layout of manifest.json (format_version 6):
+Layout of manifest.json (format_version 7):
 
     {
-      "format_version": 6, "editgen_version": "0.1.0", "model": "random:tiny",
+      "format_version": 7, "editgen_version": "0.1.0", "model": "random:tiny",
       "dtype": "fp32" | "fp16", "quantize": null | "int8", "opset": 17,
       "shapes": {ModelShapes.to_dict()},
       "tokenizer": "tokenizer.json",
@@ -27,10 +27,11 @@ Layout of manifest.json (format_version 6):
       },
       "encodec": {"min_samples": 2560},
       "int8": {...},  # only with --quantize int8: agreement with fp32
-      "segments": {   # only with --quantize int8: the int8 KV engine (editgen.export.segments)
-        "kv_cache": "int8", "graphs": [{"name": "step_segment_00", "file": ..., ...}, ...],
-        "agreement": {...} | {"skipped": "why"}
-      }
+      "int8_step": {  # only with --quantize int8: the CPU int8 step (editgen.export.int8_step)
+        "file": "int8_step.npz", "weights": "...", "isa": "avx2",
+        "agreement": {...}, "step_ms": {"int8-step": 12.3, "ort-int8": 45.6}, "default": "int8-step",
+        "timed": {"rows": 4, "position": 250, "steps": 10}
+      } | {"file": ..., "weights": ..., "skipped": "why"}
     }
 """
 
@@ -55,7 +56,9 @@ from editgen.version import __version__
 # 5: self-attention injection: decoder_step takes edit_self_blend [rows, layers] and
 #    edit_self_window [rows].
 # 6: an int8 export also holds the segmented step of the int8 KV engine ("segments").
-FORMAT_VERSION = 6
+# 7: an int8 export holds the CPU int8 step's weights and measurements ("int8_step")
+#    instead of the segments.
+FORMAT_VERSION = 7
 MANIFEST_FILE = "manifest.json"
 GRAPHS = ("text_encoder", "cross_kv", "decoder_step", "encodec_decode", "encodec_encode")
 DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32,
@@ -157,17 +160,6 @@ class Manifest:
 
     def graph_path(self, name: str) -> Path:
         return self.root / self.graphs[name].file
-
-    @property
-    def segment_graphs(self) -> tuple[GraphInfo, ...]:
-        """The segmented decoder step (editgen.model.step_segments) of an int8 export, in
-        order, or () when the export has none."""
-        raw = self.data.get("segments") or {}
-        where = self.root / MANIFEST_FILE
-        try:
-            return tuple(_graph(entry["name"], entry, where) for entry in raw.get("graphs", ()))
-        except (KeyError, TypeError) as exc:
-            raise ExportDirError(f"{where} segments are malformed ({type(exc).__name__}: {exc})") from None
 
     @property
     def int8_step(self) -> dict | None:

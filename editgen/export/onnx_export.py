@@ -17,7 +17,8 @@ weights and compute, keeping their float inputs/outputs fp32 (so the runtime and
 cache are the same for every export) and Softmax in fp32; T5 (fp16 overflow) and EnCodec
 stay fp32. `quantize="int8"` replaces decoder_step with a graph whose weight matmuls are
 int8 (editgen.export.quantize) and records its agreement with fp32 in the manifest; it
-also writes the segmented step of the int8-KV engine (editgen.export.segments).
+also writes the weights of the CPU int8 step (editgen.export.int8_step), measures its
+agreement and the step time of both CPU paths, and records which one the engine runs.
 """
 
 from __future__ import annotations
@@ -88,18 +89,6 @@ def export_engine(loaded, out_dir: str | Path, *, dtype: str = "fp32", quantize:
     if quantize == "int8":
         from editgen.export.int8_step import export_int8_step, measure_paths
         from editgen.export.quantize import quantize_engine_int8, replace_with_int8
-        from editgen.export.segments import export_segments, segments_agreement
-
-        manifest["segments"] = export_segments(loaded.model, shapes, out, log)
-        write_manifest(out, manifest)  # the segmented engine reads it to check itself
-        start = time.perf_counter()
-        report = manifest["segments"]["agreement"] = segments_agreement(out)
-        if "skipped" in report:
-            log(f"  step segments   int8 KV agreement not measured: {report['skipped']}")
-        else:
-            log(f"  step segments   int8 KV: teacher-forced token agreement "
-                f"{report['teacher_forced_token_agreement']:.4f}, free-running {report['free_running_token_agreement']:.4f}, "
-                f"max logit error {report['max_logit_error']:.3g} ({time.perf_counter() - start:.1f} s)")
 
         manifest["int8_step"] = export_int8_step(loaded.model, shapes, out, log)
         write_manifest(out, manifest)

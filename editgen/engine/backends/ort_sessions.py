@@ -2,7 +2,7 @@
 each backend holds (composition, not a base class): the manifest and tokenizer, sessions
 opened and checked against the manifest, the text encoder, the cross K/V of admitted rows,
 and EnCodec. The backends differ only in how they run the decoder step (ort_backend: the
-standard step; ort_segmented: segments around the int8 KV kernel; ...).
+standard step on onnxruntime; int8_step_backend: the C++ int8 step).
 
 Torch-free.
 """

@@ -1,6 +1,6 @@
-/* The int8 K/V self-attention of one layer as a library call (the segmented ONNX Runtime
- * step calls it between its segments; the int8 step runs Attention<D> inside its own
- * call). Formula and layout: kv8_attention.h. */
+/* The int8 K/V self-attention of one layer as a library call, for its tests and
+ * benchmarks (editgen.kernels.cpu_attention.kv8_attention); the int8 step runs Attention<D>
+ * inside its own call. Formula and layout: kv8_attention.h. */
 #include "kv8_attention.h"
 
 /* K/V bytes below which one thread does the whole call: waking a second thread (a futex

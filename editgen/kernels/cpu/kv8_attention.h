@@ -1,5 +1,5 @@
-/* Decode self-attention over an int8 K/V cache, for the segmented ONNX Runtime step
- * (editgen.kernels.cpu_attention builds it with the system's C++ compiler; docs/design.md, "int8 KV").
+/* Decode self-attention over an int8 K/V cache, one layer: the int8 step runs it
+ * (int8_step.cc; docs/design.md, "The int8 step").
  *
  * Per (row, head), n = the row's position (cached positions):
  *   s_t  = kscale_t * (q . k8_t)                 t < n   (q is pre-scaled by 1/sqrt(head_dim))
@@ -24,6 +24,7 @@
  * ascending) that does not depend on the number of rows, the other rows, `positions`,
  * `slots` or the threads: a row's result does not depend on what shares its step.
  * head_dim 16, 32, 64 or 128. Compiled with -march=native on the machine that runs it.
+ * One thread's share of a call: Attention<D>::run_share.
  */
 #pragma once
 
