@@ -65,4 +65,9 @@ def validation_table(manifest: dict) -> str:
                          f"teacher-forced, {a['free_running_token_agreement']:.4f} free-running; max logit error "
                          f"{a['max_logit_error']:.3g}")
         lines.append(cpu_path_line(int8_step))
+    codec = manifest.get("int8_codec")
+    if codec:
+        from editgen.export.int8_codec import codec_line
+
+        lines.append(codec_line(codec))
     return "\n".join(lines)

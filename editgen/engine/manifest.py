@@ -31,7 +31,12 @@ Layout of manifest.json (format_version 7):
         "file": "int8_step.npz", "weights": "...", "isa": "avx2",
         "agreement": {...}, "step_ms": {"int8-step": 12.3, "ort-int8": 45.6}, "default": "int8-step",
         "timed": {"rows": 4, "position": 250, "steps": 10}
-      } | {"file": ..., "weights": ..., "skipped": "why"}
+      } | {"file": ..., "weights": ..., "skipped": "why"},
+      "int8_codec": {  # only with --quantize int8: EnCodec decode with an int8 LSTM (export.int8_codec)
+        "file": "int8_codec.npz", "weights": "...",
+        "graphs": [{"name": "encodec_decode_head", "file": ..., ...}, {"name": "encodec_decode_tail", ...}],
+        "agreement": {"snr_db": 60.1, "max_abs_error": ..., ...} | {"skipped": "why"}
+      }
     }
 """
 
@@ -57,7 +62,7 @@ from editgen.version import __version__
 #    edit_self_window [rows].
 # 6: an int8 export also holds the segmented step of the int8 KV engine ("segments").
 # 7: an int8 export holds the CPU int8 step's weights and measurements ("int8_step")
-#    instead of the segments.
+#    instead of the segments, and EnCodec's decoder cut around its LSTM ("int8_codec").
 FORMAT_VERSION = 7
 MANIFEST_FILE = "manifest.json"
 GRAPHS = ("text_encoder", "cross_kv", "decoder_step", "encodec_decode", "encodec_encode")
@@ -170,6 +175,23 @@ class Manifest:
         return entry
 
     @property
+    def int8_codec(self) -> dict | None:
+        """manifest["int8_codec"] of an int8 export (editgen.export.int8_codec), or None."""
+        entry = self.data.get("int8_codec")
+        if entry is not None and not isinstance(entry, dict):
+            raise ExportDirError(f"{self.root / MANIFEST_FILE} int8_codec is malformed")
+        return entry
+
+    @property
+    def int8_codec_graphs(self) -> tuple[GraphInfo, ...]:
+        """The int8 codec's head and tail graphs, or () when the export has none."""
+        where = self.root / MANIFEST_FILE
+        try:
+            return tuple(_graph(entry["name"], entry, where) for entry in (self.int8_codec or {}).get("graphs", ()))
+        except (KeyError, TypeError) as exc:
+            raise ExportDirError(f"{where} int8_codec is malformed ({type(exc).__name__}: {exc})") from None
+
+    @property
     def encodec_min_samples(self) -> int:
         return int(self.data.get("encodec", {}).get("min_samples", 0))
 
@@ -246,6 +268,9 @@ def _check_files(manifest: Manifest) -> None:
             needed.append(graph.data_file)
     if manifest.int8_step is not None:
         needed.append(_plain_file_name(manifest.int8_step.get("file"), f"{manifest.root / MANIFEST_FILE} int8_step"))
+    if manifest.int8_codec is not None:
+        needed.append(_plain_file_name(manifest.int8_codec.get("file"), f"{manifest.root / MANIFEST_FILE} int8_codec"))
+        needed += [graph.file for graph in manifest.int8_codec_graphs]
     for name in needed:
         if not (manifest.root / name).is_file():
             raise ExportDirError(f"engine directory {manifest.root} is missing {name}: "

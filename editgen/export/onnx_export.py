@@ -87,10 +87,15 @@ def export_engine(loaded, out_dir: str | Path, *, dtype: str = "fp32", quantize:
     }
     write_manifest(out, manifest)
     if quantize == "int8":
+        from editgen.export.int8_codec import codec_agreement, codec_line, export_int8_codec
         from editgen.export.int8_step import export_int8_step, measure_paths
         from editgen.export.quantize import quantize_engine_int8, replace_with_int8
 
         manifest["int8_step"] = export_int8_step(loaded.model, shapes, out, log)
+        manifest["int8_codec"] = export_int8_codec(loaded.model, shapes, out, log)
+        write_manifest(out, manifest)
+        manifest["int8_codec"]["agreement"] = codec_agreement(out)
+        log(f"  {codec_line(manifest['int8_codec'])}")
         write_manifest(out, manifest)
         start = time.perf_counter()
         quantize_engine_int8(out, manifest, external_data_bytes)

@@ -1,4 +1,5 @@
-"""The CPU kernels' library (cpu/*.cc: the int8 K/V attention, the int8 step), built on
+"""The CPU kernels' library (cpu/*.cc: the int8 K/V attention, the int8 step, the codec's
+int8 LSTM), built on
 first use and loaded with ctypes.
 
 Torch-free (the ORT engines use it). The sources are compiled with the system's C++
@@ -99,6 +100,10 @@ def open_library(path: Path) -> ctypes.CDLL:
     dll.editgen_int8_step.restype = i
     dll.editgen_int8_linear.argtypes = [p, p, i, p, ctypes.c_size_t, p, p, i, i]
     dll.editgen_int8_linear.restype = None
+    dll.editgen_int8_lstm_workspace.argtypes = [p, i, i]
+    dll.editgen_int8_lstm_workspace.restype = ctypes.c_size_t
+    dll.editgen_int8_lstm.argtypes = [p, p, p, i, i, p, i]
+    dll.editgen_int8_lstm.restype = i
     return dll
 
 

@@ -1,6 +1,7 @@
 """The CPU engine of an int8 export: the whole decoder step in one call of the C++ int8
 step (editgen/kernels/cpu/int8_step.cc), the K/V cache int8 (kv8_pool.Int8KVPool); text
-encoder, cross K/V and EnCodec on onnxruntime (ort_sessions). Torch-free.
+encoder, cross K/V and EnCodec on onnxruntime (ort_sessions), EnCodec's LSTM in int8
+where the export has it (int8_codec). Torch-free.
 
 Why: run as onnxruntime segments around the K/V kernel, a step of random:small took ~4x
 its bytes floor (docs/benchmarks.md, "The int8 step"): 25 session runs with their
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from editgen.engine.backends.int8_codec import Int8Codec, use_int8_codec
 from editgen.engine.backends.kv8_pool import Int8KVPool
 from editgen.engine.backends.ort_sessions import OrtSessions
 from editgen.engine.backends.slots import SlotTable
@@ -48,6 +50,8 @@ class Int8StepBackend:
         # The request side of the Backend protocol is the shared part's.
         self.manifest, self.shapes, self.tokenizer, self.is_random = s.manifest, s.shapes, s.tokenizer, s.is_random
         self.encode_text, self.decode_audio, self.encode_audio = s.encode_text, s.decode_audio, s.encode_audio
+        if use_int8_codec(s):  # EnCodec's LSTM in int8 (int8_codec.py)
+            self.decode_audio = Int8Codec(s, threads=threads).decode_audio
         entry = self.manifest.int8_step
         if entry is None:
             raise ExportDirError(f"{self.manifest.root} has no int8 step: re-export it with "
