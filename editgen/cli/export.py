@@ -16,8 +16,8 @@ def register(sub) -> None:
     p.add_argument("--dtype", choices=EXPORT_DTYPES, default="fp32",
                    help="weights and compute of the decoder graphs: fp32, or fp16 (for GPU)")
     p.add_argument("--quantize", choices=QUANTIZE, default=None,
-                   help="int8: the decoder step's weight matmuls in int8, and the step's segments for the int8 KV "
-                        "engine (for CPU); agreement with fp32 goes in the manifest")
+                   help="int8: the decoder step's weight matmuls in int8, and the CPU int8 step's weights "
+                        "(for CPU); agreement with fp32 and the CPU path the engine runs go in the manifest")
     p.set_defaults(func=run)
 
 
@@ -57,12 +57,19 @@ def validation_table(manifest) -> str:
                      f"{int8['teacher_forced_token_agreement']:.4f} teacher-forced, "
                      f"{int8['free_running_token_agreement']:.4f} free-running over {int8['steps']} steps; "
                      f"max logit error {int8['max_logit_error']:.3g}")
-    segments = manifest.segments
-    if segments and "skipped" in segments.agreement:
-        lines.append(f"int8 KV engine: agreement not measured ({segments.agreement['skipped']})")
-    elif segments:
-        a = segments.agreement
-        lines.append(f"int8 KV engine ({len(segments.graphs)} step segments, {segments.kv_cache} K/V cache): "
-                     f"token agreement with fp32 {a['teacher_forced_token_agreement']:.4f} teacher-forced, "
-                     f"{a['free_running_token_agreement']:.4f} free-running; max logit error {a['max_logit_error']:.3g}")
+    int8_step = manifest.int8_step
+    if int8_step:
+        from editgen.export.int8_step import cpu_path_line
+
+        a = int8_step.get("agreement")
+        if a:
+            lines.append(f"int8 step: token agreement with fp32 {a['teacher_forced_token_agreement']:.4f} "
+                         f"teacher-forced, {a['free_running_token_agreement']:.4f} free-running; max logit error "
+                         f"{a['max_logit_error']:.3g}")
+        lines.append(cpu_path_line(int8_step))
+    codec = manifest.int8_codec
+    if codec:
+        from editgen.export.int8_codec import codec_line
+
+        lines.append(codec_line(codec))
     return "\n".join(lines)

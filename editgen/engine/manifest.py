@@ -10,16 +10,16 @@ where every check lives, each raising ExportDirError naming the file and what is
 - every key below is present with its type (shapes through ModelShapes' own checks),
   dtype and quantize are known, every graph of GRAPHS is listed, tensor shapes are ints
   or axis names (parsed, never `eval`ed), file names stay inside the directory;
-- every file it names exists: the tokenizer, each graph and its external data, and the
-  segments' graphs.
+- every file it names exists: the tokenizer, each graph and its external data, and an
+  int8 export's int8_step.npz, int8_codec.npz and codec graphs.
 
 Tensor shapes use named dynamic axes (`"rows"`, `"positions"`, ...) that the runtime
 resolves with `TensorSpec.resolve(axes)` to size its buffers.
 
-Layout of manifest.json (format_version 6):
+Layout of manifest.json (format_version 7):
 
     {
-      "format_version": 6, "editgen_version": "0.1.0", "model": "random:tiny", "is_random": true,
+      "format_version": 7, "editgen_version": "0.1.0", "model": "random:tiny", "is_random": true,
       "dtype": "fp32" | "fp16", "quantize": null | "int8", "opset": 17,
       "exporter": "torch ... (TorchScript, dynamo=False), onnx ..., onnxruntime ...",
       "shapes": {ModelShapes.to_dict()},
@@ -38,11 +38,17 @@ Layout of manifest.json (format_version 6):
         }, ...                                           # every graph of GRAPHS
       },
       "encodec": {"min_samples": 2560},
-      "segments": {   # only with --quantize int8: the int8 KV engine (editgen.export.segments)
-        "kv_cache": "int8", "graphs": [{"name": "step_segment_00", "file": ..., ...}, ...],
-        "agreement": {...} | {"skipped": "why"}
-      },
-      "int8": {...}   # only with --quantize int8: the int8 step's agreement with fp32 (editgen.export.quantize)
+      "int8": {...},  # only with --quantize int8: the int8 ONNX step's agreement with fp32 (export.quantize)
+      "int8_step": {  # only with --quantize int8: the CPU int8 step (editgen.export.int8_step)
+        "file": "int8_step.npz", "weights": "...", "isa": "avx2",
+        "agreement": {...}, "step_ms": {"int8-step": 12.3, "ort-int8": 45.6}, "default": "int8-step",
+        "timed": {"rows": 4, "position": 250, "steps": 10}
+      } | {"file": ..., "weights": ..., "skipped": "why"},
+      "int8_codec": {  # only with --quantize int8: EnCodec decode with an int8 LSTM (export.int8_codec)
+        "file": "int8_codec.npz", "weights": "...",
+        "graphs": [{"name": "encodec_decode_head", "file": ..., ...}, {"name": "encodec_decode_tail", ...}],
+        "agreement": {"snr_db": 60.1, "max_abs_error": ..., ...} | {"skipped": "why"}
+      }
     }
 
 A new key: a field of Manifest (with a default if older exports of the same format lack
@@ -71,7 +77,9 @@ from editgen.version import __version__
 # 5: self-attention injection: decoder_step takes edit_self_blend [rows, layers] and
 #    edit_self_window [rows].
 # 6: an int8 export also holds the segmented step of the int8 KV engine ("segments").
-FORMAT_VERSION = 6
+# 7: an int8 export holds the CPU int8 step's weights and measurements ("int8_step")
+#    instead of the segments, and EnCodec's decoder cut around its LSTM ("int8_codec").
+FORMAT_VERSION = 7
 MANIFEST_FILE = "manifest.json"
 GRAPHS = ("text_encoder", "cross_kv", "decoder_step", "encodec_decode", "encodec_encode")
 DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32,
@@ -175,30 +183,6 @@ def _by_name(specs, name, graph):
 
 
 @dataclasses.dataclass(frozen=True)
-class SegmentsInfo:
-    """The segmented decoder step of the int8 KV engine (editgen.model.step_segments)."""
-
-    kv_cache: str  # "int8"
-    graphs: tuple[GraphInfo, ...]  # step_segment_00 .. step_segment_<layers>, in order
-    agreement: dict | None = None  # with the fp32 step, or {"skipped": why}; None until measured
-
-    def to_dict(self) -> dict:
-        data = {"kv_cache": self.kv_cache, "graphs": [{"name": g.name, **g.to_dict()} for g in self.graphs]}
-        return data if self.agreement is None else {**data, "agreement": self.agreement}
-
-    @classmethod
-    def from_dict(cls, raw: dict, where: str) -> "SegmentsInfo":
-        where = f"{where} segments"
-        try:
-            graphs = tuple(GraphInfo.from_dict(entry["name"], entry, where) for entry in raw["graphs"])
-            agreement = raw.get("agreement")
-            return cls(_typed(raw["kv_cache"], str, "kv_cache", where), graphs,
-                       None if agreement is None else _typed(agreement, dict, "agreement", where))
-        except (KeyError, TypeError) as exc:
-            raise ExportDirError(f"{where} are malformed ({type(exc).__name__}: {exc})") from None
-
-
-@dataclasses.dataclass(frozen=True)
 class Manifest:
     model: str  # what was exported: a checkpoint directory, hub id or random:<preset>
     is_random: bool  # random weights (the CLI says so)
@@ -211,8 +195,9 @@ class Manifest:
     dynamic_axes: dict[str, str]  # axis name -> what it means (editgen.engine.contract.DYNAMIC_AXES)
     graphs: dict[str, GraphInfo]  # every graph of GRAPHS
     encodec_min_samples: int  # shortest audio the exported encoder takes
-    segments: SegmentsInfo | None = None  # --quantize int8 only
-    int8: dict | None = None  # --quantize int8 only: the int8 step's agreement with fp32
+    int8: dict | None = None  # --quantize int8 only: the int8 ONNX step's agreement with fp32
+    int8_step: dict | None = None  # --quantize int8 only: the CPU int8 step (editgen.export.int8_step)
+    int8_codec: dict | None = None  # --quantize int8 only: EnCodec with an int8 LSTM (editgen.export.int8_codec)
     format_version: int = FORMAT_VERSION
     editgen_version: str = __version__
     root: Path | None = dataclasses.field(default=None, compare=False)  # where it was read from; not in the file
@@ -230,14 +215,15 @@ class Manifest:
         return self.root / self.graphs[name].file
 
     @property
-    def segment_graphs(self) -> tuple[GraphInfo, ...]:
-        """The segmented decoder step of an int8 export, in order, or () when it has none."""
-        return self.segments.graphs if self.segments is not None else ()
+    def int8_codec_graphs(self) -> tuple[GraphInfo, ...]:
+        """The int8 codec's head and tail graphs, or () when the export has none."""
+        return _codec_graphs(self.int8_codec, "manifest")
 
     def files(self) -> list[str]:
         """Every file of the directory the manifest names."""
-        graphs = (*self.graphs.values(), *self.segment_graphs)
-        return [self.tokenizer] + [f for g in graphs for f in (g.file, g.data_file) if f]
+        graphs = (*self.graphs.values(), *self.int8_codec_graphs)
+        npz = [entry["file"] for entry in (self.int8_step, self.int8_codec) if entry is not None]
+        return [self.tokenizer] + [f for g in graphs for f in (g.file, g.data_file) if f] + npz
 
     def to_dict(self) -> dict:
         data = {
@@ -247,10 +233,9 @@ class Manifest:
             "dynamic_axes": dict(self.dynamic_axes), "graphs": {name: g.to_dict() for name, g in self.graphs.items()},
             "encodec": {"min_samples": self.encodec_min_samples},
         }
-        if self.segments is not None:
-            data["segments"] = self.segments.to_dict()
-        if self.int8 is not None:
-            data["int8"] = self.int8
+        for key in ("int8", "int8_step", "int8_codec"):
+            if getattr(self, key) is not None:
+                data[key] = getattr(self, key)
         return data
 
     def to_json(self) -> str:
@@ -286,8 +271,7 @@ class Manifest:
             missing = [name for name in GRAPHS if name not in raw_graphs]
             if missing:
                 raise ExportDirError(f"{where} lists no graph {missing[0]!r}: re-export the model")
-            segments = data.get("segments")
-            return cls(
+            manifest = cls(
                 model=_typed(data["model"], str, "model", where),
                 is_random=_typed(data["is_random"], bool, "is_random", where),
                 dtype=_one_of(data["dtype"], EXPORT_DTYPES, "dtype", where),
@@ -299,9 +283,15 @@ class Manifest:
                 dynamic_axes=_typed(data["dynamic_axes"], dict, "dynamic_axes", where),
                 graphs={name: GraphInfo.from_dict(name, raw_graphs[name], where) for name in GRAPHS},
                 encodec_min_samples=_typed(data["encodec"]["min_samples"], int, "encodec min_samples", where),
-                segments=None if segments is None else SegmentsInfo.from_dict(segments, where),
-                int8=None if data.get("int8") is None else _typed(data["int8"], dict, "int8", where),
+                int8=_optional_dict(data, "int8", where),
+                int8_step=_optional_dict(data, "int8_step", where),
+                int8_codec=_optional_dict(data, "int8_codec", where),
             )
+            for key in ("int8_step", "int8_codec"):
+                if getattr(manifest, key) is not None:
+                    _plain_file_name(getattr(manifest, key).get("file"), f"{where} {key}")
+            _codec_graphs(manifest.int8_codec, where)
+            return manifest
         except (KeyError, TypeError, ValueError) as exc:
             raise ExportDirError(f"{where} is incomplete or malformed ({type(exc).__name__}: {exc})") from None
 
@@ -351,3 +341,15 @@ def _plain_file_name(value, where: str) -> str:
     if not isinstance(value, str) or not value or Path(value).name != value or value in (".", ".."):
         raise ExportDirError(f"{where}: bad file name {value!r}")
     return value
+
+
+def _optional_dict(data: dict, key: str, where: str) -> dict | None:
+    return None if data.get(key) is None else _typed(data[key], dict, key, where)
+
+
+def _codec_graphs(entry: dict | None, where: str) -> tuple[GraphInfo, ...]:
+    where = f"{where} int8_codec"
+    try:
+        return tuple(GraphInfo.from_dict(graph["name"], graph, where) for graph in (entry or {}).get("graphs", ()))
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ExportDirError(f"{where} is malformed ({type(exc).__name__}: {exc})") from None

@@ -17,7 +17,8 @@ weights and compute, keeping their float inputs/outputs fp32 (so the runtime and
 cache are the same for every export) and Softmax in fp32; T5 (fp16 overflow) and EnCodec
 stay fp32. `quantize="int8"` replaces decoder_step with a graph whose weight matmuls are
 int8 (editgen.export.quantize) and records its agreement with fp32 in the manifest; it
-also writes the segmented step of the int8-KV engine (editgen.export.segments).
+also writes the weights of the CPU int8 step (editgen.export.int8_step), measures its
+agreement and the step time of both CPU paths, and records which one the engine runs.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import numpy as np
 import onnx
 import torch
 
-from editgen.engine.manifest import EXPORT_DTYPES, QUANTIZE, GraphInfo, Manifest, SegmentsInfo, TensorSpec
+from editgen.engine.manifest import EXPORT_DTYPES, QUANTIZE, GraphInfo, Manifest, TensorSpec
 from editgen.errors import InvalidRequestError, first_line
 from editgen.export.graphs import DYNAMIC_AXES, GraphDef, encodec_min_samples, graph_defs
 from editgen.export.validate import TOLERANCE, check, cpu_session, max_errors
@@ -81,29 +82,27 @@ def export_engine(loaded, out_dir: str | Path, *, dtype: str = "fp32", quantize:
         encodec_min_samples=encodec_min_samples(shapes))
     manifest.write(out)
     if quantize == "int8":
-        from editgen.export.quantize import quantize_engine_int8
-        from editgen.export.segments import export_segments, segments_agreement
+        from editgen.export.int8_codec import codec_agreement, codec_line, export_int8_codec
+        from editgen.export.int8_step import export_int8_step, measure_paths
+        from editgen.export.quantize import quantize_engine_int8, replace_with_int8
 
-        segments = SegmentsInfo.from_dict(export_segments(loaded.model, shapes, out, log), "the export")
-        manifest = dataclasses.replace(manifest, segments=segments)
-        manifest.write(out)  # the segmented engine reads it to check itself
+        manifest = dataclasses.replace(manifest, int8_step=export_int8_step(loaded.model, shapes, out, log),
+                                       int8_codec=export_int8_codec(loaded.model, shapes, out, log))
+        manifest.write(out)  # the int8 codec reads it to measure itself
+        codec = {**manifest.int8_codec, "agreement": codec_agreement(out)}
+        manifest = dataclasses.replace(manifest, int8_codec=codec)
+        log(f"  {codec_line(codec)}")
+        manifest.write(out)
         start = time.perf_counter()
-        report = segments_agreement(out)
-        manifest = dataclasses.replace(manifest, segments=dataclasses.replace(segments, agreement=report))
-        if "skipped" in report:
-            log(f"  step segments   int8 KV agreement not measured: {report['skipped']}")
-        else:
-            log(f"  step segments   int8 KV: teacher-forced token agreement "
-                f"{report['teacher_forced_token_agreement']:.4f}, free-running {report['free_running_token_agreement']:.4f}, "
-                f"max logit error {report['max_logit_error']:.3g} ({time.perf_counter() - start:.1f} s)")
-
-        start = time.perf_counter()
-        step, report = quantize_engine_int8(out, manifest.graphs["decoder_step"], external_data_bytes)
-        manifest = dataclasses.replace(manifest, graphs={**manifest.graphs, "decoder_step": step}, int8=report)
+        report = quantize_engine_int8(out, manifest.graphs["decoder_step"], external_data_bytes)
+        manifest = dataclasses.replace(manifest, int8=report)
         log(f"  decoder_step    int8  method {report['method']}: teacher-forced token agreement "
             f"{report['teacher_forced_token_agreement']:.4f}, free-running "
             f"{report['free_running_token_agreement']:.4f} over {report['steps']} steps, "
             f"max logit error {report['max_logit_error']:.3g} ({time.perf_counter() - start:.1f} s)")
+        manifest = dataclasses.replace(manifest, int8_step={**manifest.int8_step, **measure_paths(out, log)})
+        step = replace_with_int8(out, manifest.graphs["decoder_step"])
+        manifest = dataclasses.replace(manifest, graphs={**manifest.graphs, "decoder_step": step})
         manifest.write(out)
     return manifest
 

@@ -60,16 +60,20 @@ def quantize_step_graph(src: Path, dst: Path, method: str = METHOD, *, external_
         raise ValueError(f"unknown int8 method {method!r}: one of {METHODS}")
 
 
-def quantize_engine_int8(out: Path, step: GraphInfo, external_data_bytes: int,
-                         method: str = METHOD) -> tuple[GraphInfo, dict]:
-    """Quantize the decoder step `step` of `out` in place. Returns its new manifest entry
-    and the manifest's "int8" report."""
-    src = out / step.file
+def quantize_engine_int8(out: Path, step: GraphInfo, external_data_bytes: int, method: str = METHOD) -> dict:
+    """Write the int8 step beside the decoder step `step` of `out` (INT8_FILE); returns the
+    manifest's "int8" report (its agreement with fp32). `replace_with_int8` then makes it
+    the engine's decoder_step."""
     fp32_bytes = sum((out / f).stat().st_size for f in (step.file, step.data_file) if f)
     external = fp32_bytes // 4 > external_data_bytes  # int8 weights are about 1/4 of fp32
-    quantize_step_graph(src, out / INT8_FILE, method, external_data=external)
-    report = agreement(out, INT8_FILE)
-    # The int8 graph becomes the engine's decoder_step; the fp32 one is not kept.
+    quantize_step_graph(out / step.file, out / INT8_FILE, method, external_data=external)
+    return {"method": method, "bits": 8, "block_size": BLOCK_SIZE if method == "matmul_nbits" else None,
+            **agreement(out, INT8_FILE)}
+
+
+def replace_with_int8(out: Path, step: GraphInfo) -> GraphInfo:
+    """The int8 graph becomes the engine's decoder_step (the fp32 one is not kept); returns
+    its manifest entry."""
     for name in (step.file, step.data_file):
         if name:
             (out / name).unlink()
@@ -80,8 +84,7 @@ def quantize_engine_int8(out: Path, step: GraphInfo, external_data_bytes: int,
         _rename_external_data(out / step.file, INT8_FILE + ".data", data_file)
     validation = {**step.validation,
                   "note": "errors of the fp32 graph before quantization; int8 vs fp32: manifest int8"}
-    return (dataclasses.replace(step, quantize="int8", data_file=data_file, validation=validation),
-            {"method": method, "bits": 8, "block_size": BLOCK_SIZE if method == "matmul_nbits" else None, **report})
+    return dataclasses.replace(step, quantize="int8", data_file=data_file, validation=validation)
 
 
 def _rename_external_data(model_path: Path, old: str, new: str) -> None:
