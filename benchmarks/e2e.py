@@ -5,8 +5,8 @@
 
 1. Edit latency: one Prompt-to-Prompt edit (source + target, CFG: 4 rows) of 10 s and
    30 s through the public API (`editgen.edit`: text encoding, every step, EnCodec decode
-   of both clips), ORT fp32 and int8 (as `open_backend` runs them: int8 with its int8 KV
-   cache where the kernel builds), next to transformers' `generate` of the same rows
+   of both clips), ORT fp32 and int8 (as `open_backend` runs them: int8 as the C++ int8
+   step where the CPU kernels build), next to transformers' `generate` of the same rows
    (two prompts with guidance: 4 rows, sampling, its own decode). Per-step times along
    the request are recorded too (steps/s at each position: the step-level figures).
 2. Throughput: 1, 2, 4, 8 concurrent 10 s edits submitted at once to one EngineCore;
@@ -49,7 +49,7 @@ def edit_latency(engine_dir: str, seconds: float, threads: int) -> dict:
     import editgen
     from editgen.engine.runtime import open_backend
 
-    with open_backend(engine=engine_dir, threads=threads) as ort_backend:  # int8: the int8 KV engine
+    with open_backend(engine=engine_dir, threads=threads) as ort_backend:  # int8: the int8 step on CPU
         timer = StepTimer()
         options = editgen.GenerationOptions(seconds=seconds, seed=0)
         start = time.perf_counter()

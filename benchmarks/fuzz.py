@@ -1,7 +1,9 @@
 """Fuzz the server's OpenAPI schema with schemathesis (hypothesis underneath): every
 operation, valid (positive) and invalid (negative) generated requests, sent in-process
 to the app over ASGI (no network) on the fake backend. A 5xx is a failure: bad input must
-get a 4xx with a code.
+get a 4xx with a code. Strings the generator makes are valid UTF-8 text; a hook also puts
+what JSON can carry and text fields must refuse into them (unpaired UTF-16 surrogates,
+NUL, noncharacters: HOSTILE_TEXT), in about a third of the bodies.
 
     python -m benchmarks.fuzz --requests 10000      # the benchmark's run
     tests/test_server_fuzz.py                       # >= 1,000 in CI
@@ -27,6 +29,58 @@ def fuzz_app(**config):
     return create_app(FakeBackend, ServerConfig(**{**defaults, **config}))
 
 
+# Code points a JSON string can hold that no text field takes (multipart bodies are
+# UTF-8, which cannot encode a lone surrogate: they get NUL and noncharacters only).
+HOSTILE_TEXT = ("\ud800", "\udfff", "\x00", "\ufffe", "\U0010ffff")
+
+
+def hostile_text(body, json_body: bool):
+    """A strategy: `body` as it is, or with one of its strings (a value or a key, at any
+    depth) carrying a HOSTILE_TEXT code point at some position."""
+    from hypothesis import strategies as st
+
+    places = list(_strings(body))
+    if not places:
+        return st.just(body)
+    points = HOSTILE_TEXT if json_body else HOSTILE_TEXT[2:]
+    changed = st.tuples(st.sampled_from(places), st.sampled_from(points), st.integers(0, 64)).map(
+        lambda t: _inject(body, *t))
+    return st.one_of(st.just(body), st.just(body), changed)
+
+
+def _strings(value, path=()):
+    """Paths to every string in a JSON-like value: (..., key) for a value, (..., (key,)) for a key."""
+    if isinstance(value, str):
+        yield path
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str):
+                yield path + ((key,),)
+            yield from _strings(item, path + (key,))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _strings(item, path + (i,))
+
+
+def _inject(body, path, point: str, at: int):
+    """A copy of `body` with `point` put at position `at` of the string at `path`."""
+    import copy
+
+    if not path:
+        return body[:at] + point + body[at:]
+    body = copy.deepcopy(body)
+    parent = body
+    for step in path[:-1]:
+        parent = parent[step]
+    last = path[-1]
+    if isinstance(last, tuple):  # a key
+        key = last[0]
+        parent[key[:at] + point + key[at:]] = parent.pop(key)
+    else:
+        parent[last] = parent[last][:at] + point + parent[last][at:]
+    return body
+
+
 def fuzz(app, per_operation: int, *, on_response=None) -> collections.Counter:
     """Runs up to `per_operation` generated requests per operation and mode; returns the
     count per (method path, status). `on_response(case, response)` may assert."""
@@ -35,6 +89,11 @@ def fuzz(app, per_operation: int, *, on_response=None) -> collections.Counter:
     from schemathesis.generation import GenerationMode
 
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+
+    @schema.hook
+    def flatmap_body(context, body):
+        media = next(iter(context.operation.body), None) if context.operation is not None else None
+        return hostile_text(body, json_body=media is None or "json" in media.media_type)
     counts: collections.Counter = collections.Counter()
     for result in schema.get_all_operations():
         operation = result.ok()

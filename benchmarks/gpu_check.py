@@ -16,6 +16,13 @@
    backend, fp16 pool); steps/s at 1/4/16/64 rows; transformers `generate` of the same
    4 rows in fp32 and fp16 (`--hf-seconds`); the bytes one step must read (fp16 weights
    + the cache at mid-request + cross K/V) over `--bandwidth`: the floor.
+5. cuda_lib: the CUDA C++ library's edited cross-attention (libeditgen_kernels, built
+   first: `cmake -S . -B build && cmake --build build`, then `--cuda-lib build`) against
+   the Triton kernel, fp32: max abs difference of outputs and maps and the time per call
+   (min of repeats) at 4 and 64 rows; then the triton backend with
+   cross_attention="cuda-lib": greedy codes of an edit (vs the torch reference, as in 2,
+   and vs the Triton kernel) and steps/s at 4 rows next to "triton".
+   {"skipped": why} without a GPU or the library.
 Writes results.json and gpu_check.png into --out. The triton backend runs its kernels
 eagerly (no CUDA graphs yet), so the timings are an upper bound of what it will do.
 """
@@ -50,6 +57,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--quick", action="store_true", help="random:tiny, a few steps: checks the script (CPU CI)")
     p.add_argument("--bandwidth", type=float, default=4.8e12, help="memory bandwidth, bytes/s (H200: 4.8e12)")
+    p.add_argument("--cuda-lib", type=Path, default=None,
+                   help="build directory of libeditgen_kernels (default: $EDITGEN_KERNELS_LIB)")
     args = p.parse_args(argv)
     cfg = QUICK if args.quick else FULL
     import torch
@@ -72,7 +81,8 @@ def main(argv=None) -> int:
     sections = {"kernels": lambda: kernel_errors(loaded.shapes, device),
                 "codes": lambda: code_comparison(loaded, device, cfg["steps"], cfg["workloads"]),
                 "agreement": lambda: half_agreement(loaded, device, cfg["steps"], cfg["half_workloads"]),
-                "timings": lambda: timings(loaded, device, cfg, args.bandwidth)}
+                "timings": lambda: timings(loaded, device, cfg, args.bandwidth),
+                "cuda_lib": lambda: cuda_lib_comparison(loaded, device, cfg, args.cuda_lib)}
     for name, section in sections.items():
         results[name] = section()
         results["wall_seconds"] = time.perf_counter() - started
@@ -293,6 +303,92 @@ def _bytes_per_step(loaded, shapes, rows: int, past: int) -> int:
     weights = 2 * sum(p.numel() for p in decoder.parameters())
     kv = 2 * rows * shapes.num_layers * 2 * shapes.num_heads * shapes.head_dim * (past + shapes.max_text_tokens)
     return int(weights + kv)
+
+
+# -- 5. the CUDA C++ library -------------------------------------------------------------------
+
+
+def cuda_lib_comparison(loaded, device, cfg, build_dir) -> dict:
+    import os
+
+    import torch
+
+    from editgen.engine.backends.kernel_backend import KernelBackend
+    from editgen.engine.backends.torch_backend import TorchBackend
+    from editgen.kernels import cross_attention, cuda_lib
+
+    if device != "cuda":
+        return {"skipped": "no CUDA device: the CUDA C++ library runs only on an NVIDIA GPU"}
+    try:
+        lib = cuda_lib.load(build_dir)
+    except cuda_lib.CudaLibraryError as exc:
+        return {"skipped": str(exc)}
+    os.environ[cuda_lib.LIBRARY_ENV] = str(lib.path)  # where KernelBackend(cross_attention="cuda-lib") loads it
+    out = {"library": str(lib.path), "kernel": {}}
+    shapes, g = loaded.shapes, torch.Generator().manual_seed(1)
+    for rows in (4, 64):
+        x = {k: t.to(device) for k, t in _cross_case(shapes, rows, g).items()}
+        scale = shapes.head_dim ** -0.5
+        probs = torch.empty(rows, shapes.num_heads, shapes.max_text_tokens, device=device)
+        want_out, _ = cross_attention.edited_cross_attention(**x, scale=scale, probs=probs)
+        got_out, got_p = lib.edited_cross_attention(**x, scale=scale)
+        out["kernel"][str(rows)] = {
+            "out_max_abs_diff": _err(got_out, want_out), "maps_max_abs_diff": _err(got_p, probs),
+            "triton_ms": _min_ms(lambda: cross_attention.edited_cross_attention(**x, scale=scale, probs=probs)),
+            "cuda_lib_ms": _min_ms(lambda: lib.edited_cross_attention(**x, scale=scale))}
+    # The triton backend samples on its device (no logits to record): the torch reference
+    # gives the logit gap at a first divergence, as in section 2.
+    ref = _run(TorchBackend(loaded, device=device), "replace", cfg["steps"])
+    triton = _run(KernelBackend(loaded, device=device), "replace", cfg["steps"])[0]
+    got = _run(KernelBackend(loaded, device=device, cross_attention="cuda-lib"), "replace", cfg["steps"])[0]
+    out["codes_vs_torch"] = _first_divergence(ref[0], got, ref[1], ref[2])
+    out["codes_equal_to_triton_kernel"] = bool(np.array_equal(got, triton))
+    out["steps_per_s_4_rows"] = {
+        kind: _steps_per_s(KernelBackend(loaded, device=device, cross_attention=kind), 4, cfg["past"],
+                           cfg["timed_steps"], torch.cuda.synchronize) for kind in ("triton", "cuda-lib")}
+    return out
+
+
+def _cross_case(shapes, rows: int, g) -> dict:
+    """fp32 arguments of the edited cross-attention at the model's sizes: the first half of
+    the rows conditional (text of random lengths), every conditional row after the first
+    edited from row 0 (mapper, refine alpha, reweight, window, keep 0.5), the second half
+    null text; the conditional row before the middle reads captured maps."""
+    import torch
+
+    H, D, T = shapes.num_heads, shapes.head_dim, shapes.max_text_tokens
+    half = rows // 2
+    lengths = torch.cat([torch.randint(2, T + 1, (half,), generator=g), torch.zeros(rows - half, dtype=torch.int64)])
+    src = torch.arange(rows)
+    src[1:half] = 0
+    use_captured = torch.zeros(rows)
+    use_captured[half - 1] = 1.0
+    def randn(*shape):
+        return torch.randn(*shape, generator=g)
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=g)
+
+    return dict(q=randn(rows, H, D), k=randn(rows, H, T, D), v=randn(rows, H, T, D),
+                text_mask=(torch.arange(T)[None] < lengths[:, None]).float(), src_row=src, use_captured=use_captured,
+                captured=torch.softmax(randn(rows, H, T), -1), mapper=torch.softmax(randn(rows, T, T) * 3, -1),
+                alpha=(rand(rows, T) > 0.3).float(), weight=rand(rows, T) * 4 - 2, window=(rand(rows, T) > 0.2).float(),
+                keep=torch.where(src == torch.arange(rows), 1.0, 0.5))
+
+
+def _min_ms(call, repeats: int = 50) -> float:
+    """Milliseconds of one call (launch + kernel), the minimum of `repeats`, synchronized."""
+    import torch
+
+    call()  # compiles or loads on first use
+    best = float("inf")
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        call()
+        torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 1000 * best
 
 
 def plot(results: dict, path: Path) -> None:

@@ -1,7 +1,8 @@
 """Host time per step: what the engine core and a backend's own Python/numpy work cost
 per step, with the device work (every onnxruntime run and the int8 KV kernel) replaced by
 no-ops. Edits of random:small (4 rows each: source, target and their null rows), so 1
-edit is a 4-row step and 8 edits a 32-row step, on an int8 export (the segmented engine).
+edit is a 4-row step and 8 edits a 32-row step, on an int8 export (the int8 step; before
+it, the segmented engine).
 
     python -m benchmarks.host_time --engine DIR [--edits 1,8] [--steps 300] [--out FILE]
 
@@ -39,16 +40,29 @@ def _edit_job():
     return edit_job
 
 
+def _backend(engine: str):
+    """The int8 export's CPU backend of this version, its device work replaced by no-ops."""
+    try:
+        from editgen.engine.backends.int8_step_backend import Int8StepBackend
+    except ImportError:  # before the int8 step: onnxruntime segments around the K/V kernel
+        from editgen.engine.backends.ort_segmented import SegmentedOrtBackend
+        from editgen.kernels import cpu_attention
+
+        backend = SegmentedOrtBackend(engine, threads=1)
+        backend._step = [_NoRun() for _ in backend._step]
+        cpu_attention.load = lambda: _NoKernel()  # the backend looks it up per step
+        return backend
+    backend = Int8StepBackend(engine, threads=1)
+    backend.weights.run = lambda step: None  # the whole step is this one C call
+    return backend
+
+
 def measure(engine: str, edits: int, steps: int, seconds: float) -> dict:
-    from editgen.engine.backends.ort_segmented import SegmentedOrtBackend
     from editgen.engine.core import EngineCore
     from editgen.engine.edit import EditSpec
     from editgen.engine.options import GenerationOptions
-    from editgen.kernels import cpu_attention
 
-    backend = SegmentedOrtBackend(engine, threads=1)
-    backend._step = [_NoRun() for _ in backend._step]
-    cpu_attention.load = lambda: _NoKernel()  # the backend looks it up per step
+    backend = _backend(engine)
     core = EngineCore(backend, max_rows=4 * edits)
     spec = EditSpec(source="lofi piano with warm drums", target="lofi guitar with warm drums", op="replace")
     edit_job = _edit_job()

@@ -27,7 +27,7 @@ def profile(engine_dir: str, *, past: int, batch: int, steps: int, workload: str
 
     with tempfile.TemporaryDirectory() as tmp:
         backend = OrtBackend(engine_dir, threads=threads or None, profile_dir=tmp)
-        kinds = node_kinds(os.path.join(tmp, "step_optimized.onnx"))
+        kinds = node_kinds(os.path.join(tmp, "decoder_step_optimized.onnx"))
         bench = OurStepBench(backend, workload, batch, past, 1, steps + 1)
         bench.burst(steps + 1)  # the first of these is the warm one
         events = json.loads(backend.end_profiling().read_text())

@@ -135,8 +135,8 @@ __device__ void edited_cross_attention_block(const EditgenCrossArgs &a, int64_t 
         }
     }
 
-    // The edit, term for term as DecoderStep._cross_attention writes it (so identity
-    // inputs give p_own exactly: base = p_src, alpha 1, weight 1, and (1 - keep) * 0).
+    // The edit, term for term as EagerCrossAttention (editgen/model/attention.py) writes it
+    // (so identity inputs give p_own exactly: base = p_src, alpha 1, weight 1, and (1 - keep) * 0).
     // Thread t reads mapper[s, t] for s = 0..T-1: consecutive threads, consecutive addresses.
     const float *mapper = a.mapper + r * T * T;  // [T (source), T (target)]
     const float keep = a.keep[r];

@@ -14,6 +14,26 @@ import numpy as np
 import soundfile as sf
 
 
+def client_for(backend_factory=None, **config):
+    """A TestClient (use it as a context manager: it runs the lifespan) of the app on
+    `backend_factory()` (the fake backend by default) with ServerConfig(**config)."""
+    from fastapi.testclient import TestClient
+
+    from editgen.engine.backends.fake import FakeBackend
+    from editgen.server.app import create_app
+    from editgen.server.config import ServerConfig
+
+    return TestClient(create_app(backend_factory or FakeBackend, ServerConfig(**config)))
+
+
+def error_of(response) -> tuple[int, str]:
+    """(status, code) of an error answer, which must be the error contract's one-line body."""
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    assert "\n" not in body["error"]["message"]
+    return response.status_code, body["error"]["code"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -37,25 +57,33 @@ def quiet_free_port(low: int = 20000, high: int = 32000) -> int:
 
 
 @contextlib.contextmanager
-def live_server(app, timeout: float = 30.0):
-    """Serve `app` with uvicorn on 127.0.0.1:<free port> in a thread; yields the base URL."""
-    import uvicorn
+def serving(app, timeout: float = 30.0):
+    """Serve `app` as `editgen serve` does (EditGenServer: drain on handle_exit, header
+    timeout) on 127.0.0.1:<free port> in a thread; yields the server, its base URL as
+    `server.url`, its thread as `server.thread`."""
+    from editgen.server.uvicorn_server import EditGenServer
 
-    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), lifespan="on", log_level="warning",
-                            timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
+    port = free_port()
+    server = EditGenServer(app, app.state.config, host="127.0.0.1", port=port, log_level="warning")
+    server.url, server.thread = f"http://127.0.0.1:{port}", threading.Thread(target=server.run, daemon=True)
+    server.thread.start()
     end = time.monotonic() + timeout
     while not server.started:
-        if not thread.is_alive() or time.monotonic() > end:
+        if not server.thread.is_alive() or time.monotonic() > end:
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{config.port}"
+        yield server
     finally:
         server.should_exit = True
-        thread.join(timeout=30)
+        server.thread.join(timeout=30)
+
+
+@contextlib.contextmanager
+def live_server(app, timeout: float = 30.0):
+    """serving(app), yielding only the base URL."""
+    with serving(app, timeout) as server:
+        yield server.url
 
 
 class Wrapped:
@@ -85,15 +113,23 @@ class Recording(Wrapped):
 
 
 class Gated(Recording):
-    """Holds the first step until `gate` is set, so requests sent meanwhile all share the
-    steps after it."""
+    """Every step (after the first `free_steps`) waits while `gate` is closed (clear), so a
+    test decides when the engine moves: requests sent meanwhile are queued, or share the
+    steps after it. `waiting` is set while a step waits at the gate. (The wait gives up
+    after a minute, so that a failing test ends.)"""
 
-    def __init__(self, inner):
+    def __init__(self, inner, *, open: bool = False, free_steps: int = 0):
         super().__init__(inner)
-        self.gate = threading.Event()
+        self.gate, self.waiting = threading.Event(), threading.Event()
+        self.free_steps = free_steps  # steps that pass before the gate applies (a request is then running)
+        if open:
+            self.gate.set()
 
     def step(self, batch):
-        self.gate.wait(timeout=60)
+        if len(self.steps) >= self.free_steps and not self.gate.is_set():
+            self.waiting.set()
+            self.gate.wait(timeout=60)
+            self.waiting.clear()
         return super().step(batch)
 
 
@@ -108,6 +144,16 @@ def ended_ticket(scheduler, request_id: str, timeout: float = 10.0):
     return None
 
 
+def wait_for(condition, what: str, timeout: float = 30.0) -> None:
+    """Poll `condition()` until it holds (a state the test waits for, not a timing it
+    asserts); fail after `timeout` seconds."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.002)
+
+
 def wav_upload(seconds: float = 1.0, rate: int = 16000, amplitude: float = 0.3) -> bytes:
     t = np.arange(int(seconds * rate)) / rate
     buf = io.BytesIO()
@@ -115,9 +161,27 @@ def wav_upload(seconds: float = 1.0, rate: int = 16000, amplitude: float = 0.3) 
     return buf.getvalue()
 
 
-def rss_bytes(pid: int) -> int:
+def flac_upload(rate: int, channels: int, seconds: int, value: float = 0.5) -> bytes:
+    """A constant signal as FLAC: a few kilobytes that decode to rate x channels x seconds
+    samples (the decompression bomb of issue 23 is 384 kHz x 8 x 40 s in 133 KB)."""
+    buf = io.BytesIO()
+    block = np.full((rate, channels), value, np.float32)
+    with sf.SoundFile(buf, "w", samplerate=rate, channels=channels, format="FLAC", subtype="PCM_16") as f:
+        for _ in range(seconds):
+            f.write(block)
+    return buf.getvalue()
+
+
+def rss_bytes(pid: int, field: str = "VmRSS") -> int:
+    """A process's resident memory (VmRSS) or its peak since the last reset (VmHWM)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
+    raise RuntimeError(f"no {field}")
+
+
+def reset_rss_peak(pid: int) -> None:
+    """Set a process's VmHWM to its current RSS (Linux: clear_refs 5)."""
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")

@@ -1,7 +1,7 @@
 """Batch invariance on the real backends: a request's codes (sampling, fixed seed) are
 bit-identical whether it runs alone or with other requests joining and leaving at any
-step; 8 s clips, several seeds, ORT fp32 and int8 (standard step, and segments with the
-int8 KV cache) and the torch backend (random:tiny).
+step; 8 s clips, several seeds, ORT fp32 and int8 (the standard step, and the CPU int8
+step with its int8 K/V cache) and the torch backend (random:tiny).
 Plus the contract: nothing O(cache) crosses the backend boundary per step."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from editgen.engine.backends.int8_step_backend import Int8StepBackend
 from editgen.engine.backends.ort_backend import OrtBackend
-from editgen.engine.backends.ort_segmented import SegmentedOrtBackend
 from editgen.engine.core import EngineCore, StepObserver
 from editgen.engine.edit import EditSpec
 from editgen.engine.jobs import capture_job, edit_job
@@ -36,13 +36,13 @@ def run_schedule(core, plan: dict, *, cancel_at: int, cancelled) -> None:
         step += 1
 
 
-@pytest.fixture(params=["ort-fp32", "ort-int8", "ort-kv8", "torch"])
+@pytest.fixture(params=["ort-fp32", "ort-int8", "int8-step", "torch"])
 def backend(request, exported):
     if request.param == "torch":
         yield torch_backend("random:tiny")
         return
-    if request.param == "ort-kv8":  # the int8 export's default engine: segments + int8 KV kernel
-        with SegmentedOrtBackend(exported("random:tiny", quantize="int8"), threads=1) as b:
+    if request.param == "int8-step":  # the int8 export's default CPU engine: the step in C++
+        with Int8StepBackend(exported("random:tiny", quantize="int8"), threads=2) as b:
             yield b
         return
     variant = {"quantize": "int8"} if request.param == "ort-int8" else {}

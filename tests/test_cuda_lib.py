@@ -3,8 +3,10 @@
 Without a GPU (the development machine, CI) this builds the library with CMake and nvcc,
 runs ctest (the API test and the kernel's device code under a CPU emulation pass, the
 kernel test reports itself skipped), compiles the header as C and C++, links a C program
-against the installed library through find_package, and checks the binding's errors. With a GPU the ctest kernel test must pass
-and the `gpu` tests compare the kernel with a float64 torch reference of the formula.
+against the installed library through find_package, and checks the binding's errors. With a
+GPU the ctest kernel test must pass, the `gpu` tests compare the kernel with a float64 torch
+reference of the formula, and the triton backend with its cross-attention through the
+library (cross_attention="cuda-lib") with the Triton kernel's.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from editgen.kernels import cuda_lib
@@ -281,7 +284,7 @@ def make_inputs(torch, *, op="replace", keep=0.0, window="on", rows=4, heads=3, 
 
 
 def reference(x: dict, scale: float):
-    """The formula of DecoderStep._cross_attention in float64 (out [R, H, D], p [R, H, T])."""
+    """The formula of the eager cross-attention (editgen.model.attention) in float64 (out [R, H, D], p [R, H, T])."""
     import torch
 
     d = {name: t.double() if t.is_floating_point() else t for name, t in x.items()}
@@ -383,3 +386,29 @@ def test_kernel_keeps_the_exact_forms(built, op):
     identity_rows = [0, 1, 2, 3] if op == "identity" else [0] if op == "masked" else [0, 3]
     for p in runs.values():
         assert torch.equal(p[identity_rows], own[identity_rows])
+
+
+# --- the library as the triton backend's cross-attention, on a GPU ------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@requires_cuda
+def test_triton_backend_through_the_library_matches_the_triton_kernel(built, monkeypatch):
+    """KernelBackend(cross_attention="cuda-lib") against the Triton kernel, both fp32 on the
+    GPU: tests/test_onnx.py's script (two requests joining, edits in every row, maps
+    wanted), logits and maps at every step (greedy codes: benchmarks/gpu_check.py, which
+    reports a first divergence with its logit gap instead of failing on a near-tie)."""
+    pytest.importorskip("triton")
+    from editgen.engine.backends.kernel_backend import KernelBackend
+    from tests.conftest import loaded_model
+    from tests.test_onnx import scripted_steps
+
+    monkeypatch.setenv(cuda_lib.LIBRARY_ENV, str(built.dir / cuda_lib.LIBRARY_NAME))
+    loaded = loaded_model("random:tiny")
+    triton, library = KernelBackend(loaded), KernelBackend(loaded, cross_attention="cuda-lib")
+    want = scripted_steps(triton, loaded.shapes, 5, edited=True, steps=3)
+    got = scripted_steps(library, loaded.shapes, 5, edited=True, steps=3)
+    for (gl, gm), (wl, wm) in zip(got, want):
+        np.testing.assert_allclose(gl, wl, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(gm, wm, atol=ATOL, rtol=0)

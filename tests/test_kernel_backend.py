@@ -1,7 +1,8 @@
 """The Triton backend (KernelBackend, name "triton") against the torch backend, on
 random:tiny: the step by hand, greedy generation with guidance under every edit op and
 named setting, captured mode, continuous batching, fp16/bf16 pools, the contract's
-per-step traffic, and the CLI.
+per-step traffic, the CLI, and its cross-attention through the CUDA C++ library's binding
+(refused on CPU; its glue checked with the library's call replaced by the reference).
 
 Without CUDA the kernels run in Triton's interpreter on CPU tensors: TRITON_INTERPRET=1
 is set here, before anything imports triton or editgen.kernels (the kernels are
@@ -26,7 +27,7 @@ if not CUDA:
     os.environ["TRITON_INTERPRET"] = "1"
 pytest.importorskip("triton")
 
-from editgen.engine.backends.kernel_backend import NO_DEVICE, KernelBackend  # noqa: E402
+from editgen.engine.backends.kernel_backend import CUDA_LIB_NEEDS_A_GPU, NO_DEVICE, KernelBackend  # noqa: E402
 from editgen.engine.core import EngineCore, StepObserver  # noqa: E402
 from editgen.engine.edit import EditBatch, EditSpec  # noqa: E402
 from editgen.engine.jobs import capture_source, compile_specs, edit_from_capture, edit_job  # noqa: E402
@@ -34,6 +35,9 @@ from editgen.engine.generate import generate_codes  # noqa: E402
 from editgen.engine.options import GenerationOptions  # noqa: E402
 from editgen.engine.jobs import generate_job  # noqa: E402
 from editgen.errors import InvalidRequestError  # noqa: E402
+from editgen.kernels import cuda_lib  # noqa: E402
+from editgen.kernels.reference import edited_cross_attention_ref  # noqa: E402
+from editgen.kernels.step_attention import CudaLibCrossAttention  # noqa: E402
 from tests.conftest import loaded_model, torch_backend  # noqa: E402
 from tests.test_batch_invariance import _Spy, run_schedule  # noqa: E402
 from tests.test_onnx import FullMaps, scripted_steps  # noqa: E402
@@ -285,6 +289,55 @@ def test_nothing_o_cache_crosses_the_step():
 def test_bad_dtype_is_one_line():
     with pytest.raises(InvalidRequestError, match="float16"):
         KernelBackend(loaded_model(SPEC), dtype="int8")
+
+
+# -- the cross-attention through the CUDA C++ library ----------------------------------------
+
+
+def test_unknown_cross_attention_is_one_line():
+    with pytest.raises(InvalidRequestError, match=r"^cross_attention 'cuda' is not one of triton, cuda-lib$"):
+        KernelBackend(loaded_model(SPEC), cross_attention="cuda")
+
+
+@pytest.mark.skipif(CUDA, reason="checks the refusal without a GPU")
+def test_cuda_lib_cross_attention_refuses_on_cpu_in_one_line():
+    with pytest.raises(InvalidRequestError) as refused:
+        KernelBackend(loaded_model(SPEC), cross_attention="cuda-lib")
+    assert str(refused.value) == CUDA_LIB_NEEDS_A_GPU and "\n" not in CUDA_LIB_NEEDS_A_GPU
+
+
+class _ReferenceLibrary:
+    """Stands in for the loaded CUDA C++ library on CPU: the binding's own argument checks
+    (shapes, float32/int64, one device, contiguous), then the torch reference of the
+    kernel's formula. What runs on a GPU: tests/test_cuda_lib.py's gpu tests."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def edited_cross_attention(self, *, scale, probs=True, **tensors):
+        cuda_lib.check_cross_arguments(**tensors)
+        self.calls += 1
+        out, p = edited_cross_attention_ref(**tensors, scale=scale)
+        return out, (p if probs else None)
+
+
+@pytest.mark.slow
+def test_cuda_lib_part_gives_the_library_what_it_takes():
+    """The triton backend with its cross-attention part through the library's binding (the
+    library itself replaced by the reference of its formula, since it cannot run here): the
+    step's tensors pass the binding's checks layer by layer, and logits and maps match the
+    torch backend's as the Triton kernel's do (tests/test_onnx.py's script: edits in every
+    row, maps wanted)."""
+    ref = torch_backend(SPEC)
+    kb = KernelBackend(loaded_model(SPEC))
+    library = _ReferenceLibrary()
+    kb._dec.cross_attention = CudaLibCrossAttention(kb._dec.cross_attention.dims, torch.float32, library)
+    want = scripted_steps(ref, ref.shapes, 5, edited=True, steps=1)
+    got = scripted_steps(kb, ref.shapes, 5, edited=True, steps=1)
+    assert library.calls == len(got) * ref.shapes.num_layers
+    for (gl, gm), (wl, wm) in zip(got, want):
+        np.testing.assert_allclose(gl, wl, **LOGITS_TOL)
+        np.testing.assert_allclose(gm, wm, **MAPS_TOL)
 
 
 # -- CLI ----------------------------------------------------------------------------------

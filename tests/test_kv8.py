@@ -1,5 +1,5 @@
-"""The int8-KV engine: the C++ attention kernel against its numpy reference, its row
-invariance, the segmented step against DecoderStep, and how the runtime picks it."""
+"""The int8 K/V cache: the C++ self-attention kernel against its numpy reference, its row
+invariance, and the pool."""
 
 from __future__ import annotations
 
@@ -7,23 +7,15 @@ import os
 import shutil
 
 import numpy as np
-import onnxruntime as ort
 import pytest
-import torch
 
 from editgen.engine.backends.kv8_pool import Int8KVPool
-from editgen.engine.backends.ort_segmented import SegmentedOrtBackend
-from editgen.engine.contract import segment_io
-from editgen.engine.manifest import load_manifest
-from editgen.engine.runtime import open_backend
 from editgen.kernels.cpu_attention import (BLOCK, k_positions, kv8_attention, kv8_attention_ref, quantize_ref,
                                            scale_positions, v_positions)
-from editgen.model.step_module import DecoderStep
-from editgen.model.step_segments import StepSegment
 from tests.conftest import loaded_model
 
 # The kernel is compiled on first use; without a C++ compiler `open_backend` runs the
-# export's standard int8 step instead (editgen.engine.backends.ort_segmented.use_segmented).
+# export's standard int8 step instead (editgen.engine.backends.int8_step_backend.use_int8_step).
 pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None,
                                 reason="no C++ compiler: the int8 KV kernel cannot be built here")
 
@@ -129,62 +121,6 @@ def test_a_rows_output_does_not_depend_on_other_rows_or_the_pool_length():
     np.testing.assert_array_equal(grown[0], alone[0])
 
 
-def test_segments_chained_with_fp32_attention_equal_decoder_step():
-    """The cut is exact: segment 0, then per layer DecoderStep's own self-attention and
-    the next segment, give DecoderStep's logits and maps (fp32, no quantization)."""
-    loaded = loaded_model("random:tiny")
-    s = loaded.shapes
-    step = DecoderStep(loaded.model, fused=True).eval()
-    L, H, D, T = s.num_layers, s.num_heads, s.head_dim, s.max_text_tokens
-    gen = torch.Generator().manual_seed(0)
-    rows, capacity = 4, 16
-    positions = torch.tensor([5, 5, 9, 9])
-    codes = torch.randint(0, s.vocab_size, (rows, s.num_codebooks), generator=gen)
-    past = [torch.randn(rows, H, capacity, D, generator=gen) for _ in range(2 * L)]
-    cross = [torch.randn(rows, H, T, D, generator=gen) for _ in range(2 * L)]
-    mask = torch.zeros(rows, T, dtype=torch.int64)
-    mask[0, :5] = mask[2, :7] = 1
-    edit = (torch.tensor([0, 1, 0, 1]), torch.softmax(torch.randn(rows, T, T, generator=gen), -1),
-            torch.rand(rows, T, generator=gen), torch.rand(rows, T, generator=gen) * 2,
-            torch.ones(rows, T), torch.rand(rows, L, generator=gen), torch.zeros(rows),
-            torch.zeros(L, rows, H, T))
-    self_blend, self_window = torch.rand(rows, L, generator=gen), torch.tensor([0.0, 0.0, 1.0, 1.0])
-    with torch.no_grad():
-        want_logits, _, want_maps = step(codes, positions, past[0::2], past[1::2], cross[0::2], cross[1::2], mask,
-                                         *edit, self_blend, self_window)
-        segments = [StepSegment(step, i) for i in range(L + 1)]
-        x, qkv = segments[0](codes, positions)
-        valid = torch.arange(capacity)[None, :] < positions[:, None]
-        bias = torch.where(valid, 0.0, -3.4e38)[:, None, None, :]
-        terms = step.edit_terms(*edit, self_blend, self_window)
-        maps = []
-        for i in range(L):
-            attn, _ = step._self_attention(qkv, past[2 * i], past[2 * i + 1], bias, i, terms)
-            out = segments[i + 1](x, attn, cross[2 * i], cross[2 * i + 1], mask, *edit)
-            maps.append(out[-1])
-            x, qkv = out[0], out[1] if i + 1 < L else None
-        torch.testing.assert_close(out[0], want_logits, rtol=0, atol=0)
-        torch.testing.assert_close(torch.stack(maps), want_maps, rtol=0, atol=0)
-    assert [len(segment_io(i, L)[1]) for i in (0, 1, L)] == [2, 3, 2]
-
-
-def test_int8_export_runs_segmented_and_agrees_with_fp32(exported):
-    engine = exported("random:tiny", quantize="int8")
-    backend = open_backend(engine=str(engine), threads=1)
-    try:  # on CPU (an onnxruntime with CUDA runs the standard step on the GPU)
-        assert isinstance(backend, SegmentedOrtBackend) or "CUDAExecutionProvider" in ort.get_available_providers()
-    finally:
-        backend.close()
-    report = SegmentedOrtBackend(engine, threads=1).manifest.data["segments"]
-    assert report["kv_cache"] == "int8" and len(report["graphs"]) == loaded_model("random:tiny").shapes.num_layers + 1
-    agreement = report["agreement"]
-    assert agreement["teacher_forced_token_agreement"] > 0.9 and agreement["max_logit_error"] < 0.05
-    # an fp32 export has no segments: the standard step
-    fp32 = open_backend(engine=str(exported("random:tiny")), threads=1)
-    assert type(fp32).__name__ == "OrtBackend"
-    fp32.close()
-
-
 def test_pool_keeps_the_live_prefix_when_it_grows_and_shrinks():
     shapes = loaded_model("random:tiny").shapes
     pool = Int8KVPool(shapes)
@@ -206,19 +142,3 @@ def test_pool_keeps_the_live_prefix_when_it_grows_and_shrinks():
     with pytest.raises(AssertionError):
         pool.write(np.arange(1), np.zeros(1), None)
 
-
-def test_without_the_kernel_the_export_says_so_and_the_runtime_runs_the_standard_step(monkeypatch, exported):
-    from editgen.cli.export import validation_table
-    from editgen.export import segments
-    from editgen.kernels import cpu_attention
-
-    engine = exported("random:tiny", quantize="int8")
-    monkeypatch.setattr(cpu_attention, "build_error", lambda: "no C++ compiler 'c++' for the int8 KV kernel")
-    report = segments.segments_agreement(engine)
-    assert report == {"skipped": "no C++ compiler 'c++' for the int8 KV kernel"}
-    manifest = load_manifest(engine).data
-    line = validation_table({**manifest, "segments": {**manifest["segments"], "agreement": report}}).splitlines()[-1]
-    assert line == "int8 KV engine: agreement not measured (no C++ compiler 'c++' for the int8 KV kernel)"
-    backend = open_backend(engine=str(engine), threads=1)
-    assert type(backend).__name__ == "OrtBackend"
-    backend.close()

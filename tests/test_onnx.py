@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from editgen.engine.contract import StepBatch
 from editgen.engine.edit import EditBatch, EditSpec, EditStepInputs, StepEdits
 from editgen.engine.jobs import capture_source, compile_specs, edit, edit_from_capture
 from editgen.engine.generate import generate_codes
-from editgen.engine.manifest import FORMAT_VERSION, MANIFEST_FILE, TensorSpec, load_manifest
+from editgen.engine.manifest import FORMAT_VERSION, MANIFEST_FILE, Manifest, TensorSpec, load_manifest
 from editgen.engine.options import GenerationOptions
 from editgen.errors import AudioError, ExportDirError
 from tests.conftest import loaded_model, torch_backend
@@ -395,7 +396,7 @@ def test_stereo_manifest_codec_graphs(exported):
     """A stereo export: shapes carry audio_channels; the EnCodec graphs have a static
     channel axis of 2 (decode [clips, 2, samples], encode [2, samples] -> [8, frames])."""
     manifest = load_manifest(exported(STEREO))
-    assert manifest.data["format_version"] == FORMAT_VERSION == 6
+    assert manifest.data["format_version"] == FORMAT_VERSION == 7
     assert manifest.shapes == loaded_model(STEREO).shapes and manifest.shapes.audio_channels == 2
     decode, encode = manifest.graphs["encodec_decode"], manifest.graphs["encodec_encode"]
     assert decode.input("codes").shape == ("clips", 8, "frames")
@@ -410,6 +411,39 @@ def test_tensor_spec_axes_are_parsed_not_evaluated(tmp_path):
     for bad in ("__import__('os')", "rows+1", -1, 1.5, True):
         with pytest.raises(ExportDirError, match="bad dimension"):
             TensorSpec.from_dict({"name": "x", "dtype": "float32", "shape": [bad]}, "test")
+
+
+def test_manifest_is_one_type_written_and_read(exported):
+    """The file the export writes is Manifest.to_json of what it returns, and reads back
+    to an equal Manifest; the reader refuses a wrong type or value under any key, naming it."""
+    engine = exported("random:tiny", quantize="int8")
+    manifest = load_manifest(engine)
+    assert (engine / MANIFEST_FILE).read_text() == manifest.to_json()
+    assert Manifest.from_json(manifest.to_json(), "again") == manifest
+    assert manifest.quantize == "int8" and manifest.int8_step["file"] == "int8_step.npz"
+    assert [g.name for g in manifest.int8_codec_graphs] == ["encodec_decode_head", "encodec_decode_tail"]
+    data = manifest.to_dict()
+    bad = {"dtype": ("fp8", r'dtype "fp8" is not one of "fp32", "fp16"'),
+           "quantize": ("int4", r'quantize "int4" is not one of null, "int8"'),
+           "is_random": ("yes", "is_random must be true or false, got 'yes'"),
+           "opset": (True, "opset must be an integer, got True"),
+           "graphs": ({**data["graphs"], "cross_kv": {**data["graphs"]["cross_kv"], "file": "../x.onnx"}},
+                      r"graph cross_kv: bad file name '\.\./x\.onnx'"),
+           "int8_step": ([], r"int8_step must be an object, got \[\]"),
+           "int8_codec": ({**data["int8_codec"], "graphs": [{"name": "x"}]},
+                          r"int8_codec graph x is malformed \(KeyError: 'file'\)")}
+    for key, (value, message) in bad.items():
+        with pytest.raises(ExportDirError, match=r"^here.*" + message):
+            Manifest.from_dict({**data, key: value}, "here")
+
+
+@pytest.mark.parametrize("name", ["int8_step.npz", "int8_codec.npz", "encodec_decode_tail.onnx"])
+def test_missing_int8_file_is_named(exported, tmp_path, name):
+    engine = tmp_path / "engine"
+    shutil.copytree(exported("random:tiny", quantize="int8"), engine)
+    (engine / name).unlink()
+    with pytest.raises(ExportDirError, match=rf"is missing {re.escape(name)}"):
+        load_manifest(engine)
 
 
 @pytest.fixture
@@ -477,7 +511,7 @@ def test_int8_export_reports_agreement(exported):
     assert not (engine / "decoder_step.int8.onnx").exists()
     from editgen.cli.export import validation_table
 
-    assert "int8 KV engine (3 step segments, int8 K/V cache): token agreement" in validation_table(data)
+    assert "int8 step: token agreement with fp32" in validation_table(load_manifest(engine))
     with OrtBackend(engine) as backend:
         codes = generate_codes(backend, [backend.tokenizer.encode(SRC)], options(backend.shapes)).codes
     assert codes.shape[-1] == STEPS - backend.shapes.channel_codebooks + 1

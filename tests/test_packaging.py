@@ -71,9 +71,13 @@ def test_no_merge_conflict_markers_in_tracked_files():
     assert not bad, bad
 
 
-def test_the_cpu_kernel_source_ships_with_the_package():
-    """The int8 KV kernel is compiled from its source on first use: the wheel must carry it."""
-    from editgen.kernels.cpu_attention import SOURCE
+def test_the_cpu_kernel_sources_ship_with_the_package():
+    """The CPU kernels are compiled from their sources on first use: the wheel must carry them."""
+    import fnmatch
+
+    from editgen.kernels.cpu_library import sources
 
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["editgen"]
-    assert "kernels/cpu/*.cc" in data and SOURCE.is_file() and SOURCE.suffix == ".cc"
+    files = [str(p.relative_to(ROOT / "editgen")) for p in sources()]
+    assert any(f.endswith(".cc") for f in files) and any(f.endswith(".h") for f in files)
+    assert all(any(fnmatch.fnmatch(f, glob) for glob in data) for f in files), (files, data)

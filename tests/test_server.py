@@ -5,8 +5,10 @@ graceful shutdown. Fast: the fake backend steps in microseconds."""
 from __future__ import annotations
 
 import base64
+import concurrent.futures as cf
 import dataclasses
 import json
+import signal
 import time
 
 import httpx
@@ -15,34 +17,32 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the server tests need the serve extra")
 
-from fastapi.testclient import TestClient  # noqa: E402
 
 from editgen.engine.backends.fake import FAKE_SHAPES, FakeBackend  # noqa: E402
 from editgen.errors import InvalidRequestError  # noqa: E402
 from editgen.server.app import create_app  # noqa: E402
 from editgen.server.audio_stream import ChunkPlan, wav_bytes  # noqa: E402
 from editgen.server.config import ServerConfig  # noqa: E402
-from tests.server_util import Recording, ended_ticket, live_server, wav_upload  # noqa: E402
+from tests.server_util import (  # noqa: E402
+    Gated,
+    Recording,
+    client_for,
+    ended_ticket,
+    error_of,
+    live_server,
+    serving,
+    wait_for,
+    wav_upload,
+)
 
 SRC, TGT = "lofi piano with soft drums", "lofi guitar with soft drums"
 KEY = "secret-key-123"
-
-
-def client_for(backend_factory=FakeBackend, **config) -> TestClient:
-    return TestClient(create_app(backend_factory, ServerConfig(**config)))
 
 
 @pytest.fixture(scope="module")
 def client():
     with client_for(max_rows=16, queue_size=8, max_body_bytes=4096, max_upload_bytes=200_000, max_seconds=10.0) as c:
         yield c
-
-
-def error_of(response) -> tuple[int, str]:
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
-    assert "\n" not in body["error"]["message"]
-    return response.status_code, body["error"]["code"]
 
 
 # -- the error contract -------------------------------------------------------------------------
@@ -185,6 +185,8 @@ def test_no_field_of_the_api_names_a_path(client):
 @pytest.mark.parametrize("field,value", [
     ("max_rows", 1), ("queue_size", 0), ("deadline_s", 0), ("deadline_s", float("nan")),
     ("max_body_bytes", 10), ("stream_growth", 0.5), ("api_key", "short"), ("max_seconds", -1.0),
+    ("max_uploads", 0), ("max_upload_samples", 0), ("body_timeout_s", 0), ("header_timeout_s", float("inf")),
+    ("allowed_hosts", ()), ("allowed_hosts", ["localhost"]), ("capture_dir", ""),
 ])
 def test_server_config_is_validated(field, value):
     with pytest.raises(InvalidRequestError, match=field):
@@ -314,33 +316,40 @@ def test_captures_are_bounded_in_bytes():
 
 
 def test_full_queue_is_429_with_retry_after():
-    backend = Recording(FakeBackend(), delay_s=0.005)
-    with client_for(lambda: backend, max_rows=2, queue_size=1, retry_after_s=3) as c, \
-            live_server(c.app) as url:
-        with httpx.Client(base_url=url, timeout=30) as h:
-            import concurrent.futures as cf
-
-            with cf.ThreadPoolExecutor(6) as pool:
-                futures = [pool.submit(h.post, "/v1/generate", json={**GEN, "seconds": 1.0}) for _ in range(6)]
-                responses = [f.result() for f in futures]
-    statuses = sorted(r.status_code for r in responses)
-    # each request runs ~50 steps of 5 ms; at most 1 running + 1 queued at once
-    assert set(statuses) == {200, 429} and statuses.count(429) >= 4
-    for r in responses:
-        if r.status_code == 429:
-            assert r.headers["retry-after"] == "3" and r.json()["error"]["code"] == "queue_full"
+    """One request runs (held at the gate after its first step), one waits in the queue
+    of 1: the next is refused, whatever the timing; the held two finish once it opens."""
+    backend = Gated(FakeBackend(), free_steps=1)
+    app = create_app(lambda: backend, ServerConfig(max_rows=2, queue_size=1, retry_after_s=3))
+    with serving(app) as server, httpx.Client(base_url=server.url, timeout=30) as h, \
+            cf.ThreadPoolExecutor(2) as pool:
+        scheduler = app.state.service.scheduler
+        running = pool.submit(h.post, "/v1/generate", json=GEN)
+        wait_for(backend.waiting.is_set, "the first request held at the gate")
+        queued = pool.submit(h.post, "/v1/generate", json=GEN)
+        wait_for(lambda: scheduler.queue_depth == 1, "the second request queued")
+        refused = h.post("/v1/generate", json=GEN)
+        assert error_of(refused) == (429, "queue_full") and refused.headers["retry-after"] == "3"
+        backend.gate.set()
+        assert running.result().status_code == 200 and queued.result().status_code == 200
 
 
 def test_deadline_cancels_and_frees_rows():
-    backend = Recording(FakeBackend(), delay_s=0.01)
-    with client_for(lambda: backend, deadline_s=0.2) as c:
-        t0 = time.monotonic()
-        r = c.post("/v1/generate", json={**GEN, "seconds": 4.0})  # ~200 steps of 10 ms
+    """A request held at the gate past its deadline is cancelled at the next step (503),
+    long before its last step, and its rows are free for the next request."""
+    backend = Gated(FakeBackend(), free_steps=1)
+    app = create_app(lambda: backend, ServerConfig(deadline_s=0.2))
+    with serving(app) as server, httpx.Client(base_url=server.url, timeout=30) as h, \
+            cf.ThreadPoolExecutor(1) as pool:
+        late = pool.submit(h.post, "/v1/generate", json={**GEN, "seconds": 4.0})  # 203 steps
+        wait_for(backend.waiting.is_set, "the request held at the gate")
+        held = time.monotonic()  # after its arrival: its deadline is before held + 0.2 s
+        wait_for(lambda: time.monotonic() > held + 0.2, "the deadline to pass")
+        backend.gate.set()
+        r = late.result()
         assert error_of(r) == (503, "deadline_exceeded") and r.headers["retry-after"] == "1"
-        assert time.monotonic() - t0 < 2.0
-        service = c.app.state.service
-        assert service.scheduler.core.active_rows == 0
-        assert c.post("/v1/generate", json={**GEN, "seconds": 0.1}).status_code == 200
+        assert len(backend.steps) <= 3  # cancelled at the first step after the gate
+        assert app.state.service.scheduler.core.active_rows == 0
+        assert h.post("/v1/generate", json={**GEN, "seconds": 0.1}).status_code == 200
 
 
 def test_backend_error_fails_only_that_step_and_the_server_stays_up():
@@ -387,43 +396,60 @@ def test_disconnected_client_rows_are_gone_from_the_next_step():
         assert 'editgen_cancelled_total{reason="client_gone"} 1.0' in metrics
 
 
-def test_graceful_shutdown_finishes_in_flight_work_and_refuses_new():
-    backend = Recording(FakeBackend(), delay_s=0.002)
-    c = client_for(lambda: backend, shutdown_grace_s=10)
-    with c, live_server(c.app) as url:
-        service = c.app.state.service
-        with httpx.Client(base_url=url, timeout=30) as h:
-            import concurrent.futures as cf
+def test_drain_on_sigterm_finishes_in_flight_work_and_answers_new_requests_503():
+    """SIGTERM: the app stops admitting while the listener stays open (a new connection
+    gets 503 shutting_down with Retry-After, not a refusal), the running request finishes,
+    then the server exits, clean."""
+    backend = Gated(FakeBackend(), free_steps=1)
+    app = create_app(lambda: backend, ServerConfig(shutdown_grace_s=30, retry_after_s=2))
+    with serving(app) as server, httpx.Client(base_url=server.url, timeout=30) as h, \
+            cf.ThreadPoolExecutor(1) as pool:
+        scheduler = app.state.service.scheduler
+        inflight = pool.submit(h.post, "/v1/generate", json={**GEN, "seconds": 1.0})
+        wait_for(backend.waiting.is_set, "the request held at the gate")
+        server.handle_exit(signal.SIGTERM, None)
+        wait_for(lambda: not scheduler.accepting, "the drain to start")
+        for client in (h, httpx.Client(base_url=server.url, timeout=30)):  # kept-alive and new connections
+            late = client.post("/v1/generate", json=GEN)
+            assert error_of(late) == (503, "shutting_down")
+            assert late.headers["retry-after"] == "2" and late.headers["connection"] == "close"
+        assert h.get("/readyz").status_code == 503
+        backend.gate.set()
+        assert inflight.result().status_code == 200  # finished within the grace
+        server.thread.join(timeout=30)
+    assert not server.thread.is_alive() and server.clean is True
+    assert not scheduler.alive
 
-            with cf.ThreadPoolExecutor(2) as pool:
-                inflight = pool.submit(h.post, "/v1/generate", json={**GEN, "seconds": 1.0})
-                while service.scheduler.running_requests < 1:
-                    time.sleep(0.002)
-                closing = pool.submit(service.close)
-                while service.scheduler.accepting:
-                    time.sleep(0.002)
-                late = h.post("/v1/generate", json=GEN)
-                assert error_of(late) == (503, "shutting_down")
-                assert h.get("/readyz").status_code == 503
-                assert inflight.result().status_code == 200  # finished within the grace period
-                closing.result()
-        assert not service.scheduler.alive
 
-
-def test_shutdown_past_the_grace_cancels_with_503():
-    backend = Recording(FakeBackend(), delay_s=0.01)
-    c = client_for(lambda: backend)
-    with c, live_server(c.app) as url:
-        service = c.app.state.service
-        with httpx.Client(base_url=url, timeout=30) as h:
-            import concurrent.futures as cf
-
-            with cf.ThreadPoolExecutor(1) as pool:
-                inflight = pool.submit(h.post, "/v1/generate", json={**GEN, "seconds": 8.0})
-                while service.scheduler.running_requests < 1:
-                    time.sleep(0.002)
-                service.close(grace_s=0.05)
-                assert error_of(inflight.result()) == (503, "shutting_down")
+def test_drain_past_the_grace_answers_503_and_an_ndjson_error_event():
+    """A second signal ends the grace: a running request gets 503 shutting_down, a
+    running NDJSON stream ends with an `error` event, a queued one gets 503 too; the
+    drain is not clean (`editgen serve` exits 1)."""
+    backend = Gated(FakeBackend(), free_steps=1)
+    app = create_app(lambda: backend, ServerConfig(shutdown_grace_s=30))
+    with serving(app) as server, httpx.Client(base_url=server.url, timeout=30) as h, \
+            cf.ThreadPoolExecutor(3) as pool:
+        scheduler = app.state.service.scheduler
+        plain = pool.submit(h.post, "/v1/generate", json={**GEN, "seconds": 2.0})
+        wait_for(backend.waiting.is_set, "the first request held at the gate")
+        streamed = pool.submit(lambda: h.post("/v1/generate", json={**GEN, "seconds": 2.0, "stream": True,
+                                                                    "format": "json"}))
+        wait_for(lambda: scheduler.queue_depth == 1, "the stream queued")
+        server.handle_exit(signal.SIGTERM, None)
+        server.handle_exit(signal.SIGTERM, None)  # the second: no grace
+        wait_for(lambda: scheduler.stopping, "the grace to end")
+        backend.gate.set()
+        assert error_of(plain.result()) == (503, "shutting_down")
+        stream = streamed.result()
+        assert stream.status_code == 200
+        events = [json.loads(line) for line in stream.text.splitlines()]
+        assert events[0]["event"] == "start" and events[-1] == {
+            "event": "error", "error": {"code": "shutting_down",
+                                        "message": "the server shut down before this request finished"}}
+        server.thread.join(timeout=30)
+    assert not server.thread.is_alive() and server.clean is False
+    metrics = app.state.service.metrics.render().decode()
+    assert 'editgen_requests_total{endpoint="/v1/generate",status="503"} 2.0' in metrics
 
 
 def test_health_ready_metrics(client):

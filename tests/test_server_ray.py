@@ -1,5 +1,5 @@
 """`editgen serve --ray`: the same app as a Ray Serve deployment with 2 replicas on the
-exported random:tiny engine, on 127.0.0.1. Slow (Ray starts its own processes: ~30 s on
+exported random:tiny engine, on 127.0.0.1, sharing a capture directory. Slow (Ray starts its own processes: ~30 s on
 2 cores), so marked `slow`; part of the default `python -m pytest -q` run."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_two_replicas_serve_the_same_app(exported):
+def test_two_replicas_serve_the_same_app(exported, tmp_path):
     from ray import serve
 
     port = quiet_free_port()
@@ -36,8 +36,8 @@ def test_two_replicas_serve_the_same_app(exported):
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         opener = functools.partial(open_backend, engine=str(exported("random:tiny")), threads=1)
-        app = build_deployment(opener, ServerConfig(max_rows=8, queue_size=8), RaySettings(replicas=2,
-                                                                                            cpus_per_replica=0.5))
+        config = ServerConfig(max_rows=8, queue_size=8, capture_dir=str(tmp_path / "captures"))
+        app = build_deployment(opener, config, RaySettings(replicas=2, cpus_per_replica=0.5))
         serve.run(app, name="editgen", route_prefix="/")
         url = f"http://127.0.0.1:{port}"
         status = serve.status().applications["editgen"].deployments["editgen"]
@@ -57,6 +57,12 @@ def test_two_replicas_serve_the_same_app(exported):
             bad = h.post("/v1/generate", json={**body, "prompt": ""})
             assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_request"
             assert h.get("/metrics").text.count("editgen_steps_total") >= 1
+            # One capture, edited from by whichever replica answers: the replicas share --capture-dir.
+            capture = h.post("/v1/captures", json={"source": "lofi piano with soft drums", "seconds": 0.5})
+            edit = {"capture_id": capture.json()["capture_id"], "target": "lofi guitar with soft drums"}
+            with cf.ThreadPoolExecutor(8) as pool:
+                edits = list(pool.map(lambda _: h.post("/v1/edit", json=edit), range(8)))
+            assert {r.status_code for r in edits} == {200}, [r.text for r in edits if r.status_code != 200]
     finally:
         serve.shutdown()
         ray.shutdown()

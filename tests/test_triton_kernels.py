@@ -168,11 +168,27 @@ def test_cross_kernel_writes_probs_only_when_asked():
     assert none is None and torch.equal(out_alone, out)
 
 
+class _Spy:
+    """An attention part of DecoderStep that records each layer's input (qkv or q) and result."""
+
+    def __init__(self, part):
+        self.part, self.calls = part, []
+
+    def terms(self, *args):
+        return self.part.terms(*args)
+
+    def __call__(self, layer_index, x, *args):
+        result = self.part(layer_index, x, *args)
+        self.calls.append((x, result))
+        return result
+
+
 def test_cross_reference_is_the_decoder_steps_formula(tiny):
     """edited_cross_attention_ref and decode_self_attention_ref against what DecoderStep
     computes, layer by layer, inside a whole step of the tiny model (refine and captured
     rows, cross blends 0, 0.5, 1, self-injection b 0.25 to 1 and a window off, rows at
     positions 0 and capacity - 1): the spec is the model."""
+    from editgen.model.edit_tensors import EditTensors
     from editgen.model.step_module import DecoderStep
 
     step = DecoderStep(tiny.model).eval()
@@ -193,35 +209,23 @@ def test_cross_reference_is_the_decoder_steps_formula(tiny):
     cross_k = [torch.randn(rows, heads, T, D, generator=g) for _ in range(layers)]
     cross_v = [torch.randn(rows, heads, T, D, generator=g) for _ in range(layers)]
 
-    seen = {"self": [], "cross": []}
-    self_attention, cross_attention = step._self_attention, step._cross_attention
-
-    def spy_self(qkv, *args):
-        result = self_attention(qkv, *args)
-        seen["self"].append((qkv, result))
-        return result
-
-    def spy_cross(attn, h, *args):
-        result = cross_attention(attn, h, *args)
-        seen["cross"].append((attn, h, result))
-        return result
-
-    step._self_attention, step._cross_attention = spy_self, spy_cross  # this instance only
+    step.self_attention, step.cross_attention = _Spy(step.self_attention), _Spy(step.cross_attention)
     c = {n: x.cpu() if isinstance(x, torch.Tensor) else x for n, x in case.items()}
+    edit = EditTensors(src_row=c["src_row"], mapper=c["mapper"], alpha=c["alpha"], weight=c["weight"],
+                       window=c["window"], blend=blend, use_captured=c["use_captured"], captured=captured,
+                       self_blend=self_blend, self_window=self_window)
     with torch.no_grad():
         step(torch.randint(0, cfg.vocab_size, (rows, K), generator=g), positions, past_k, past_v, cross_k, cross_v,
-             c["text_mask"], c["src_row"], c["mapper"], c["alpha"], c["weight"], c["window"], blend,
-             c["use_captured"], captured, self_blend, self_window)
+             c["text_mask"], edit)
         for i in range(layers):
-            attn, h, (out_model, p_model) = seen["cross"][i]
-            q = attn.q_proj(h).view(rows, heads, D)
-            out, p = edited_cross_attention_ref(q, cross_k[i], cross_v[i], c["text_mask"], c["src_row"],
-                                                c["use_captured"], captured[i], c["mapper"], c["alpha"], c["weight"],
-                                                c["window"], blend[:, i], step.scaling)
+            q, (out_model, p_model) = step.cross_attention.calls[i]  # q: the layer's cross q projection
+            out, p = edited_cross_attention_ref(q.view(rows, heads, D), cross_k[i], cross_v[i], c["text_mask"],
+                                                c["src_row"], c["use_captured"], captured[i], c["mapper"], c["alpha"],
+                                                c["weight"], c["window"], blend[:, i], step.scaling)
             torch.testing.assert_close(p, p_model[:, :, 0], atol=1e-6, rtol=1e-5)
-            torch.testing.assert_close(attn.out_proj(out.reshape(rows, 1, heads * D)), out_model, **F32)
+            torch.testing.assert_close(out.reshape(rows, 1, heads * D), out_model, **F32)  # before out_proj
 
-            qkv, (out_model, kv) = seen["self"][i]  # qkv: the layer's q, k, v projections
+            qkv, (out_model, kv) = step.self_attention.calls[i]  # qkv: the layer's q, k, v projections
             q = qkv[..., : heads * D].reshape(rows, heads, D)
             out = decode_self_attention_ref(q, kv[:, 0], kv[:, 1], past_k[i].clone(), past_v[i].clone(),
                                             torch.arange(rows), positions, c["src_row"], self_blend[:, i] * self_window,

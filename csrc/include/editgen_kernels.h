@@ -1,8 +1,8 @@
 /* editgen_kernels: EditGen's CUDA kernels behind a plain C API (C99 and C++, no Python).
  *
  * One call: the Prompt-to-Prompt edited cross-attention of one MusicGen decoder layer
- * for one query position per row, exactly the formula of editgen's DecoderStep
- * (editgen/model/step_module.py, `_cross_attention`; docs/design.md, "The edit"):
+ * for one query position per row, exactly the formula of editgen's decoder step
+ * (editgen/model/attention.py, `EagerCrossAttention`; docs/design.md, "The edit"):
  *
  *   scores = scale * q k^T + (1 - text_mask) * (-FLT_MAX)        additive mask, fp32
  *   p_own  = softmax(scores)                                      [R, H, T]

@@ -27,11 +27,25 @@ def register(sub) -> None:
     g.add_argument("--deadline", type=float, default=300.0, help="seconds a request may take; past it: cancelled, 503")
     g.add_argument("--max-body", type=int, default=64 * 1024, help="largest JSON body in bytes (413)")
     g.add_argument("--max-upload", type=int, default=32 * 1024 * 1024, help="largest audio upload in bytes (413)")
+    g.add_argument("--max-uploads", type=int, default=4,
+                   help="uploads received and decoded at once, each holding a queue place (past it: 429)")
+    g.add_argument("--max-upload-samples", type=int, default=64_000_000,
+                   help="samples an upload may decode to, rate x channels x seconds, checked from its header "
+                        "before decoding (413 audio_too_large)")
+    g.add_argument("--body-timeout", type=float, default=60.0,
+                   help="seconds a request body may take to arrive (408, connection closed)")
+    g.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds a connection may take to send a request's headers (408, connection closed)")
     g.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS,
                    help="longest song a request may ask for or upload (longer than its window: windows)")
-    g.add_argument("--max-capture-mib", type=int, default=512, help="memory for captured sources (LRU)")
+    g.add_argument("--max-capture-mib", type=int, default=512, help="captured sources kept, MiB (LRU)")
+    g.add_argument("--capture-dir", help="keep captures in this directory (atomic files with a checksum: they "
+                                         "survive restarts, and replicas sharing it share them); default: memory")
     g.add_argument("--shutdown-grace", type=float, default=30.0,
-                   help="on SIGTERM/Ctrl-C, seconds in-flight requests get to finish before they are cancelled")
+                   help="on SIGTERM/Ctrl-C, seconds in-flight requests get to finish (new ones get 503) before "
+                        "they are cancelled; exit status 0 after a clean drain, 1 if requests were cancelled")
+    g.add_argument("--allowed-hosts", help="comma-separated Host names answered, * for any (400 otherwise; "
+                                           "default: localhost,127.0.0.1,[::1] when bound to loopback, else any)")
     p.add_argument("--api-key-env", default="EDITGEN_API_KEY",
                    help="environment variable holding the API key; when it is set, /v1 needs it (401)")
     r = p.add_argument_group("Ray Serve (needs the ray extra)")
@@ -44,13 +58,33 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+# The names a loopback server answers by default: a browser reaching it through DNS
+# rebinding sends the attacker's name, which is none of these.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
 def server_config(args):
     from editgen.server.config import ServerConfig
 
     return ServerConfig(max_rows=args.max_rows, queue_size=args.queue, deadline_s=args.deadline,
-                        max_body_bytes=args.max_body, max_upload_bytes=args.max_upload, max_seconds=args.max_seconds,
-                        max_capture_bytes=args.max_capture_mib * 1024 * 1024, shutdown_grace_s=args.shutdown_grace,
-                        api_key=os.environ.get(args.api_key_env) or None)
+                        max_body_bytes=args.max_body, max_upload_bytes=args.max_upload, max_uploads=args.max_uploads,
+                        max_upload_samples=args.max_upload_samples, body_timeout_s=args.body_timeout,
+                        header_timeout_s=args.header_timeout, max_seconds=args.max_seconds,
+                        max_capture_bytes=args.max_capture_mib * 1024 * 1024,
+                        capture_dir=os.path.abspath(args.capture_dir) if args.capture_dir else None,
+                        shutdown_grace_s=args.shutdown_grace, api_key=os.environ.get(args.api_key_env) or None,
+                        allowed_hosts=allowed_hosts(args.allowed_hosts, args.host))
+
+
+def allowed_hosts(flag: str | None, host: str) -> tuple[str, ...] | None:
+    """--allowed-hosts as a tuple; by default the loopback names when bound to loopback
+    (None, any name, otherwise: a public server is reached by names we cannot guess)."""
+    if flag is not None:
+        names = tuple(h.strip() for h in flag.split(",") if h.strip())
+        if not names:
+            raise InvalidRequestError("--allowed-hosts is empty: give host names, or * for any")
+        return names
+    return LOOPBACK_HOSTS if _loopback(host) else None
 
 
 def run(args) -> int:
@@ -72,27 +106,17 @@ def run(args) -> int:
         note(f"serving on {args.host} without an API key: set {args.api_key_env} to require one")
     if args.model and args.model.startswith("random:"):
         note("this model has random weights: timings are real, the audio is not music")
+    if config.capture_dir is not None:
+        from editgen.server.captures import DiskCaptureStore
+
+        DiskCaptureStore(config.capture_dir, config.max_capture_bytes)  # made and writable, before the model loads
     opener = functools.partial(open_backend, model=args.model, engine=os.path.abspath(args.engine) if args.engine
                                else None, backend=args.backend, threads=args.threads)
     if args.ray:
         return _run_ray(opener, config, args)
-    serve_uvicorn(create_app(opener, config), config, host=args.host, port=args.port)
-    return 0
+    from editgen.server import uvicorn_server
 
-
-def serve_uvicorn(app, config, *, host: str, port: int) -> None:
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        def handle_exit(self, sig, frame):
-            # Stop admitting at the signal: keep-alive connections get 503, not a new job.
-            service = getattr(app.state, "service", None)
-            if service is not None:
-                service.scheduler.accepting = False
-            super().handle_exit(sig, frame)
-
-    Server(uvicorn.Config(app, host=host, port=port, lifespan="on", log_level="info",
-                          timeout_graceful_shutdown=max(1, int(config.shutdown_grace_s)))).run()
+    return uvicorn_server.run(create_app(opener, config), config, host=args.host, port=args.port)
 
 
 def _run_ray(opener, config, args) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 from math import gcd
 from pathlib import Path
 from typing import Iterable
@@ -85,33 +84,11 @@ def read_clip(path: str | Path, max_seconds: float = DEFAULT_MAX_SECONDS) -> Cli
     return _decode(str(path), str(path))
 
 
-# An upload's header is checked before decoding: a few bytes may claim hours of audio,
-# a huge rate or thousands of channels, and decoding would allocate all of it.
-MAX_UPLOAD_RATE = 384_000
-MAX_UPLOAD_CHANNELS = 16
-
-
-def read_clip_bytes(data: bytes, name: str, max_seconds: float) -> Clip:
-    """An uploaded file (bytes) -> Clip, as read_clip; `name` is what messages call it.
-    Refuses, before decoding, a clip longer than `max_seconds`."""
-    if not data:
-        raise AudioError(f"audio {name} is empty: upload a WAV, FLAC or OGG file")
-    try:
-        info = sf.info(io.BytesIO(data))
-    except Exception as exc:  # LibsndfileError / RuntimeError / TypeError, depending on version
-        raise AudioError(f"cannot read audio {name}: {_reason(exc)} (give a WAV, FLAC or OGG file)") from None
-    if not (0 < info.samplerate <= MAX_UPLOAD_RATE) or not (0 < info.channels <= MAX_UPLOAD_CHANNELS):
-        raise AudioError(f"audio {name} claims {info.samplerate} Hz and {info.channels} channels: give a file "
-                         f"of at most {MAX_UPLOAD_RATE} Hz and {MAX_UPLOAD_CHANNELS} channels")
-    check_length(info.frames / info.samplerate, max_seconds, name)
-    return _decode(io.BytesIO(data), name)
-
-
 def _decode(source, name: str) -> Clip:
     try:
         data, rate = sf.read(source, dtype="float32", always_2d=True)
     except (sf.SoundFileError, RuntimeError, TypeError, ValueError) as exc:
-        raise AudioError(f"cannot read audio {name}: {_reason(exc)} (give a WAV, FLAC or OGG file)") from None
+        raise AudioError(f"cannot read audio {name}: {sndfile_reason(exc)} (give a WAV, FLAC or OGG file)") from None
     # data: [n, channels]; a plain mean keeps the level of a centred stereo mix.
     samples = np.ascontiguousarray(data.mean(axis=1), dtype=np.float32)
     if samples.size == 0:
@@ -121,7 +98,7 @@ def _decode(source, name: str) -> Clip:
     return Clip(name, samples, int(rate), int(data.shape[1]), np.ascontiguousarray(data.T))
 
 
-def _reason(exc: BaseException) -> str:
+def sndfile_reason(exc: BaseException) -> str:
     """libsndfile's reason without its "Error opening <file object at 0x...>: " prefix."""
     line = first_line(exc)
     return line.split(">: ", 1)[1] if line.startswith("Error opening <") and ">: " in line else line
@@ -134,14 +111,19 @@ def model_channels(clip: Clip, channels: int) -> tuple[np.ndarray, str | None]:
     mono model, or a file with more channels than two, gets the mix (mean of channels)."""
     if clip.channels == channels:
         return clip.data, None
+    return np.repeat(clip.samples[None], channels, axis=0), channel_note(clip.path, clip.channels, channels)
+
+
+def channel_note(path: str, file_channels: int, channels: int) -> str | None:
+    """What model_channels did to a file of `file_channels` for a model of `channels`."""
+    if file_channels == channels:
+        return None
     if channels == 1:
-        return clip.samples[None], f"audio {clip.path} has {clip.channels} channels: mixed down to mono (the model is mono)"
-    if clip.channels == 1:
-        note = f"audio {clip.path} is mono: the same audio on both channels of the stereo model"
-    else:
-        note = (f"audio {clip.path} has {clip.channels} channels: mixed down to mono and used for both channels "
-                "of the stereo model")
-    return np.repeat(clip.samples[None], channels, axis=0), note
+        return f"audio {path} has {file_channels} channels: mixed down to mono (the model is mono)"
+    if file_channels == 1:
+        return f"audio {path} is mono: the same audio on both channels of the stereo model"
+    return (f"audio {path} has {file_channels} channels: mixed down to mono and used for both channels "
+            "of the stereo model")
 
 
 def prepare_source(clip: Clip, shapes) -> tuple[np.ndarray, list[str]]:
@@ -171,9 +153,14 @@ def read_mono(path: str | Path) -> tuple[np.ndarray, int]:
 
 
 def check_not_silent(clip: Clip, why: str) -> None:
-    loudest = max_frame_dbfs(clip.samples)
+    check_loud(clip.samples, clip.path, why)
+
+
+def check_loud(samples: np.ndarray, path: str, why: str) -> None:
+    """samples: mono float32 [n]; an AudioError if its loudest frame is below SILENCE_DBFS."""
+    loudest = max_frame_dbfs(samples)
     if loudest < SILENCE_DBFS:
-        raise AudioError(f"audio {clip.path} is silent (loudest frame {loudest:.1f} dBFS, below "
+        raise AudioError(f"audio {path} is silent (loudest frame {loudest:.1f} dBFS, below "
                          f"{SILENCE_DBFS:.0f} dBFS): {why}")
 
 

@@ -52,21 +52,6 @@ STEP_EDIT_INPUTS = tuple(f"edit_{f.name}" for f in dataclasses.fields(EditStepIn
 STEP_OUTPUTS = ("logits", "new_kv", "cross_attn")
 
 
-# The segmented step of the int8-KV engine (editgen.model.step_segments): the edit inputs a
-# segment reads are the cross-attention's; self-injection is applied by the attention
-# kernel between segments.
-SEGMENT_EDIT_INPUTS = ("edit_src_row", "edit_mapper", "edit_alpha", "edit_weight", "edit_window", "edit_blend",
-                       "edit_use_captured", "edit_captured")
-
-
-def segment_io(index: int, num_layers: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Input and output names of segment `index` (0..num_layers) of the segmented step."""
-    if index == 0:
-        return ("codes", "positions"), ("x", "qkv")
-    inputs = ("x", "attn", "cross_key", "cross_value", "text_mask", *SEGMENT_EDIT_INPUTS)
-    return inputs, (("logits", "cross_attn") if index == num_layers else ("x_next", "qkv", "cross_attn"))
-
-
 def step_kv_names(num_layers: int) -> tuple[str, ...]:
     """The decoder-step graph's per-layer K/V inputs, in graph order: past_key_0,
     past_value_0, ..., past_value_{L-1} [rows, heads, positions, head_dim], then
@@ -164,7 +149,10 @@ class Backend(Protocol):
     def decode_audio(self, codes: np.ndarray) -> np.ndarray:
         """codes: [n, K, frames] -> waveforms [n, channels, samples] float32 at
         shapes.sample_rate, channels = shapes.audio_channels (stereo: codebooks 0, 2, 4, 6
-        decode the left channel, 1, 3, 5, 7 the right, each with the mono EnCodec)."""
+        decode the left channel, 1, 3, 5, 7 the right, each with the mono EnCodec). A
+        backend whose class sets `prefix_decode_exact = True` promises that the first f
+        frames of a clip decode to the whole clip's samples bit for bit, but for the
+        codec's look-ahead (editgen.server.audio_stream)."""
 
     def encode_audio(self, wav: np.ndarray) -> np.ndarray:
         """wav: [channels, samples] float32 at shapes.sample_rate, channels =

@@ -11,13 +11,22 @@ from editgen.engine.windows import DEFAULT_CONTEXT_SECONDS, DEFAULT_MAX_SECONDS,
 from editgen.errors import InvalidRequestError, TooLongError, WindowError
 
 
+# Guidance scales above this are refused. MusicGen's default is 3 and published settings
+# stay below 10. The guided logits, uncond + (cond - uncond) x scale, are computed in
+# float32 and grow linearly with the scale: far past 10 sampling is argmax of the
+# difference whatever the temperature, and near float32's range (1e308 was accepted
+# once) they overflow to inf and NaN and the codes are degenerate. 100 leaves ten times
+# the useful range for experiments and keeps every guided logit finite.
+MAX_GUIDANCE = 100.0
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class GenerationOptions:
     seconds: float = option(8.0, kind="number",
                             help="duration of the audio; rounded to the nearest frame (20 ms), at least 0.08 s, at "
                                  "most the configured maximum (600 s by default); longer than a window: windows")
     guidance_scale: float = option(3.0, kind="number", name="guidance",
-                                   help="classifier-free guidance scale (<= 1: off, no null-text rows)")
+                                   help="classifier-free guidance scale (<= 1: off, no null-text rows; at most 100)")
     top_k: int = option(250, kind="integer", help="sample from the K most likely codes of each codebook")
     temperature: float = option(1.0, kind="number", help="sampling temperature (> 0)")
     greedy: bool = option(False, kind="switch", help="argmax instead of sampling")
@@ -34,8 +43,9 @@ class GenerationOptions:
     def __post_init__(self):
         if not isinstance(self.seconds, (int, float)) or not math.isfinite(self.seconds) or self.seconds <= 0:
             raise InvalidRequestError(f"seconds must be a positive number, got {self.seconds}")
-        if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
-            raise InvalidRequestError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+        if not math.isfinite(self.guidance_scale) or not 0 <= self.guidance_scale <= MAX_GUIDANCE:
+            raise InvalidRequestError(f"guidance_scale must be in [0, {MAX_GUIDANCE:g}], got {self.guidance_scale} "
+                                      "(MusicGen's default is 3)")
         if not isinstance(self.top_k, int) or self.top_k < 1:
             raise InvalidRequestError(f"top_k must be a positive integer, got {self.top_k}")
         if not math.isfinite(self.temperature) or self.temperature <= 0:

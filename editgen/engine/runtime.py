@@ -13,19 +13,19 @@ def open_backend(*, model: str | None = None, engine: str | None = None, backend
     """`model` (a checkpoint, hub id or random:<preset>) runs on the torch backend, or with
     backend="triton" on the fused Triton kernels (CUDA; on CPU only under
     TRITON_INTERPRET=1, slow); `engine` (an exported directory) runs on onnxruntime: an
-    int8 export on CPU with its int8 KV cache (editgen.engine.backends.ort_segmented) where
-    the kernel builds, else its standard step. `threads`: onnxruntime intra-op threads
-    (default: one per core)."""
+    int8 export on CPU with the path its export measured fastest where the CPU kernels
+    build here (editgen.engine.backends.int8_step_backend.use_int8_step), else its
+    standard step. `threads`: intra-op threads (default: one per core)."""
     if (model is None) == (engine is None):
         raise InvalidRequestError("give exactly one of --model (checkpoint) or --engine (exported directory)")
     if engine is not None:
         kind = backend or "ort"
         if kind == "ort":
+            from editgen.engine.backends.int8_step_backend import Int8StepBackend, use_int8_step
             from editgen.engine.backends.ort_backend import OrtBackend
-            from editgen.engine.backends.ort_segmented import SegmentedOrtBackend, use_segmented
 
-            if use_segmented(engine):  # an int8 export on CPU: the int8 KV cache
-                return SegmentedOrtBackend(engine, threads=threads)
+            if use_int8_step(engine):  # an int8 export on CPU: the whole step in C++
+                return Int8StepBackend(engine, threads=threads)
             return OrtBackend(engine, threads=threads)
         raise InvalidRequestError(f"backend {kind!r} cannot run an exported directory: use ort")
     kind = backend or "torch"

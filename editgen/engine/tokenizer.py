@@ -96,10 +96,37 @@ class TokenizedPrompt:
         return tuple(inside) if inside and covered == end - start else None
 
 
+# Code points no text field takes: unpaired UTF-16 surrogates (JSON's "\ud800" decodes to
+# one; the tokenizer cannot encode it as UTF-8), NUL, and Unicode's 66 noncharacters
+# (U+FDD0..U+FDEF and the last two of every plane), which no text is meant to contain.
+_BAD_CODE_POINT = re.compile("[\x00\ud800-\udfff\ufdd0-\ufdef" + "".join(
+    f"{chr(p * 0x10000 + 0xFFFE)}{chr(p * 0x10000 + 0xFFFF)}" for p in range(17)) + "]")
+
+
+def text_problem(text: str) -> str | None:
+    """What makes `text` unfit for a text field (the first bad code point and where),
+    or None."""
+    bad = _BAD_CODE_POINT.search(text)
+    if bad is None:
+        return None
+    point = ord(bad.group())
+    what = ("an unpaired UTF-16 surrogate" if 0xD800 <= point <= 0xDFFF
+            else "a NUL character" if point == 0 else "a Unicode noncharacter")
+    return f"contains {what} (U+{point:04X}) at character {bad.start()}: send plain Unicode text"
+
+
+def check_text(text: str, name: str) -> None:
+    """An InvalidRequestError naming `name` if `text` holds a code point text_problem refuses."""
+    problem = text_problem(text)
+    if problem is not None:
+        raise InvalidRequestError(f"{name} {problem}")
+
+
 def check_prompt(prompt: str, name: str = "prompt") -> None:
     """The checks that need no tokenizer, so callers can run them before a model loads."""
     if not isinstance(prompt, str):
         raise InvalidRequestError(f"{name} must be text, got {type(prompt).__name__}")
+    check_text(prompt, name)
     if not prompt.strip():
         raise InvalidRequestError(f"{name} is empty: give a text description")
 

@@ -16,8 +16,8 @@ from torch import nn
 
 from editgen.engine.config import ModelShapes
 from editgen.engine.contract import DYNAMIC_AXES, STEP_EDIT_INPUTS, STEP_OUTPUTS, step_input_names, step_kv_names
-from editgen.engine.edit.step_inputs import EditStepInputs
 from editgen.model.codec import decode_codes, encode_audio
+from editgen.model.edit_tensors import EditTensors
 from editgen.model.step_module import CrossKV, DecoderStep
 
 __all__ = ["DYNAMIC_AXES", "GraphDef", "graph_defs", "step_input_names"]
@@ -69,8 +69,9 @@ class StepGraph(nn.Module):
     """The exported decoder step: DecoderStep with flat inputs (step_input_names): codes,
     positions, 2 * layers self-attention K/V tensors [rows, heads, positions, head_dim]
     (K, V per layer), 2 * layers cross K/V tensors [rows, heads, T, head_dim], text_mask,
-    the edit tensors. No input is sliced in the graph: every consumer of a K/V input is
-    the attention's matmul (tests/test_onnx.py checks the graph)."""
+    the edit tensors (EditTensors' fields, in the contract's order). No input is sliced in
+    the graph: every consumer of a K/V input is the attention's matmul (tests/test_onnx.py
+    checks the graph)."""
 
     def __init__(self, step: DecoderStep, num_layers: int):
         super().__init__()
@@ -80,7 +81,8 @@ class StepGraph(nn.Module):
     def forward(self, codes, positions, *rest):
         n = 2 * self.num_layers
         past, cross, (text_mask, *edit) = rest[:n], rest[n:2 * n], rest[2 * n:]
-        return self.step(codes, positions, past[0::2], past[1::2], cross[0::2], cross[1::2], text_mask, *edit)
+        return self.step(codes, positions, past[0::2], past[1::2], cross[0::2], cross[1::2], text_mask,
+                         EditTensors(*edit))
 
 
 def example_text_mask(rows: int, T: int) -> torch.Tensor:
@@ -94,8 +96,8 @@ def example_text_mask(rows: int, T: int) -> torch.Tensor:
 
 def identity_edit(rows: int, shapes: ModelShapes, names: tuple[str, ...]) -> tuple[torch.Tensor, ...]:
     """The engine's identity edit inputs (EditStepInputs.identity) under graph input `names`."""
-    feed = EditStepInputs.identity(rows, shapes.max_text_tokens, shapes.num_layers, shapes.num_heads).as_feed()
-    return tuple(torch.from_numpy(feed[name]) for name in names)
+    edit = EditTensors.identity(rows, shapes)
+    return tuple(getattr(edit, name.removeprefix("edit_")) for name in names)
 
 
 @dataclasses.dataclass
@@ -150,19 +152,21 @@ def graph_defs(model, shapes: ModelShapes, prompts: tuple[tuple, ...]) -> list[G
         keep = mask[:, None, :, None].float()
         cross = tuple(randn(rows, H, T, D) * keep for _ in range(2 * L))
         kv = (*past, *cross)
-        if not edited:  # identity edit inputs (plain generation)
-            return (codes, positions, *kv, mask, *identity_edit(rows, s, STEP_EDIT_INPUTS))
-        src = torch.arange(rows)
-        src[1:rows_cond] = torch.randint(0, rows_cond, (rows_cond - 1,), generator=gen)
-        mapper = torch.softmax(randn(rows, T, T) * 3, dim=-1)  # row-stochastic
-        use_captured = torch.zeros(rows)
-        use_captured[rows_cond - 1] = 1.0
-        captured = torch.softmax(randn(L, rows, H, T), dim=-1)
-        self_window = torch.ones(rows)
-        self_window[0] = 0.0
-        return (codes, positions, *kv, mask, src, mapper,
-                (rand(rows, T) > 0.5).float(), rand(rows, T) * 4 - 2, (rand(rows, T) > 0.5).float(),
-                rand(rows, L), use_captured, captured, rand(rows, L), self_window)
+        edit = EditTensors.identity(rows, s)  # plain generation; an edited example overrides fields
+        if edited:
+            src = torch.arange(rows)
+            src[1:rows_cond] = torch.randint(0, rows_cond, (rows_cond - 1,), generator=gen)
+            mapper = torch.softmax(randn(rows, T, T) * 3, dim=-1)  # row-stochastic
+            use_captured = torch.zeros(rows)
+            use_captured[rows_cond - 1] = 1.0
+            captured = torch.softmax(randn(L, rows, H, T), dim=-1)
+            self_window = torch.ones(rows)
+            self_window[0] = 0.0
+            edit = edit._replace(src_row=src, mapper=mapper, alpha=(rand(rows, T) > 0.5).float(),
+                                 weight=rand(rows, T) * 4 - 2, window=(rand(rows, T) > 0.5).float(),
+                                 blend=rand(rows, L), use_captured=use_captured, captured=captured,
+                                 self_blend=rand(rows, L), self_window=self_window)
+        return (codes, positions, *kv, mask, *edit)
 
     def step_examples():
         return [step_example(4, 12, (7, 7, 3, 11), edited=True),

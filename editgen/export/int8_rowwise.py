@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+METHOD_NOTE = "int8 weights (7 bits, one scale per output column), activations quantized per row"
 EPS = 1e-30  # an all-zero row quantizes to zeros instead of dividing by zero
 ZERO_POINT = 128
 WEIGHT_MAX = 63  # 2 * 255 * WEIGHT_MAX must fit int16 (see above)

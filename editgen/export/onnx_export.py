@@ -17,12 +17,13 @@ weights and compute, keeping their float inputs/outputs fp32 (so the runtime and
 cache are the same for every export) and Softmax in fp32; T5 (fp16 overflow) and EnCodec
 stay fp32. `quantize="int8"` replaces decoder_step with a graph whose weight matmuls are
 int8 (editgen.export.quantize) and records its agreement with fp32 in the manifest; it
-also writes the segmented step of the int8-KV engine (editgen.export.segments).
+also writes the weights of the CPU int8 step (editgen.export.int8_step), measures its
+agreement and the step time of both CPU paths, and records which one the engine runs.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import tempfile
 import time
 import warnings
@@ -33,23 +34,20 @@ import numpy as np
 import onnx
 import torch
 
-from editgen.engine.manifest import FORMAT_VERSION, MANIFEST_FILE, TensorSpec
+from editgen.engine.manifest import EXPORT_DTYPES, QUANTIZE, GraphInfo, Manifest, TensorSpec
 from editgen.errors import InvalidRequestError, first_line
 from editgen.export.graphs import DYNAMIC_AXES, GraphDef, encodec_min_samples, graph_defs
 from editgen.export.validate import TOLERANCE, check, cpu_session, max_errors
-from editgen.version import __version__
 
 OPSET = 17
-DTYPES = ("fp32", "fp16")
-QUANTIZE = ("int8",)
 TOKENIZER_FILE = "tokenizer.json"
 EXTERNAL_DATA_BYTES = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GB limit, with headroom
 EXAMPLE_PROMPTS = ("lofi piano with warm drums", "80s pop track with bassy drums and synth")
 
 
 def check_options(dtype: str, quantize: str | None) -> None:
-    if dtype not in DTYPES:
-        raise InvalidRequestError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    if dtype not in EXPORT_DTYPES:
+        raise InvalidRequestError(f"dtype {dtype!r} is not one of {', '.join(EXPORT_DTYPES)}")
     if quantize is not None and quantize not in QUANTIZE:
         raise InvalidRequestError(f"quantize {quantize!r} is not one of {', '.join(QUANTIZE)}")
     if quantize == "int8" and dtype != "fp32":
@@ -58,7 +56,7 @@ def check_options(dtype: str, quantize: str | None) -> None:
 
 def export_engine(loaded, out_dir: str | Path, *, dtype: str = "fp32", quantize: str | None = None,
                   log: Callable[[str], None] = print,
-                  external_data_bytes: int = EXTERNAL_DATA_BYTES) -> dict:
+                  external_data_bytes: int = EXTERNAL_DATA_BYTES) -> Manifest:
     """Export `loaded` (a LoadedMusicgen) into `out_dir` (created; files in it replaced).
 
     The caller makes the directory atomic (editgen.cli.outputs.atomic_dir). Returns the
@@ -72,51 +70,46 @@ def export_engine(loaded, out_dir: str | Path, *, dtype: str = "fp32", quantize:
     graphs = {}
     for gd in graph_defs(loaded.model, shapes, prompts):
         start = time.perf_counter()
-        graphs[gd.name] = export_graph(gd, out, dtype if gd.dtype_follows_export else "fp32", external_data_bytes)
-        log(f"  {gd.name:<15} {graphs[gd.name]['dtype']}  {_describe(graphs[gd.name])}  "
-            f"({time.perf_counter() - start:.1f} s)")
+        entry = export_graph(gd, out, dtype if gd.dtype_follows_export else "fp32", external_data_bytes)
+        graphs[gd.name] = GraphInfo.from_dict(gd.name, entry, "the export")
+        log(f"  {gd.name:<15} {entry['dtype']}  {_describe(entry)}  ({time.perf_counter() - start:.1f} s)")
     (out / TOKENIZER_FILE).write_text(loaded.tokenizer_json, encoding="utf-8")
-    manifest = {
-        "format_version": FORMAT_VERSION, "editgen_version": __version__, "model": loaded.name,
-        "is_random": bool(loaded.is_random), "dtype": dtype, "quantize": quantize, "opset": OPSET,
-        "exporter": f"torch {torch.__version__} (TorchScript, dynamo=False), onnx {onnx.__version__}, "
-                    f"onnxruntime {_ort_version()}",
-        "shapes": shapes.to_dict(), "tokenizer": TOKENIZER_FILE, "dynamic_axes": DYNAMIC_AXES,
-        "graphs": graphs, "encodec": {"min_samples": encodec_min_samples(shapes)},
-    }
-    write_manifest(out, manifest)
+    manifest = Manifest(
+        model=loaded.name, is_random=bool(loaded.is_random), dtype=dtype, quantize=quantize, opset=OPSET,
+        exporter=f"torch {torch.__version__} (TorchScript, dynamo=False), onnx {onnx.__version__}, "
+                 f"onnxruntime {_ort_version()}",
+        shapes=shapes, tokenizer=TOKENIZER_FILE, dynamic_axes=DYNAMIC_AXES, graphs=graphs,
+        encodec_min_samples=encodec_min_samples(shapes))
+    manifest.write(out)
     if quantize == "int8":
-        from editgen.export.quantize import quantize_engine_int8
-        from editgen.export.segments import export_segments, segments_agreement
+        from editgen.export.int8_codec import codec_agreement, codec_line, export_int8_codec
+        from editgen.export.int8_step import export_int8_step, measure_paths
+        from editgen.export.quantize import quantize_engine_int8, replace_with_int8
 
-        manifest["segments"] = export_segments(loaded.model, shapes, out, log)
-        write_manifest(out, manifest)  # the segmented engine reads it to check itself
+        manifest = dataclasses.replace(manifest, int8_step=export_int8_step(loaded.model, shapes, out, log),
+                                       int8_codec=export_int8_codec(loaded.model, shapes, out, log))
+        manifest.write(out)  # the int8 codec reads it to measure itself
+        codec = {**manifest.int8_codec, "agreement": codec_agreement(out)}
+        manifest = dataclasses.replace(manifest, int8_codec=codec)
+        log(f"  {codec_line(codec)}")
+        manifest.write(out)
         start = time.perf_counter()
-        report = manifest["segments"]["agreement"] = segments_agreement(out)
-        if "skipped" in report:
-            log(f"  step segments   int8 KV agreement not measured: {report['skipped']}")
-        else:
-            log(f"  step segments   int8 KV: teacher-forced token agreement "
-                f"{report['teacher_forced_token_agreement']:.4f}, free-running {report['free_running_token_agreement']:.4f}, "
-                f"max logit error {report['max_logit_error']:.3g} ({time.perf_counter() - start:.1f} s)")
-
-        start = time.perf_counter()
-        quantize_engine_int8(out, manifest, external_data_bytes)
-        report = manifest["int8"]
+        report = quantize_engine_int8(out, manifest.graphs["decoder_step"], external_data_bytes)
+        manifest = dataclasses.replace(manifest, int8=report)
         log(f"  decoder_step    int8  method {report['method']}: teacher-forced token agreement "
             f"{report['teacher_forced_token_agreement']:.4f}, free-running "
             f"{report['free_running_token_agreement']:.4f} over {report['steps']} steps, "
             f"max logit error {report['max_logit_error']:.3g} ({time.perf_counter() - start:.1f} s)")
-        write_manifest(out, manifest)
+        manifest = dataclasses.replace(manifest, int8_step={**manifest.int8_step, **measure_paths(out, log)})
+        step = replace_with_int8(out, manifest.graphs["decoder_step"])
+        manifest = dataclasses.replace(manifest, graphs={**manifest.graphs, "decoder_step": step})
+        manifest.write(out)
     return manifest
 
 
-def write_manifest(out: Path, manifest: dict) -> None:
-    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-
-
 def export_graph(gd: GraphDef, out: Path, dtype: str, external_data_bytes: int = EXTERNAL_DATA_BYTES) -> dict:
-    """Export, (convert,) save and validate one graph; returns its manifest entry."""
+    """Export, (convert,) save and validate one graph; returns its manifest entry
+    (GraphInfo.to_dict's form: GraphInfo.from_dict checks it)."""
     examples = gd.examples()
     with tempfile.TemporaryDirectory(prefix=f".{gd.name}.", dir=out) as tmp:
         raw = Path(tmp) / gd.file

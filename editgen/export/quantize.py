@@ -21,6 +21,7 @@ for AGREEMENT_STEPS steps, two ways:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from editgen.engine.generate import generate_codes
+from editgen.engine.manifest import GraphInfo
 from editgen.engine.options import GenerationOptions
 from editgen.engine.sampling import classifier_free_guidance
 
@@ -58,27 +60,31 @@ def quantize_step_graph(src: Path, dst: Path, method: str = METHOD, *, external_
         raise ValueError(f"unknown int8 method {method!r}: one of {METHODS}")
 
 
-def quantize_engine_int8(out: Path, manifest: dict, external_data_bytes: int, method: str = METHOD) -> None:
-    """Quantize out/decoder_step.onnx in place; update `manifest` (graph entry, "int8")."""
-    entry = manifest["graphs"]["decoder_step"]
-    src = out / entry["file"]
-    fp32_bytes = sum((out / f).stat().st_size for f in (entry["file"], entry.get("data_file")) if f)
+def quantize_engine_int8(out: Path, step: GraphInfo, external_data_bytes: int, method: str = METHOD) -> dict:
+    """Write the int8 step beside the decoder step `step` of `out` (INT8_FILE); returns the
+    manifest's "int8" report (its agreement with fp32). `replace_with_int8` then makes it
+    the engine's decoder_step."""
+    fp32_bytes = sum((out / f).stat().st_size for f in (step.file, step.data_file) if f)
     external = fp32_bytes // 4 > external_data_bytes  # int8 weights are about 1/4 of fp32
-    quantize_step_graph(src, out / INT8_FILE, method, external_data=external)
-    report = agreement(out, INT8_FILE)
-    # The int8 graph becomes the engine's decoder_step; the fp32 one is not kept.
-    for name in (entry["file"], entry.get("data_file")):
+    quantize_step_graph(out / step.file, out / INT8_FILE, method, external_data=external)
+    return {"method": method, "bits": 8, "block_size": BLOCK_SIZE if method == "matmul_nbits" else None,
+            **agreement(out, INT8_FILE)}
+
+
+def replace_with_int8(out: Path, step: GraphInfo) -> GraphInfo:
+    """The int8 graph becomes the engine's decoder_step (the fp32 one is not kept); returns
+    its manifest entry."""
+    for name in (step.file, step.data_file):
         if name:
             (out / name).unlink()
-    os.replace(out / INT8_FILE, out / entry["file"])
+    os.replace(out / INT8_FILE, out / step.file)
     data_file = None
     if (out / (INT8_FILE + ".data")).exists():
-        data_file = entry["file"] + ".data"
-        _rename_external_data(out / entry["file"], INT8_FILE + ".data", data_file)
-    entry.update(quantize="int8", data_file=data_file)
-    entry["validation"]["note"] = "errors of the fp32 graph before quantization; int8 vs fp32: manifest int8"
-    manifest["int8"] = {"method": method, "bits": 8, "block_size": BLOCK_SIZE if method == "matmul_nbits" else None,
-                        **report}
+        data_file = step.file + ".data"
+        _rename_external_data(out / step.file, INT8_FILE + ".data", data_file)
+    validation = {**step.validation,
+                  "note": "errors of the fp32 graph before quantization; int8 vs fp32: manifest int8"}
+    return dataclasses.replace(step, quantize="int8", data_file=data_file, validation=validation)
 
 
 def _rename_external_data(model_path: Path, old: str, new: str) -> None:

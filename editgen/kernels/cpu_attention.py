@@ -1,100 +1,16 @@
 """Decode self-attention over an int8 K/V cache on the CPU: the C++ kernel
-(cpu/kv8_attention.cc, its formula and layout in the file's header), built on first use,
-and its numpy reference.
-
-Torch-free (the ORT engine uses it). The kernel is compiled with the system's C++
-compiler (`$CXX`, else `c++`) with -march=native and its own worker threads, once per source, compiler
-and CPU, into `$EDITGEN_CACHE_DIR/kernels` (default ~/.cache/editgen/kernels), and
-loaded with ctypes: no onnxruntime headers are needed and nothing is compiled at install.
+(cpu/kv8_attention.h, its formula and layout in the file's header; built on first use by
+editgen.kernels.cpu_library), and its numpy reference. Torch-free.
 """
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
-
 import numpy as np
 
-from editgen.errors import EditGenError
+from editgen.kernels.cpu_library import load
 
-SOURCE = Path(__file__).with_name("cpu") / "kv8_attention.cc"
-FLAGS = ("-O3", "-march=native", "-pthread", "-shared", "-fPIC", "-std=c++17", "-w")
 HEAD_DIMS = (16, 32, 64, 128)  # the kernel's specializations (MusicGen: 64; random:tiny: 16)
 BLOCK = 16  # positions per transposed K block
-
-
-class KernelBuildError(EditGenError):
-    """The CPU attention kernel cannot be compiled or loaded here."""
-
-    code = "kernel_unavailable"
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("EDITGEN_CACHE_DIR") or Path.home() / ".cache" / "editgen"
-    return Path(root) / "kernels"
-
-
-def _cpu_id() -> str:
-    """What -march=native depends on: the CPU's model and flags."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    keep = [line for line in info.splitlines() if line.startswith(("model name", "flags"))][:2]
-    return "\n".join(keep)
-
-
-@functools.lru_cache(maxsize=1)
-def load() -> ctypes.CDLL:
-    """The compiled kernel library (built on first call). KernelBuildError when there is no
-    compiler or the build fails."""
-    compiler = os.environ.get("CXX", "c++")
-    if shutil.which(compiler) is None:
-        raise KernelBuildError(f"no C++ compiler {compiler!r} for the int8 KV attention kernel: install g++ "
-                               "(or set CXX), or run the engine's standard step")
-    source = SOURCE.read_bytes()
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256(source + repr((FLAGS, version, _cpu_id())).encode()).hexdigest()[:16]
-    lib = cache_dir() / f"kv8_attention-{key}.so"
-    if not lib.is_file():
-        lib.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:
-            out = Path(tmp) / lib.name
-            done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(out)], capture_output=True, text=True)
-            if done.returncode != 0:
-                lines = done.stderr.strip().splitlines() or ["no output"]
-                first = next((line for line in lines if "error" in line), lines[-1])
-                raise KernelBuildError(f"building the int8 KV attention kernel with {compiler} failed: {first.strip()}")
-            os.replace(out, lib)  # atomic: concurrent first uses both end with a whole file
-    try:
-        dll = ctypes.CDLL(str(lib))
-    except OSError as exc:
-        raise KernelBuildError(f"cannot load the int8 KV attention kernel {lib}: {exc}") from None
-    p = ctypes.c_void_p
-    dll.editgen_kv8_attention.argtypes = [ctypes.c_int] * 5 + [p] * 11 + [ctypes.c_int]
-    dll.editgen_kv8_attention.restype = ctypes.c_int
-    return dll
-
-
-@functools.lru_cache(maxsize=1)
-def build_error() -> str | None:
-    """Why the kernel cannot be used here (one line), or None. Tried once per process."""
-    try:
-        load()
-    except KernelBuildError as exc:
-        return str(exc)
-    return None
-
-
-def available() -> bool:
-    return build_error() is None
 
 
 def _ptr(a: np.ndarray, dtype, name: str) -> int:
@@ -159,7 +75,7 @@ def scale_positions(scale: np.ndarray) -> np.ndarray:
 
 def kv8_attention_ref(qkv, positions, src_row, self_b, k8, kscale, v8, vscale) -> np.ndarray:
     """The kernel's output (float64 [R, 1, hidden]) for rows 0..R-1, as the formula in
-    cpu/kv8_attention.cc says, without the cache write."""
+    cpu/kv8_attention.h says, without the cache write."""
     rows, heads, head_dim = qkv.shape[0], k8.shape[2], k8.shape[3]
     q, k_new, v_new = qkv.reshape(rows, 3, heads, head_dim).astype(np.float64).transpose(1, 0, 2, 3)
     keys = k_positions(k8).astype(np.float64) * scale_positions(kscale)[..., None]

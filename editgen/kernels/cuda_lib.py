@@ -91,7 +91,7 @@ class CudaKernels:
     def edited_cross_attention(self, *, q, k, v, text_mask, src_row, use_captured, captured, mapper,
                                alpha, weight, window, keep, scale: float, probs: bool = True):
         """The edited cross-attention of one decoder layer (formula: the C header; the same
-        as DecoderStep._cross_attention). Shapes (R rows, H heads, T tokens, D head_dim):
+        as EagerCrossAttention in editgen.model.attention). Shapes (R rows, H heads, T tokens, D head_dim):
 
             q [R, H, D]; k, v [R, H, T, D]; text_mask [R, T] (1 valid, 0 padding);
             src_row [R] int64; use_captured [R]; captured [R, H, T]; mapper [R, T, T];
@@ -102,28 +102,9 @@ class CudaKernels:
         written asynchronously on the current stream, like any torch op."""
         import torch
 
-        if not isinstance(q, torch.Tensor) or q.dim() != 3:
-            raise ValueError(f"q must be a tensor [rows, heads, head_dim], got {_describe(q)}")
-        rows, heads, head_dim = q.shape
-        tokens = k.shape[2] if isinstance(k, torch.Tensor) and k.dim() == 4 else -1
-        if tokens < 0:
-            raise ValueError(f"k must be a tensor [rows, heads, tokens, head_dim], got {_describe(k)}")
-        expected = {
-            "q": (q, (rows, heads, head_dim), torch.float32),
-            "k": (k, (rows, heads, tokens, head_dim), torch.float32),
-            "v": (v, (rows, heads, tokens, head_dim), torch.float32),
-            "text_mask": (text_mask, (rows, tokens), torch.float32),
-            "src_row": (src_row, (rows,), torch.int64),
-            "use_captured": (use_captured, (rows,), torch.float32),
-            "captured": (captured, (rows, heads, tokens), torch.float32),
-            "mapper": (mapper, (rows, tokens, tokens), torch.float32),
-            "alpha": (alpha, (rows, tokens), torch.float32),
-            "weight": (weight, (rows, tokens), torch.float32),
-            "window": (window, (rows, tokens), torch.float32),
-            "keep": (keep, (rows,), torch.float32),
-        }
-        for name, (tensor, shape, dtype) in expected.items():
-            _check(name, tensor, shape, dtype, q.device)
+        tensors = dict(q=q, k=k, v=v, text_mask=text_mask, src_row=src_row, use_captured=use_captured,
+                       captured=captured, mapper=mapper, alpha=alpha, weight=weight, window=window, keep=keep)
+        rows, heads, tokens, head_dim = check_cross_arguments(**tensors)
         if not torch.cuda.is_available():
             raise CudaLibraryError("no CUDA device (torch.cuda.is_available() is False): the CUDA kernel library "
                                    "runs only on an NVIDIA GPU; on CPU use the torch backend")
@@ -134,9 +115,41 @@ class CudaKernels:
 
         args = CrossArgs(rows=rows, heads=heads, tokens=tokens, head_dim=head_dim, scale=float(scale),
                          out=out.data_ptr(), probs=used.data_ptr() if probs else None,
-                         **{name: tensor.data_ptr() for name, (tensor, _, _) in expected.items()})
+                         **{name: tensor.data_ptr() for name, tensor in tensors.items()})
         self.call(args, torch.cuda.current_stream(q.device).cuda_stream)
         return out, used
+
+
+def check_cross_arguments(*, q, k, v, text_mask, src_row, use_captured, captured, mapper, alpha, weight, window,
+                          keep) -> tuple[int, int, int, int]:
+    """What edited_cross_attention requires of its tensors (shapes, dtypes, one device,
+    contiguous), checked before any call: ValueError or TypeError naming the tensor.
+    Returns (rows, heads, tokens, head_dim)."""
+    import torch
+
+    if not isinstance(q, torch.Tensor) or q.dim() != 3:
+        raise ValueError(f"q must be a tensor [rows, heads, head_dim], got {_describe(q)}")
+    rows, heads, head_dim = q.shape
+    tokens = k.shape[2] if isinstance(k, torch.Tensor) and k.dim() == 4 else -1
+    if tokens < 0:
+        raise ValueError(f"k must be a tensor [rows, heads, tokens, head_dim], got {_describe(k)}")
+    expected = {
+        "q": (q, (rows, heads, head_dim), torch.float32),
+        "k": (k, (rows, heads, tokens, head_dim), torch.float32),
+        "v": (v, (rows, heads, tokens, head_dim), torch.float32),
+        "text_mask": (text_mask, (rows, tokens), torch.float32),
+        "src_row": (src_row, (rows,), torch.int64),
+        "use_captured": (use_captured, (rows,), torch.float32),
+        "captured": (captured, (rows, heads, tokens), torch.float32),
+        "mapper": (mapper, (rows, tokens, tokens), torch.float32),
+        "alpha": (alpha, (rows, tokens), torch.float32),
+        "weight": (weight, (rows, tokens), torch.float32),
+        "window": (window, (rows, tokens), torch.float32),
+        "keep": (keep, (rows,), torch.float32),
+    }
+    for name, (tensor, shape, dtype) in expected.items():
+        _check(name, tensor, shape, dtype, q.device)
+    return rows, heads, tokens, head_dim
 
 
 def _describe(x) -> str:

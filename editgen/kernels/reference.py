@@ -1,8 +1,8 @@
 """Plain torch references for the fused attention kernels: the spec they are tested against.
 
 fp32 math whatever the input dtype; written for clarity, not speed. The cross-attention
-edit is DecoderStep._cross_attention's formula term for term (docs/design.md, "The
-edit"); the decode self-attention is DecoderStep._self_attention with its
+edit is the eager EagerCrossAttention's formula term for term (editgen.model.attention;
+docs/design.md, "The edit"); the decode self-attention is EagerSelfAttention with its
 self-injection S = S_own - b * (S_own - S_src), over each row's own length.
 """
 

@@ -1,20 +1,25 @@
-"""The decoder step that is exported: one MusicGen decoder step with explicit tensors.
+"""The decoder step: one MusicGen decoder step for all rows, with explicit tensors.
 
-Weights are taken from transformers' MusicgenForConditionalGeneration. Self-attention
-reads a static-capacity KV cache (one K and one V tensor per layer) and returns this
-position's K/V (`new_kv`) for the runtime to write; cross-attention is explicit (matmul, softmax, matmul) so that its
-probabilities can be edited and returned. The edit formula and why it is written the
-way it is: docs/design.md, "The edit".
+Weights are taken from transformers' MusicgenForConditionalGeneration. DecoderStep owns
+everything but the attention: the embedding, each layer's norms, projections, residuals
+and FFN, the LM heads. Its self-attention and edited cross-attention are parts plugged in
+at construction (editgen.model.attention): the eager torch reference by default, which is
+what the export and the torch backend run (self-attention over a static-capacity cache,
+returning this position's K/V for the runtime to write; cross-attention as explicit
+matmul, softmax, matmul, so its probabilities can be edited and returned), or the fused
+kernels of the triton backend (editgen.kernels.step_attention). The edit formula and why
+it is written the way it is: docs/design.md, "The edit".
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable
 
 import torch
 from torch import nn
 
-NEG = torch.finfo(torch.float32).min  # additive mask, as transformers' eager attention
+from editgen.model.attention import AttentionDims, EagerCrossAttention, EagerSelfAttention
+from editgen.model.edit_tensors import EditTensors
 
 
 class CrossKV(nn.Module):
@@ -43,10 +48,15 @@ class CrossKV(nn.Module):
 
 
 class DecoderStep(nn.Module):
-    """One decoder step for all rows. Inputs and outputs: docs/design.md, "Step contract"
-    (the exported graph's flat inputs: editgen.export.graphs.StepGraph)."""
+    """One decoder step for all rows. Inputs and outputs: docs/design.md, "Step graph"
+    (the exported graph's flat inputs: editgen.export.graphs.StepGraph).
 
-    def __init__(self, model, fused: bool = False, row_invariant: bool = False):
+    `self_attention`, `cross_attention`: how to build each attention part from the step's
+    AttentionDims (editgen.model.attention describes a part); the eager reference by default."""
+
+    def __init__(self, model, fused: bool = False, row_invariant: bool = False, *,
+                 self_attention: Callable[[AttentionDims], object] = EagerSelfAttention,
+                 cross_attention: Callable[[AttentionDims], object] = EagerCrossAttention):
         super().__init__()
         dec = model.decoder.model.decoder
         cfg = model.config.decoder
@@ -81,7 +91,10 @@ class DecoderStep(nn.Module):
         # would depend on which rows share its step. onnxruntime's MLAS does not (measured
         # for 1..64 rows), so the export leaves it off. The price: one GEMV per row.
         self.row_invariant = row_invariant
-        self.q_scale = 1.0 if fused else self.scaling  # what the scores are still multiplied by
+        # What the scores are still multiplied by: the fused q projections are prescaled.
+        dims = AttentionDims(self.heads, self.head_dim, 1.0 if fused else self.scaling)
+        self.self_attention = self_attention(dims)
+        self.cross_attention = cross_attention(dims)
         if fused:
             attns = [layer.self_attn for layer in dec.layers]
             assert all(getattr(a, n).bias is None for a in attns for n in ("q_proj", "k_proj", "v_proj")) and all(
@@ -94,36 +107,42 @@ class DecoderStep(nn.Module):
                 for layer in dec.layers)
 
     def forward(self, codes, positions, past_keys, past_values, cross_keys, cross_values, text_mask,
-                edit_src_row, edit_mapper, edit_alpha, edit_weight, edit_window, edit_blend,
-                edit_use_captured, edit_captured, edit_self_blend, edit_self_window):
-        """`past_keys`, `past_values`: one tensor per layer [rows, heads, capacity, head_dim];
-        `cross_keys`, `cross_values`: one per layer [rows, heads, T, head_dim]. Sequences, so
-        that every layer's K/V is its own graph input (`StepGraph`): ONNX Runtime has no
-        strided views, and slicing one [layers, ...] input inside the graph copies the
-        slice every step. Callers holding one buffer pass views (`kv[i, 0]`): no copy."""
-        capacity = past_keys[0].shape[2]  # cache positions read (the "positions" axis)
-        x = self.embed_codes(codes, positions)  # [rows, 1, hidden]
+                edit: EditTensors):
+        """The step with the eager attention parts (the exported graph, the torch backend).
+
+        codes: int64 [rows, K]; positions: int64 [rows]; `past_keys`, `past_values`: one
+        tensor per layer [rows, heads, capacity, head_dim]; `cross_keys`, `cross_values`: one
+        per layer [rows, heads, T, head_dim]; text_mask: [rows, T]. Sequences, so that every
+        layer's K/V is its own graph input (`StepGraph`): ONNX Runtime has no strided views,
+        and slicing one [layers, ...] input inside the graph copies the slice every step.
+        Callers holding one buffer pass views (`kv[i, 0]`): no copy.
+
+        Returns logits [rows, K, vocab], new_kv [layers, 2, rows, heads, head_dim] (this
+        position's K/V, for the caller to write) and cross_attn [layers, rows, heads, T]."""
         # Everything that does not depend on the layer is computed once here, in the shapes
         # the layers broadcast it to (one node each in the graph, not one per layer).
-        past_valid = torch.arange(capacity, device=codes.device)[None, :] < positions[:, None]  # [rows, capacity]
-        self_bias = torch.where(past_valid, 0.0, NEG)[:, None, None, :]  # [rows, 1, 1, capacity]
-        cross_bias = self.cross_bias(text_mask, x.dtype)
-        edit = self.edit_terms(edit_src_row, edit_mapper, edit_alpha, edit_weight, edit_window, edit_blend,
-                               edit_use_captured, edit_captured, edit_self_blend, edit_self_window)
-
-        new_kv, probs = [], []
-        for i in range(len(self.layers)):
-            attn, kv = self._self_attention(self.qkv_projection(i, x), past_keys[i], past_values[i], self_bias, i, edit)
-            x, p = self.layer_tail(i, x, attn, cross_keys[i], cross_values[i], cross_bias, edit)
-            new_kv.append(kv)
-            probs.append(p)
-
-        logits = self.lm_logits(x)
+        self_terms = self.self_attention.terms(positions, past_keys[0].shape[2], edit)
+        cross_terms = self.cross_attention.terms(text_mask, edit)
+        logits, new_kv, probs = self.decode(codes, positions, past_keys, past_values, cross_keys, cross_values,
+                                            self_terms, cross_terms)
         # Stacked once here, not reshaped per layer: [layers, rows, 2, heads, head_dim] ->
         # [layers, 2, rows, heads, head_dim]; [layers, rows, heads, 1, T] -> [layers, rows, heads, T].
-        new_kv = torch.stack(new_kv).transpose(1, 2)
-        probs = torch.stack(probs).flatten(3)
-        return logits, new_kv, probs
+        return logits, torch.stack(new_kv).transpose(1, 2), torch.stack(probs).flatten(3)
+
+    def decode(self, codes, positions, past_keys, past_values, cross_keys, cross_values, self_terms, cross_terms):
+        """The step through its attention parts, whichever they are: the embedding, per layer
+        the self-attention and the layer tail, the logits. `*_keys[i]`, `*_values[i]`: layer
+        i's K/V as the parts read them; `*_terms`: the parts' `terms` of this step. Returns
+        logits [rows, K, vocab] and per layer what the parts return: this position's K/V and
+        the maps used (None where a part keeps them itself)."""
+        x = self.embed_codes(codes, positions)  # [rows, 1, hidden]
+        new_kv, probs = [], []
+        for i in range(len(self.layers)):
+            attn, kv = self.self_attention(i, self.qkv_projection(i, x), past_keys[i], past_values[i], self_terms)
+            x, p = self.layer_tail(i, x, attn, cross_keys[i], cross_values[i], cross_terms)
+            new_kv.append(kv)
+            probs.append(p)
+        return self.lm_logits(x), new_kv, probs
 
     def embed_codes(self, codes, positions):
         """codes [rows, K], positions [rows] -> the sum of the K codebook embeddings plus the
@@ -132,29 +151,6 @@ class DecoderStep(nn.Module):
         x = self.embed.reshape(-1, self.embed.shape[2])[codes + offsets].sum(dim=1)
         x = x + self.positions[positions]
         return x[:, None, :]
-
-    @staticmethod
-    def cross_bias(text_mask, dtype):  # [rows, T] -> additive mask [rows, 1, 1, T]
-        return ((1.0 - text_mask.to(dtype)) * NEG)[:, None, None, :]
-
-    @staticmethod
-    def edit_terms(src_row, mapper, alpha, weight, window, blend, use_captured, captured,
-                   self_blend=None, self_window=None) -> "_EditTerms":
-        """The step's edit inputs as broadcast-ready terms (self-injection's only when given)."""
-        self_b = None
-        if self_blend is not None:  # b_i while the self window is on, else 0: [layers, rows, 1, 1, 1]
-            self_b = (self_blend * self_window[:, None]).T[:, :, None, None, None]
-        return _EditTerms(
-            src_row=src_row,
-            use_captured=use_captured[:, None, None, None] > 0.5,
-            captured=captured[:, :, :, None, :],  # [layers, rows, heads, 1, T]
-            mapper=mapper[:, None],  # [rows, 1, T, T]
-            alpha=alpha[:, None, None, :], one_minus_alpha=(1.0 - alpha)[:, None, None, :],
-            weight=weight[:, None, None, :],
-            window=window[:, None, None, :], one_minus_window=(1.0 - window)[:, None, None, :],
-            one_minus_blend=(1.0 - blend).T[:, :, None, None, None],  # [layers, rows, 1, 1, 1]
-            self_b=self_b,
-        )
 
     def qkv_projection(self, layer_index, x):
         """Layer `layer_index`'s self-attention LayerNorm and q, k, v projections (q scaled
@@ -167,14 +163,17 @@ class DecoderStep(nn.Module):
         return torch.cat([self._linear(attn.q_proj, h), self._linear(attn.k_proj, h),
                           self._linear(attn.v_proj, h)], dim=-1)
 
-    def layer_tail(self, layer_index, x, attn_out, cross_k, cross_v, cross_bias, e: "_EditTerms"):
+    def layer_tail(self, layer_index, x, attn_out, cross_k, cross_v, cross_terms):
         """The rest of a layer after its self-attention: out projection and residual, the
-        (edited) cross-attention, the FFN. attn_out: [rows, 1, hidden] (heads merged)."""
+        (edited) cross-attention block (norm, q projection, the cross-attention part, out
+        projection and residual), the FFN. attn_out: [rows, 1, hidden] (heads merged).
+        Returns x [rows, 1, hidden] and the cross-attention part's maps."""
         layer = self.layers[layer_index]
         x = x + self._linear(layer.self_attn.out_proj, attn_out)
         h = layer.encoder_attn_layer_norm(x)
-        attn, p = self._cross_attention(layer.encoder_attn, h, cross_k, cross_v, cross_bias, layer_index, e)
-        x = x + attn
+        q = self._linear(self.cross_q[layer_index] if self.fused else layer.encoder_attn.q_proj, h)
+        attn, p = self.cross_attention(layer_index, q, cross_k, cross_v, cross_terms)
+        x = x + self._linear(layer.encoder_attn.out_proj, attn)
         h = layer.final_layer_norm(x)
         return x + self._linear(layer.fc2, layer.activation_fn(self._linear(layer.fc1, h))), p
 
@@ -188,64 +187,3 @@ class DecoderStep(nn.Module):
         if not self.row_invariant:
             return nn.functional.linear(x, weight, bias)
         return torch.cat([nn.functional.linear(row, weight, bias) for row in x.split(1)])
-
-    # One query position: [rows, 1, hidden] and [rows, heads, 1, head_dim] have the same
-    # memory order, so splitting into / merging heads is a reshape (no Transpose in the graph).
-    def _split(self, t):  # [rows, 1, hidden] -> [rows, heads, 1, head_dim]
-        return t.view(t.shape[0], self.heads, 1, self.head_dim)
-
-    def _merge(self, t):  # [rows, heads, 1, head_dim] -> [rows, 1, hidden]
-        return t.reshape(t.shape[0], 1, self.heads * self.head_dim)
-
-    def _scores(self, q, k):  # q K^T / sqrt(head_dim); fused: q is already scaled
-        s = q @ k.transpose(-1, -2)
-        return s if self.q_scale == 1.0 else s * self.q_scale
-
-    def _self_attention(self, qkv, k_cache, v_cache, bias, layer_index, e: "_EditTerms"):
-        """qkv: [rows, 1, 3 * hidden] (qkv_projection); k_cache, v_cache: [rows, heads, capacity,
-        head_dim]; bias: [rows, 1, 1, capacity]. Returns the attention output, heads merged
-        ([rows, 1, hidden], before the out projection), and this position's K, V: [rows, 2,
-        heads, head_dim].
-
-        Self-injection (docs/design.md, "The edit"): S = S_own - b * (S_own - S_src), S_src the
-        probabilities of row src_row, which sits at the same position (paired rows step
-        together); the values stay the row's own. With b = 0, or a row that is its own
-        source, S is S_own bit for bit."""
-        rows = qkv.shape[0]
-        q, k_new, v_new = qkv.view(rows, 3 * self.heads, 1, self.head_dim).split(self.heads, dim=1)
-        scores_past = self._scores(q, k_cache) + bias  # [rows, heads, 1, capacity]
-        score_new = self._scores(q, k_new)  # [rows, heads, 1, 1]
-        p = torch.softmax(torch.cat([scores_past, score_new], dim=-1), dim=-1)  # [rows, heads, 1, capacity + 1]
-        p = p - e.self_b[layer_index] * (p - p[e.src_row])
-        out = p[..., :-1] @ v_cache + p[..., -1:] * v_new
-        kv = qkv.view(rows, 3, self.heads, self.head_dim)[:, 1:]
-        return self._merge(out), kv
-
-    def _cross_attention(self, attn, h, k, v, bias, layer_index, e: "_EditTerms"):
-        # k, v: [rows, heads, T, head_dim]; returns the output and P: [rows, heads, 1, T].
-        # The edit exactly as docs/design.md writes it ("The edit"), on the hoisted terms.
-        q = self._split(self._linear(self.cross_q[layer_index] if self.fused else attn.q_proj, h))
-        p_own = torch.softmax(self._scores(q, k) + bias, dim=-1)  # [rows, heads, 1, T]
-        p_src = torch.where(e.use_captured, e.captured[layer_index], p_own[e.src_row])
-        base = p_src @ e.mapper  # [rows, heads, 1, T] @ [rows, 1, T, T]
-        inj = (e.alpha * base + e.one_minus_alpha * p_own) * e.weight
-        inj = e.window * inj + e.one_minus_window * p_own
-        p = p_own - e.one_minus_blend[layer_index] * (p_own - inj)
-        return self._linear(attn.out_proj, self._merge(p @ v)), p
-
-
-class _EditTerms(NamedTuple):
-    """The step's edit tensors, broadcast-ready for [rows, heads, 1, T] probabilities
-    (per-layer ones with a leading layers axis). `one_minus_*` hold 1 - x, computed once."""
-
-    src_row: torch.Tensor
-    use_captured: torch.Tensor
-    captured: torch.Tensor
-    mapper: torch.Tensor
-    alpha: torch.Tensor
-    one_minus_alpha: torch.Tensor
-    weight: torch.Tensor
-    window: torch.Tensor
-    one_minus_window: torch.Tensor
-    one_minus_blend: torch.Tensor
-    self_b: torch.Tensor

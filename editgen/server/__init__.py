@@ -7,10 +7,12 @@ Serve). Needs the `serve` extra (`ray` for --ray).
     scheduler.py  the one thread that steps the EngineCore (the batcher), and the codec thread
     tickets.py    a request's events back to its handler
     audio_stream.py  WAV bytes; decoding a running request chunk by chunk
-    captures.py   captured sources by id, bounded in bytes
+    captures.py   captured sources by id, bounded in bytes: in memory or in --capture-dir
     metrics.py    Prometheus metrics
     errors.py     the error contract (status and code per error)
     service.py    backend + scheduler + captures + metrics: one engine
-    app.py        the FastAPI app: routes, limits, answering
+    middleware.py the ASGI layers: request ids, hosts, drain, metrics; key, body limits, upload places
+    app.py        the FastAPI app: routes, the error contract, answering
+    uvicorn_server.py  `editgen serve` on uvicorn: drain before closing, header timeout, exit status
     ray_serve.py  the same app as a Ray Serve deployment
 """

@@ -18,7 +18,6 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
-import hmac
 import json
 import os
 import time
@@ -30,14 +29,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from editgen.errors import EditGenError, first_line
+from editgen.engine.tokenizer import text_problem
+from editgen.errors import EditGenError
 from editgen.server.audio_stream import wav_bytes, wav_header
 from editgen.server.config import ServerConfig
 from editgen.server.errors import (
     BadBodyError,
+    BodyTimeoutError,
     BodyTooLargeError,
     MalformedBodyError,
     MethodNotAllowedError,
@@ -45,8 +45,10 @@ from editgen.server.errors import (
     ServerError,
     UnauthorizedError,
     error_body,
+    response_headers,
     status_of,
 )
+from editgen.server.middleware import OUTCOME_STATUS, REQUEST_ID, UPLOAD_SLOT, Front, Guard, internal_error
 from editgen.server.scheduler import ClientGone
 from editgen.server.schemas import (CaptureAudioForm, CaptureBody, EditAudioForm, EditBody, GenerateBody,
                                     body_from_form)
@@ -54,15 +56,32 @@ from editgen.server.service import Service
 from editgen.server.tickets import AudioChunk, Done, Failed, Outcome, Ticket
 from editgen.version import __version__
 
-UPLOAD_PATHS = ("/v1/edit/audio", "/v1/captures/audio")
 _ERROR_RESPONSES = {s: {"description": d, "content": {"application/json": {"example": {
     "error": {"code": c, "message": "one line"}}}}} for s, c, d in (
-        (400, "invalid_request", "the engine refused a value (its one-line message), or the body is not JSON"),
+        (400, "invalid_request", "the engine refused a value (its one-line message), the body is not JSON, "
+                                 "or the Host is not allowed (host_not_allowed)"),
         (401, "unauthorized", "the server has an API key and the request did not send it"),
-        (413, "body_too_large", "the body or upload is over the server's limit"),
-        (422, "invalid_body", "the body is not the shape of the API"),
-        (429, "queue_full", "the admission queue is full: retry after Retry-After seconds"),
-        (503, "deadline_exceeded", "the request passed its deadline, or the server is shutting down"))}
+        (404, "unknown_capture", "no capture has this id (see the message: in memory, captures die with the server)"),
+        (408, "body_timeout", "the body did not arrive within the server's body timeout"),
+        (413, "body_too_large", "the body or upload is over the server's limit (audio_too_large: it would "
+                                "decode to more samples than the server's limit)"),
+        (422, "invalid_body", "the body is not the shape of the API (a wrong type, an unknown field, text with "
+                              "a NUL, a noncharacter or an unpaired surrogate)"),
+        (429, "queue_full", "the admission queue (or the uploads in progress) is full: retry after Retry-After "
+                            "seconds"),
+        (500, "internal_error", "a fault of the server (its message names the request id it is logged under) "
+                                "or of the engine (engine_error)"),
+        (503, "shutting_down", "the server is draining (retry elsewhere after Retry-After seconds), or the "
+                               "request passed its deadline (deadline_exceeded)"))}
+
+
+class EditGenApi(FastAPI):
+    """FastAPI with the Front layer outside its own error middleware (which answers an
+    unexpected exception, then re-raises it for the server to log: Front logs and
+    counts it)."""
+
+    def build_middleware_stack(self):
+        return Front(super().build_middleware_stack(), self)
 
 
 def create_app(open_backend: Callable[[], object], config: ServerConfig | None = None) -> FastAPI:
@@ -77,10 +96,10 @@ def create_app(open_backend: Callable[[], object], config: ServerConfig | None =
         finally:
             await run_in_threadpool(app.state.service.close)
 
-    app = FastAPI(title="EditGen", version=__version__, lifespan=lifespan,
-                  description="Text-to-music generation and Prompt-to-Prompt editing on MusicGen. "
-                              "Errors are {\"error\": {\"code\", \"message\"}}. With an API key set, /v1 needs "
-                              "`Authorization: Bearer KEY` or `X-API-Key: KEY`.")
+    app = EditGenApi(title="EditGen", version=__version__, lifespan=lifespan,
+                     description="Text-to-music generation and Prompt-to-Prompt editing on MusicGen. "
+                                 "Errors are {\"error\": {\"code\", \"message\"}}. With an API key set, /v1 "
+                                 "needs `Authorization: Bearer KEY` or `X-API-Key: KEY`.")
     app.state.config = config
     _add_error_handlers(app)
     _add_routes(app, config)
@@ -92,70 +111,17 @@ def service_of(request: Request) -> Service:
     return request.app.state.service
 
 
-# -- limits before the app: API key, body size ------------------------------------------------
-
-
-class Guard:
-    """ASGI middleware: 401 without the API key on /v1, 413 for a body over the limit
-    (by Content-Length up front, and by counting what arrives for chunked bodies)."""
-
-    def __init__(self, app, config: ServerConfig):
-        self.app, self.config = app, config
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        path = scope.get("path", "")
-        headers = Headers(scope=scope)
-        if self.config.api_key is not None and path.startswith("/v1") and not self._authorized(headers):
-            return await _send_error(scope, receive, send, UnauthorizedError(
-                "missing or wrong API key: send `Authorization: Bearer KEY` or `X-API-Key: KEY`"))
-        limit = self.config.max_upload_bytes if path in UPLOAD_PATHS else self.config.max_body_bytes
-        too_large = BodyTooLargeError(f"the body is over this endpoint's limit of {limit} bytes")
-        length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            return await _send_error(scope, receive, send, too_large)
-        received = 0
-
-        async def limited_receive():
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:  # an HTTPException passes through FastAPI's body reading
-                    raise StarletteHTTPException(413, first_line(too_large))
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-    def _authorized(self, headers: Headers) -> bool:
-        given = headers.get("x-api-key")
-        auth = headers.get("authorization", "")
-        if given is None and auth.lower().startswith("bearer "):
-            given = auth[7:].strip()
-        return given is not None and hmac.compare_digest(given.encode(), self.config.api_key.encode())
-
-
-async def _send_error(scope, receive, send, exc: ServerError) -> None:
-    await JSONResponse(error_body(exc), exc.status, headers=_retry_headers(exc, None))(scope, receive, send)
-
-
-def _retry_headers(exc: EditGenError, config: ServerConfig | None) -> dict:
-    if status_of(exc) in (429, 503):
-        return {"Retry-After": str(config.retry_after_s if config else 1)}
-    return {}
-
-
 # -- the error contract -------------------------------------------------------------------------
 
 
 def _add_error_handlers(app: FastAPI) -> None:
     def respond(request: Request, exc: EditGenError) -> JSONResponse:
-        status = status_of(exc)
-        service = getattr(request.app.state, "service", None)
-        if service is not None:
-            service.metrics.requests.labels(endpoint=_endpoint(request), status=str(status)).inc()
-        return JSONResponse(error_body(exc), status, headers=_retry_headers(exc, request.app.state.config))
+        headers = response_headers(exc, request.app.state.config.retry_after_s)
+        return JSONResponse(error_body(exc), status_of(exc), headers=headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):  # Front logs it with the traceback
+        return respond(request, internal_error(getattr(request.state, REQUEST_ID)))
 
     @app.exception_handler(EditGenError)
     async def engine_error(request: Request, exc: EditGenError):
@@ -172,7 +138,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         cls = {400: MalformedBodyError, 401: UnauthorizedError, 404: NotFoundError, 405: MethodNotAllowedError,
-               413: BodyTooLargeError}.get(exc.status_code)
+               408: BodyTimeoutError, 413: BodyTooLargeError}.get(exc.status_code)
         if cls is None:
             error = ServerError(str(exc.detail))
             error.status = exc.status_code
@@ -186,14 +152,29 @@ def _validation_error(errors) -> EditGenError:
     """pydantic's error list -> one line: the first problem, where it is, and how many more."""
     if not errors:
         return BadBodyError("the body is not the shape this endpoint takes")
-    first = errors[0]
+    # Of a union's per-member errors, ours say what is wrong (text that is not text).
+    first = next((e for e in errors if e.get("type") in ("invalid_text", "invalid_flag")), errors[0])
     if first.get("type") == "json_invalid":
         why = (first.get("ctx") or {}).get("error", "not JSON")
         return MalformedBodyError(f"the body is not valid JSON: {why}")
-    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+    where = ".".join(_loc(p) for p in first.get("loc", ()) if p != "body" and not _member_tag(p)) or "body"
     more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
     message = " ".join(str(first.get("msg", "invalid")).split())
     return BadBodyError(f"{where}: {message}{more}")
+
+
+def _member_tag(part) -> bool:
+    """pydantic's name for the union member a validator belongs to (not a place)."""
+    return isinstance(part, str) and part.startswith("function-after[")
+
+
+def _loc(part) -> str:
+    """One step of an error's location: a field name, an index, or a client's dict key
+    (quoted when it is not plain: it may hold anything)."""
+    text = str(part)
+    if isinstance(part, str) and (text_problem(text) is not None or not text.isprintable() or len(text) > 64):
+        return ascii(text[:64])
+    return text
 
 
 def _endpoint(request: Request) -> str:
@@ -281,14 +262,13 @@ def _multipart(form) -> dict:
 
 
 async def _upload(service: Service, audio: UploadFile):
-    """Read, check and encode an uploaded source (decoding in a worker thread, EnCodec on
-    the codec thread). The queue is checked first: a full server refuses before the work."""
-    service.scheduler.check_room()
-    data = await audio.read()
+    """Check, decode and encode an uploaded source: decoded block by block from the
+    spooled upload in a worker thread, EnCodec on the codec thread. Its queue place was
+    taken before the body was read (Guard); at most max_uploads run at once."""
     name = f"upload {(audio.filename or 'audio')[:64]!r}"
-    clip, wav, notes = await run_in_threadpool(service.jobs.read_upload, data, name)
-    future = service.scheduler.codec.submit(service.jobs.encode_upload, clip, wav, notes)
-    return await asyncio.wrap_future(future)
+    await audio.seek(0)
+    decoded = await run_in_threadpool(service.jobs.read_upload, audio.file, name)
+    return await asyncio.wrap_future(service.scheduler.codec.submit(service.jobs.encode_upload, decoded))
 
 
 # -- answering ----------------------------------------------------------------------------------
@@ -297,25 +277,28 @@ async def _upload(service: Service, audio: UploadFile):
 async def _respond(request: Request, service: Service, ticket: Ticket, stream: bool, fmt: str):
     ticket.attach(asyncio.get_running_loop())
     ticket.endpoint = _endpoint(request)
+    ticket.id = getattr(request.state, REQUEST_ID)  # one id in the logs, the header and the JSON
+    slot = getattr(request.state, UPLOAD_SLOT, None)
+    if slot is not None:  # the upload's queue place passes to its ticket (no await between)
+        slot.release()
     service.scheduler.submit(ticket)
     headers = {"X-Request-Id": ticket.id}
     if stream:
         media = "audio/wav" if fmt == "wav" else "application/x-ndjson"
-        return StreamingResponse(_stream(service, ticket, fmt), media_type=media, headers=headers)
+        return StreamingResponse(_stream(request, service, ticket, fmt), media_type=media, headers=headers)
     outcome = await _wait(request, service, ticket)
     if outcome is None:  # the client left; nobody reads this
         return Response(status_code=499)
-    _record(service, ticket, 200)
+    _observe_latency(service, ticket)
     if fmt == "wav" and outcome.tracks:
         main = next(iter(outcome.tracks.values()))
         return Response(wav_bytes(main, service.backend.shapes.sample_rate), media_type="audio/wav", headers=headers)
     return JSONResponse(_outcome_json(service, ticket, outcome, with_audio=True), headers=headers)
 
 
-def _record(service: Service, ticket: Ticket, status: int) -> None:
-    service.metrics.requests.labels(endpoint=ticket.endpoint, status=str(status)).inc()
-    if status == 200:
-        service.metrics.latency.labels(endpoint=ticket.endpoint).observe(time.monotonic() - ticket.arrived)
+def _observe_latency(service: Service, ticket: Ticket) -> None:
+    """A successful request's latency (Front counts every response, errors included)."""
+    service.metrics.latency.labels(endpoint=ticket.endpoint).observe(time.monotonic() - ticket.arrived)
 
 
 def _outcome_json(service: Service, ticket: Ticket, outcome: Outcome, *, with_audio: bool) -> dict:
@@ -362,11 +345,11 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def _stream(service: Service, ticket: Ticket, fmt: str):
+async def _stream(request: Request, service: Service, ticket: Ticket, fmt: str):
     """Chunks as the codec thread decodes them: a WAV (header with the final length, then
     PCM of the main track) or NDJSON events (start, audio per track, done or error). An
     error after the first byte ends a WAV stream early (the header's length tells) and
-    is an `error` event in NDJSON."""
+    is an `error` event in NDJSON; the metrics count the stream with the error's status."""
     shapes = service.backend.shapes
     hop = shapes.sample_rate // shapes.frame_rate
     main = ticket.tracks[0].name
@@ -387,12 +370,12 @@ async def _stream(service: Service, ticket: Ticket, fmt: str):
                     yield _line({"event": "audio", "track": event.track, "offset": event.offset,
                                  "samples": len(event.pcm) // (2 * shapes.audio_channels), "pcm16": base64.b64encode(event.pcm).decode()})
             elif isinstance(event, Done):
-                _record(service, ticket, 200)
+                _observe_latency(service, ticket)
                 if fmt == "json":
                     yield _line({"event": "done", **_outcome_json(service, ticket, event.outcome, with_audio=False)})
                 return
             elif isinstance(event, Failed):
-                _record(service, ticket, status_of(event.error))
+                setattr(request.state, OUTCOME_STATUS, status_of(event.error))
                 if fmt == "json":
                     yield _line({"event": "error", **error_body(event.error)})
                 return

@@ -4,9 +4,18 @@ request decoded chunk by chunk.
 The codec's boundary. EnCodec's decoder is not causal: its convolutions look a few
 frames ahead, and at the end of a clip it reflect-pads, so the last frames of a decoded
 prefix differ from the same frames decoded as part of the whole clip. Its LSTM is
-causal. So a prefix of f frames, decoded alone, gives samples bit-identical to the full
-decode for its first f - HOLDBACK_FRAMES frames (measured: frames f-4..f-1 differ, every
-earlier sample is equal; tests/test_server_engine.py pins it on the exported codec).
+causal. So a prefix of f frames, decoded alone, gives the whole decode's samples for its
+first f - HOLDBACK_FRAMES frames (frames f-4..f-1 differ, every earlier sample is equal)
+-- provided the decoder's kernels compute each output the same way whatever the clip's
+length. ONNX Runtime's do (MLAS: the reduction order of an output does not depend on the
+length; tests/test_server_engine.py pins it), and such a backend says so with
+`prefix_decode_exact = True`. torch's do not: oneDNN picks its convolution kernels by
+the input's length, so a 14-frame prefix and the 150-frame clip round differently in the
+last bit (up to 1.2e-7, which flips a 16-bit sample now and then). For such a backend a
+prefix is decoded at its chunk's final length, the frames not yet sampled filled with
+code 0: every decode of the chunk then has the same shape, so the same kernels, so the
+same bits before the holdback (a decode of the whole chunk per piece: cheap on a GPU; the
+torch backend on a CPU is the reference, not the serving path).
 
 The whole file is decoded on the grid of editgen.engine.codec_chunks (one call up to
 its chunk length, 30 s; longer songs chunk by chunk), and the stream sends the same
@@ -18,11 +27,13 @@ the non-streamed WAV, and the decode work stays linear in the song's length."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import struct
 
 import numpy as np
 
+from editgen.engine import codec_chunks
 from editgen.engine.codec_chunks import CodecChunks, Span
 
 HOLDBACK_FRAMES = 4  # EnCodec decoder look-ahead: frames f-4..f-1 of an f-frame prefix are not final
@@ -46,6 +57,18 @@ def wav_header(samples: int, sample_rate: int, channels: int = 1) -> bytes:
 def wav_bytes(wav: np.ndarray, sample_rate: int) -> bytes:
     """wav: float32 [channels, samples]."""
     return wav_header(wav.shape[-1], sample_rate, wav.shape[0]) + pcm16(wav)
+
+
+def decode_piece(backend, codes: np.ndarray, piece: Span, chunk_end: int) -> np.ndarray:
+    """codes [K, piece.end - piece.start] -> float32 [channels, samples] of frames
+    [piece.keep_start, piece.keep_end), bit for bit the whole file's. A prefix of a chunk
+    (piece.end < chunk_end, the chunk's last input frame) is decoded alone where the
+    backend's kernels allow it, else at the chunk's length (the module's docstring)."""
+    if piece.end < chunk_end and not getattr(backend, "prefix_decode_exact", False):
+        full = np.zeros((codes.shape[0], chunk_end - piece.start), codes.dtype)
+        full[:, : codes.shape[1]] = codes
+        codes, piece = full, dataclasses.replace(piece, end=chunk_end)
+    return codec_chunks.decode_span(backend, codes, piece)
 
 
 class ChunkPlan:
@@ -86,6 +109,10 @@ class StreamPlan:
         if index == 0 and end > self.sent and self.growing.due(end):  # a prefix of the first chunk
             return Span(self.sent, end, 0, settled)
         return None
+
+    def chunk_end(self, piece: Span) -> int:
+        """The last input frame (exclusive) of the chunk `piece` belongs to."""
+        return self.spans[min(piece.keep_start // self.chunks.chunk, len(self.spans) - 1)].end
 
     def sent_to(self, frame: int) -> None:
         self.sent = frame

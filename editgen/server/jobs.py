@@ -9,7 +9,8 @@ import dataclasses
 import numpy as np
 
 from editgen.engine import codec_chunks
-from editgen.engine.audio import check_not_silent, check_source_codes, prepare_source, read_clip_bytes
+from editgen.engine.audio import check_source_codes
+from editgen.engine.audio_blocks import DecodedAudio, read_upload
 from editgen.engine.codec_chunks import CodecChunks
 from editgen.engine.capture import MAP_DTYPES, SourceCapture
 from editgen.engine.edit import EditSpec
@@ -151,18 +152,17 @@ class JobFactory:
 
     # -- uploads ------------------------------------------------------------------------
 
-    def read_upload(self, data: bytes, name: str):
-        """Uploaded bytes -> (clip, wav at the model's rate, notes); the CLI's checks."""
-        clip = read_clip_bytes(data, name, self.max_seconds)
-        check_not_silent(clip, "give a recording with sound in it")
-        wav, notes = prepare_source(clip, self.shapes)
-        return clip, wav, notes
+    def read_upload(self, file, name: str) -> DecodedAudio:
+        """An uploaded file object -> the model's channels at its rate, decoded block by
+        block within the server's budget (editgen.engine.audio_blocks)."""
+        return read_upload(file, name, self.shapes, max_seconds=self.max_seconds,
+                           max_samples=self.config.max_upload_samples)
 
-    def encode_upload(self, clip, wav: np.ndarray, notes: list[str]) -> SourceAudio:
+    def encode_upload(self, upload: DecodedAudio) -> SourceAudio:
         """On the codec thread: EnCodec codes of the upload, chunk by chunk."""
-        codes = codec_chunks.encode(self.backend, wav, self.chunks)  # [K, frames]
-        note = check_source_codes(clip, codes, self.shapes).replace("--seconds", "seconds")
+        codes = codec_chunks.encode(self.backend, upload.wav, self.chunks)  # [K, frames]
+        note = check_source_codes(upload, codes, self.shapes).replace("--seconds", "seconds")
         if codes.shape[-1] < self.shapes.min_frames:
-            raise InvalidRequestError(f"audio {clip.path} gives {codes.shape[-1]} frames, the codec needs at least "
+            raise InvalidRequestError(f"audio {upload.path} gives {codes.shape[-1]} frames, the codec needs at least "
                                       f"{self.shapes.min_frames} ({self.shapes.min_frames / self.shapes.frame_rate:.2f} s)")
-        return SourceAudio(codes, tuple(notes) + (note,))
+        return SourceAudio(codes, upload.notes + (note,))

@@ -44,12 +44,16 @@ class Metrics:
         self.queue_depth = Gauge("editgen_queue_depth", "Requests admitted and waiting for rows", registry=r)
         self.active_rows = Gauge("editgen_active_rows", "Decoder rows of the running requests", registry=r)
         self.running = Gauge("editgen_running_requests", "Requests whose rows are in the steps", registry=r)
+        self.uploads = Gauge("editgen_uploads_in_progress", "Uploads being received, decoded or encoded "
+                                                            "(each holds a queue place)", registry=r)
         self.steps_per_second = Gauge("editgen_steps_per_second", "Decoder steps per second, last 5 s", registry=r)
         self.steps = Counter("editgen_steps", "Decoder steps run", registry=r)
         self.step_seconds = Histogram("editgen_step_seconds", "Time of one engine step (all rows)", registry=r,
                                       buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
-        self.requests = Counter("editgen_requests", "Requests answered, by endpoint and status",
-                                ["endpoint", "status"], registry=r)
+        self.requests = Counter("editgen_requests", "Responses, by route (its path template; other: none) and "
+                                "status, every one: refusals before the app (401, 413), 500s, and a stream that "
+                                "ended with an error event counted with the error's status", ["endpoint", "status"],
+                                registry=r)
         self.latency = Histogram("editgen_request_latency_seconds", "Arrival to the last byte of the result",
                                  ["endpoint"], registry=r, buckets=_LATENCY_BUCKETS)
         self.first_audio = Histogram("editgen_time_to_first_audio_seconds",
@@ -65,6 +69,7 @@ class Metrics:
         self.queue_depth.set_function(lambda: scheduler.queue_depth)
         self.active_rows.set_function(lambda: scheduler.active_rows)
         self.running.set_function(lambda: scheduler.running_requests)
+        self.uploads.set_function(lambda: scheduler.uploads)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -2,9 +2,11 @@
 opens its own engine (backend, scheduler thread, captures) in the app's lifespan, so a
 replica batches its own requests; Ray's proxy spreads requests over replicas.
 
-Captures live in the replica that made them: with more than one replica, an edit from
-a capture_id may reach another replica and get 404 (send captured edits to one replica,
-or use paired edits)."""
+Captures: in memory (the default) they live in the replica that made them, so with more
+than one replica an edit from a capture_id may reach another replica and get 404. With
+`capture_dir` (`--capture-dir`) on a directory every replica can reach (one machine, or
+a shared file system), each replica opens a DiskCaptureStore on it: a capture made by
+one is read by all, and survives their restarts."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from editgen.engine.codec_chunks import CodecChunks, Span
 from editgen.engine.core import EngineCore
 from editgen.engine.requests import State
 from editgen.errors import InvalidRequestError
-from editgen.server.audio_stream import ChunkPlan, StreamPlan, pcm16
+from editgen.server.audio_stream import ChunkPlan, StreamPlan, decode_piece, pcm16
 from editgen.server.config import ServerConfig
 from editgen.server.errors import (
     DeadlineExceededError,
@@ -43,6 +43,18 @@ class ClientGone(Exception):
     """The client disconnected or cancelled (nobody reads the error)."""
 
 
+class UploadSlot:
+    """An upload's queue place (Scheduler.reserve_upload); `release` is idempotent."""
+
+    def __init__(self, scheduler: "Scheduler"):
+        self._scheduler = scheduler
+
+    def release(self) -> None:
+        scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            scheduler._release_upload()
+
+
 class Scheduler:
     def __init__(self, backend, config: ServerConfig, metrics: Metrics):
         self.backend, self.config, self.metrics = backend, config, metrics
@@ -55,8 +67,10 @@ class Scheduler:
         self._cancels: list[tuple[Ticket, BaseException]] = []
         self._live: dict[int, Ticket] = {}  # id(request) -> ticket, while the core holds it
         self._finishing = 0  # tickets handed to the codec thread for their result
+        self.uploads = 0  # uploads being received, decoded or encoded (each holds a queue place)
         self.accepting = True
         self._stop = False
+        self._hurry = threading.Event()  # end the shutdown's grace now (a second signal)
         # Read by other threads (metrics, /readyz), written here after every turn.
         self.queue_depth = self.active_rows = self.running_requests = 0
         self.recent: collections.deque[Ticket] = collections.deque(maxlen=256)  # ended tickets
@@ -80,15 +94,28 @@ class Scheduler:
             self.queue_depth += 1
             self._wake.notify()
 
-    def check_room(self) -> None:
-        """Raise QueueFullError when a new request would be refused (before costly work)."""
-        with self._lock:
-            self.check_room_locked()
-
     def check_room_locked(self) -> None:
-        if self.queue_depth >= self.config.queue_size:
+        if self.queue_depth + self.uploads >= self.config.queue_size:
             raise QueueFullError(f"the queue is full ({self.config.queue_size} requests waiting): "
                                  f"retry after {self.config.retry_after_s} s")
+
+    def reserve_upload(self) -> "UploadSlot":
+        """A queue place for an upload, taken before its body is read: at most
+        `max_uploads` are received and decoded at once, and each counts against the queue
+        until its ticket is submitted (429 queue_full, 503 shutting_down)."""
+        with self._lock:
+            if not self.accepting:
+                raise ShuttingDownError("the server is shutting down: retry on another replica")
+            if self.uploads >= self.config.max_uploads:
+                raise QueueFullError(f"{self.uploads} uploads are being received and decoded, this server's "
+                                     f"limit: retry after {self.config.retry_after_s} s")
+            self.check_room_locked()
+            self.uploads += 1
+        return UploadSlot(self)
+
+    def _release_upload(self) -> None:
+        with self._lock:
+            self.uploads -= 1
 
     def cancel(self, ticket: Ticket, why: BaseException) -> None:
         """Drop a ticket; its rows are free before the next step."""
@@ -101,23 +128,37 @@ class Scheduler:
         return self.thread.is_alive()
 
     @property
+    def stopping(self) -> bool:
+        """The shutdown's grace is over: what is left is being cancelled."""
+        return self._stop
+
+    @property
     def idle(self) -> bool:
         with self._lock:
             return not (self._inbox or self._live or self._finishing)
 
-    def shutdown(self, grace_s: float) -> None:
-        """Stop admitting; let in-flight work finish for up to `grace_s`, then cancel what
-        is left (503 shutting_down) and stop the thread."""
+    def shutdown(self, grace_s: float) -> bool:
+        """Stop admitting; let in-flight work finish for up to `grace_s` (or until
+        `hurry()`), then cancel what is left (503 shutting_down) and stop the threads.
+        Returns whether the drain was clean: nothing was left to cancel."""
         with self._lock:
             self.accepting = False
         end = time.monotonic() + grace_s
-        while not self.idle and time.monotonic() < end and self.alive:
-            time.sleep(0.02)
+        while not self.idle and self.alive:
+            left = end - time.monotonic()
+            if left <= 0 or self._hurry.wait(min(0.02, left)):
+                break
+        clean = self.idle
         with self._lock:
             self._stop = True
             self._wake.notify()
         self.thread.join(timeout=60)
         self.codec.shutdown(wait=True)
+        return clean
+
+    def hurry(self) -> None:
+        """End a running shutdown's grace now."""
+        self._hurry.set()
 
     # -- the scheduler thread ------------------------------------------------------------
 
@@ -131,7 +172,10 @@ class Scheduler:
                 stop = self._stop
             try:
                 if stop:
-                    self._cancel_all(ShuttingDownError("the server shut down before this request finished"))
+                    gone = ShuttingDownError("the server shut down before this request finished")
+                    for ticket in inbox:  # submitted, never admitted: answered too
+                        ticket.post(Failed(gone))
+                    self._cancel_all(gone)
                     return
                 self._turn(inbox, cancels)
             except Exception as exc:  # a bug here must not stop serving: fail what is live
@@ -220,7 +264,7 @@ class Scheduler:
     def _send(self, ticket: Ticket, codes: dict, piece: Span) -> None:
         """Decodes `piece` of every track (codes [K, piece.end - piece.start] by name) and posts it."""
         for name, track_codes in codes.items():
-            wav = codec_chunks.decode_span(self.backend, track_codes, piece)  # [channels, samples]
+            wav = decode_piece(self.backend, track_codes, piece, ticket.plan.chunk_end(piece))  # [channels, samples]
             ticket.post(AudioChunk(name, piece.keep_start * self.hop, pcm16(wav)))
         self._first_audio(ticket)
         ticket.plan.sent_to(piece.keep_end)

@@ -24,6 +24,7 @@ FAKE_SHAPES = ModelShapes(num_layers=2, hidden_size=16, num_heads=2, num_codeboo
 
 class FakeBackend:
     name = "fake"
+    prefix_decode_exact = True  # its "codec" maps each frame to its samples alone
 
     def __init__(self, shapes: ModelShapes = FAKE_SHAPES, tokenizer: TextTokenizer | None = None):
         self.shapes = shapes

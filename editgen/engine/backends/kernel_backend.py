@@ -1,13 +1,16 @@
-"""Triton backend: the decoder step with the fused attention kernels of `editgen.kernels`
-(backend contract v3, editgen.engine.contract), the weight matmuls in torch.
+"""Triton backend: DecoderStep with the fused attention kernels of `editgen.kernels` as its
+attention parts (editgen.kernels.step_attention; backend contract v3,
+editgen.engine.contract), the weight matmuls in torch.
 
-Per step and layer: layer norm, q/k/v projections (torch), the split-K decode
+Per step and layer: DecoderStep's layer norm and q/k/v projections, the split-K decode
 self-attention kernel over each row's own length, with the source's probabilities
 injected (b = self_blend[:, i] * self_window) and this position's K/V written into the
-pool by the kernel; out projection, layer norm, cross q projection, the edited
-cross-attention kernel (the Prompt-to-Prompt edit inside, maps stored only when a row
-asks); out projection, FFN, final norm, LM head. The exact math is DecoderStep's
-(docs/design.md, "The edit"): parity with the torch backend is tested.
+pool by the kernel; then DecoderStep's layer tail (out projection, layer norm, cross q
+projection, the edited cross-attention kernel with the Prompt-to-Prompt edit inside and
+maps stored only when a row asks, out projection, FFN), final norm and LM head. The
+cross-attention kernel is Triton's, or with cross_attention="cuda-lib" the CUDA C++
+library's (README, "CUDA C++ library"). The exact math is DecoderStep's (docs/design.md,
+"The edit"): parity with the torch backend is tested.
 
 Memory: the KV slot pool [layers, 2, slots, heads, positions, head_dim] and the cross
 K/V [layers, slots, heads, T, head_dim] live on the backend's device in the dtype chosen
@@ -32,6 +35,7 @@ Not here: CUDA graph capture of the step per row-count bucket (nothing here can 
 from __future__ import annotations
 
 import copy
+import functools
 import os
 
 import numpy as np
@@ -43,6 +47,9 @@ from editgen.engine.contract import StepBatch, StepOutputs
 from editgen.errors import InvalidRequestError
 
 DTYPES = ("float32", "float16", "bfloat16")
+CROSS_ATTENTION = ("triton", "cuda-lib")
+CUDA_LIB_NEEDS_A_GPU = ("cross_attention='cuda-lib' runs the CUDA C++ library (libeditgen_kernels), which needs a "
+                        "CUDA GPU, and this backend runs on the CPU: use cross_attention='triton'")
 NO_DEVICE = ("the triton backend needs a CUDA GPU, and torch sees none; on CPU it runs only under Triton's "
              "interpreter (slow, for checking results): set TRITON_INTERPRET=1 before starting")
 
@@ -73,38 +80,64 @@ def resolve_device(device=None):
     return device
 
 
+def _cuda_library(device, dtype: str):
+    """The loaded CUDA C++ library for cross_attention="cuda-lib", or one-line InvalidRequestError."""
+    from editgen.kernels import cuda_lib
+
+    if device.type != "cuda":
+        raise InvalidRequestError(CUDA_LIB_NEEDS_A_GPU)
+    if dtype != "float32":
+        raise InvalidRequestError(f"cross_attention='cuda-lib' takes float32 pools (the CUDA C++ kernel is fp32), "
+                                  f"not {dtype}: pass dtype='float32'")
+    try:
+        return cuda_lib.load()
+    except cuda_lib.CudaLibraryError as exc:
+        raise InvalidRequestError(f"cross_attention='cuda-lib': {exc}") from None
+
+
 class KernelBackend(TorchPools):
+    """`cross_attention`: "triton" (the Triton kernel) or "cuda-lib" (the same edit in the
+    CUDA C++ library, libeditgen_kernels, loaded from $EDITGEN_KERNELS_LIB; CUDA and float32
+    only, and not run on a GPU yet)."""
+
     name = "triton"
     samples_on_device = True
 
-    def __init__(self, loaded, device=None, dtype: str = "float32"):
+    def __init__(self, loaded, device=None, dtype: str = "float32", cross_attention: str = "triton"):
         if dtype not in DTYPES:
             raise InvalidRequestError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        if cross_attention not in CROSS_ATTENTION:
+            raise InvalidRequestError(f"cross_attention {cross_attention!r} is not one of {', '.join(CROSS_ATTENTION)}")
         device = resolve_device(device)
         import torch
 
-        from editgen.kernels import cross_attention, decode_attention
+        from editgen.kernels import cross_attention as cross_kernel
+        from editgen.kernels import step_attention
         from editgen.model.step_module import CrossKV, DecoderStep
 
-        if device.type == "cpu" and type(cross_attention._edited_cross_kernel).__name__ != "InterpretedFunction":
+        if device.type == "cpu" and type(cross_kernel._edited_cross_kernel).__name__ != "InterpretedFunction":
             raise InvalidRequestError("TRITON_INTERPRET=1 was set after the Triton kernels were loaded: set it "
                                       "before starting Python")
         self._torch = torch
-        self._cross_attention = cross_attention.edited_cross_attention
-        self._self_attention = decode_attention.decode_self_attention
         self.loaded = loaded
         self.shapes = loaded.shapes
         self.tokenizer = loaded.tokenizer
         self.device = device
         self.dtype = getattr(torch, dtype)
+        cross = functools.partial(step_attention.TritonCrossAttention, dtype=self.dtype)
+        if cross_attention == "cuda-lib":
+            cross = functools.partial(step_attention.CudaLibCrossAttention, dtype=self.dtype,
+                                      library=_cuda_library(device, dtype))
         # The loaded model stays where it is (other backends may share it): on CPU its
         # weights are used in place, on a GPU a copy is moved there.
         self.model = loaded.model if device.type == "cpu" else copy.deepcopy(loaded.model).to(device)
-        # DecoderStep's tensors and modules (embedding tables, positions, layers, LM head)
-        # and its _linear: the same ops as the torch backend outside the attention. On CPU
-        # every weight matmul runs one row at a time (row_invariant), so a row's numbers
-        # do not depend on the rows that share its step; on CUDA one GEMM per matmul.
-        self._dec = DecoderStep(self.model, row_invariant=device.type == "cpu").eval()
+        # DecoderStep with the kernels as its attention parts: its embedding, layer tails
+        # and LM head are the torch backend's ops. On CPU every weight matmul runs one row
+        # at a time (row_invariant), so a row's numbers do not depend on the rows that
+        # share its step; on CUDA one GEMM per matmul.
+        self._dec = DecoderStep(self.model, row_invariant=device.type == "cpu",
+                                self_attention=functools.partial(step_attention.TritonSelfAttention, dtype=self.dtype),
+                                cross_attention=cross).eval()
         self._cross = CrossKV(self.model).eval()
         self.slots: SlotTable | None = None
         self._kv = self._cross_k = self._cross_v = None
@@ -156,44 +189,20 @@ class KernelBackend(TorchPools):
         e = self.slots.batch_edit(batch)  # EditStepInputs of the batch rows
         self._check(batch, e)
         s, d = self.shapes, self._dec
-        R, H, D, L = batch.rows, s.num_heads, s.head_dim, s.num_layers
         with torch.inference_mode():
-            slots, positions, src = t(batch.slots), t(batch.positions), t(e.src_row)
+            edit = self._edit_tensors(e)
+            positions = t(batch.positions)
             cross_k, cross_v, text_mask = self._rows_cross(np.asarray(batch.slots, np.int64))
-            mapper, alpha, weight, window = t(e.mapper), t(e.alpha), t(e.weight), t(e.window)
-            use_captured, captured = t(e.use_captured), t(e.captured)  # captured: [layers, R, heads, T]
-            keep = t(e.blend.T)  # [layers, R]: a_i per layer, each row of it contiguous
-            self_b = t((e.self_blend * e.self_window[:, None]).T)  # [layers, R]
             want = np.flatnonzero(batch.want_maps)
-            probs = torch.empty(L, R, H, s.max_text_tokens, device=self.device) if want.size else None
-
-            # codes: [R, K] -> the sum of the K codebook embeddings + the position's: [R, 1, hidden]
-            codes = t(batch.codes)
-            offsets = torch.arange(s.num_codebooks, device=self.device) * d.embed.shape[1]
-            x = d.embed.reshape(-1, d.embed.shape[2])[codes + offsets].sum(dim=1)
-            x = (x + d.positions[positions])[:, None, :]
-            for i, layer in enumerate(d.layers):
-                a = layer.self_attn
-                h = layer.self_attn_layer_norm(x)
-                q, k, v = (d._linear(p, h).view(R, H, D).to(self.dtype) for p in (a.q_proj, a.k_proj, a.v_proj))
-                out = self._self_attention(q, k, v, self._kv[i, 0], self._kv[i, 1], slots, positions, src,
-                                           self_b[i], d.scaling)  # [R, H, D]; k, v written at (slot, position)
-                x = x + d._linear(a.out_proj, out.float().reshape(R, 1, H * D))
-
-                c = layer.encoder_attn
-                h = layer.encoder_attn_layer_norm(x)
-                q = d._linear(c.q_proj, h).view(R, H, D).to(self.dtype)
-                out, _ = self._cross_attention(q, cross_k[i], cross_v[i], text_mask, src, use_captured, captured[i],
-                                               mapper, alpha, weight, window, keep[i], d.scaling,
-                                               probs=None if probs is None else probs[i])
-                x = x + d._linear(c.out_proj, out.float().reshape(R, 1, H * D))
-
-                h = layer.final_layer_norm(x)
-                x = x + d._linear(layer.fc2, layer.activation_fn(d._linear(layer.fc1, h)))
-            x = d.final_norm(x)
-            logits = d._linear(d.lm_head, x).view(R, s.num_codebooks, s.vocab_size).float()
+            self_terms = d.self_attention.terms(t(batch.slots), positions, edit)
+            cross_terms = d.cross_attention.terms(text_mask, edit, want_maps=bool(want.size))
+            # DecoderStep's embedding, layer tails and LM head around the kernels; the
+            # self-attention reads and writes the pool's layers in place.
+            logits, _, _ = d.decode(t(batch.codes), positions, self._kv[:, 0], self._kv[:, 1], cross_k, cross_v,
+                                    self_terms, cross_terms)
+            probs = cross_terms.probs  # [layers, R, heads, T], or None
             if probs is None:
-                maps = np.zeros((L, 0, H, s.max_text_tokens), np.float32)
+                maps = np.zeros((s.num_layers, 0, s.num_heads, s.max_text_tokens), np.float32)
             elif batch.map_means_only:
                 maps = probs[:, t(want)].mean(dim=(0, 2), keepdim=True).cpu().numpy()  # [1, M, 1, T]
             else:

@@ -1,4 +1,4 @@
-"""The int8 self-attention K/V pool of the segmented ORT engine (host memory, numpy).
+"""The int8 self-attention K/V pool of the CPU int8 step (host memory, numpy).
 
 Same slots, growth and shrinking as HostKVPool; the self-attention cache is int8 with one
 float32 scale per (position, slot, head), in blocks of 16 positions, block-major (the

@@ -24,21 +24,11 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
+from editgen.engine.backends.ort_sessions import OrtSessions
 from editgen.engine.backends.slots import HostKVPool, SlotTable
 from editgen.engine.contract import STEP_EDIT_INPUTS, StepBatch, StepOutputs, step_kv_names
-from editgen.engine.manifest import GraphInfo, Manifest, load_manifest
-from editgen.engine.tokenizer import TextTokenizer
-from editgen.errors import AudioError, ExportDirError, first_line
-
-
-
-def default_providers() -> list[str]:
-    available = ort.get_available_providers()
-    if "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
+from editgen.errors import ExportDirError
 
 
 @dataclasses.dataclass
@@ -49,40 +39,31 @@ class _Binding:
 
 
 class OrtBackend:
-    """Backend protocol (editgen.engine.backend) over an exported directory.
+    """Backend protocol (editgen.engine.contract) over an exported directory: its standard
+    decoder step.
 
     `providers`: onnxruntime execution providers (default: CUDA if present, then CPU).
     `threads`: intra-op threads of every session (default: onnxruntime's, one per core).
     `step_file`: run another decoder-step graph of the same directory (export uses it to
     compare the int8 graph with fp32).
     `profile_dir`: profile the decoder step with onnxruntime's profiler into this folder,
-    beside the graph as onnxruntime optimized it (`step_optimized.onnx`, for node names);
+    beside the graph as onnxruntime optimized it (`decoder_step_optimized.onnx`, for node names);
     `end_profiling()` returns the trace file (benchmarks.profile_ort reads it)."""
 
     name = "ort"
-    session_config: dict[str, str] = {}  # onnxruntime session config entries of every session
+    # MLAS computes each output sample of the codec the same way whatever the clip's
+    # length: a prefix decodes to the whole clip's samples before its last frames
+    # (the server streams prefix decodes; tests/test_server_engine.py pins it).
+    prefix_decode_exact = True
 
     def __init__(self, engine_dir: str | Path, *, providers: list[str] | None = None,
                  step_file: str | None = None, threads: int | None = None, profile_dir: str | Path | None = None):
-        self.manifest: Manifest = load_manifest(engine_dir)
-        self.shapes = self.manifest.shapes
-        self.is_random = bool(self.manifest.data.get("is_random", False))
-        self.tokenizer = TextTokenizer.from_file(self.manifest.tokenizer_file,
-                                                 max_tokens=self.shapes.max_text_tokens)
-        self.providers = list(providers) if providers is not None else default_providers()
-        self.threads = threads
-        self.profile_dir = Path(profile_dir) if profile_dir is not None else None
-        self._sessions: dict[str, ort.InferenceSession] = {}
-        self._text = self._session("text_encoder")
-        self._cross = self._session("cross_kv")
-        self._open_step(step_file)
-        self._outputs: dict[str, np.ndarray] = {}
-        self._out_rows = -1
-        self.slots: SlotTable | None = None
-        self.pool: HostKVPool | None = None
-
-    def _open_step(self, step_file: str | None) -> None:
-        self._step = self._session("decoder_step", step_file)
+        s = self.sessions = OrtSessions(engine_dir, providers=providers, threads=threads)
+        # The request side of the Backend protocol is the shared part's.
+        self.manifest, self.shapes, self.tokenizer, self.is_random = s.manifest, s.shapes, s.tokenizer, s.is_random
+        self.encode_text, self.decode_audio, self.encode_audio = s.encode_text, s.decode_audio, s.encode_audio
+        self._step = s.open("decoder_step", step_file,
+                            profile_dir=Path(profile_dir) if profile_dir is not None else None)
         self._on_cuda = self._step.get_providers()[0] == "CUDAExecutionProvider"
         self._step_info = self.manifest.graphs["decoder_step"]
         self._step_dtypes = {t.name: t.np_dtype for t in self._step_info.inputs}
@@ -97,42 +78,10 @@ class OrtBackend:
         self._bound: dict[str, _Binding] = {}
         self.binds = 0  # bind_input calls so far (0 per step in steady state)
         self.input_copies = 0  # inputs converted or made contiguous before binding (0 in steady state)
-
-    # -- sessions -----------------------------------------------------------------------
-
-    def _session(self, graph: str, file: str | None = None, info: GraphInfo | None = None) -> ort.InferenceSession:
-        info = info or self.manifest.graphs[graph]
-        path = self.manifest.root / (file or info.file)
-        if not path.is_file():
-            raise ExportDirError(f"engine directory {self.manifest.root} is missing {path.name}")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        if self.threads:
-            options.intra_op_num_threads = self.threads
-        for key, value in self.session_config.items():
-            options.add_session_config_entry(key, value)
-        if graph == "decoder_step" and self.profile_dir is not None:
-            options.enable_profiling = True
-            options.profile_file_prefix = str(self.profile_dir / "step")
-            options.optimized_model_filepath = str(self.profile_dir / "step_optimized.onnx")
-            options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
-                                             "step_optimized.data")
-        try:
-            session = ort.InferenceSession(str(path), options, providers=self.providers)
-        except Exception as exc:  # onnxruntime raises its own Fail / InvalidProtobuf / ...
-            raise ExportDirError(f"{path} cannot be loaded by onnxruntime: {first_line(exc)}") from None
-        want = [t.name for t in info.inputs], [t.name for t in info.outputs]
-        have = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
-        if want != have:
-            raise ExportDirError(f"{path} does not match manifest.json (inputs/outputs {have}, "
-                                 f"manifest {want}): re-export the model")
-        self._sessions[graph] = session
-        return session
-
-    def _lazy(self, graph: str) -> ort.InferenceSession:
-        session = self._sessions.get(graph)
-        return session if session is not None else self._session(graph)
+        self._outputs: dict[str, np.ndarray] = {}
+        self._out_rows = -1
+        self.slots: SlotTable | None = None
+        self.pool: HostKVPool | None = None
 
     # -- slots ------------------------------------------------------------------------
 
@@ -144,22 +93,10 @@ class OrtBackend:
     def admit(self, slots: np.ndarray, hidden: np.ndarray, mask: np.ndarray, edit) -> None:
         """hidden [R, T, text_hidden], mask [R, T] -> cross K/V of rows `slots`, kept in the pool;
         edit (EditStepInputs, rows R) kept in the slot table."""
-        self.slots.admit(slots, mask, edit)
-        feed = {"hidden": np.ascontiguousarray(hidden, dtype=np.float32),
-                "text_mask": np.ascontiguousarray(mask, dtype=np.int64)}
-        k, v = self._cross.run(["cross_k", "cross_v"], feed)  # [layers, R, heads, T, head_dim]
-        self.pool.ensure(int(np.max(slots)) + 1, self.pool.positions, self.slots.needed_positions())
-        self.pool.cross_k[:, slots] = k
-        self.pool.cross_v[:, slots] = v
+        self.sessions.admit(self.slots, self.pool, slots, hidden, mask, edit)
 
     def release(self, slots: np.ndarray) -> None:
         self.slots.release(slots)
-
-    def encode_text(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """ids, mask: [n, T] int64 -> hidden [n, T, text_hidden] float32."""
-        feed = {"input_ids": np.ascontiguousarray(ids, dtype=np.int64),
-                "attention_mask": np.ascontiguousarray(mask, dtype=np.int64)}
-        return self._text.run(["hidden"], feed)[0]
 
     # -- the step -----------------------------------------------------------------------
 
@@ -227,41 +164,18 @@ class OrtBackend:
             self._outputs[spec.name] = buf
         self._out_rows = rows
 
-    # -- audio --------------------------------------------------------------------------
-
-    def decode_audio(self, codes: np.ndarray) -> np.ndarray:
-        """codes [n, K, frames] -> waveforms [n, channels, samples] float32."""
-        feed = {"codes": np.ascontiguousarray(codes, dtype=np.int64)}
-        return self._lazy("encodec_decode").run(["audio"], feed)[0]
-
-    def encode_audio(self, wav: np.ndarray) -> np.ndarray:
-        """wav [channels, samples] float32 at shapes.sample_rate -> codes [K, frames] int64."""
-        wav = np.ascontiguousarray(wav, dtype=np.float32)
-        need, channels = self.manifest.encodec_min_samples, self.shapes.audio_channels
-        if wav.ndim != 2 or wav.shape[0] != channels:
-            raise AudioError(f"audio of shape {wav.shape}: the encoder takes [channels, samples] with "
-                             f"{channels} channel(s)")
-        if wav.shape[1] < need:
-            raise AudioError(f"audio is {wav.shape[1]} samples, the encoder needs a clip of at least "
-                             f"{need} ({need / self.shapes.sample_rate:.2f} s)")
-        return self._lazy("encodec_encode").run(["codes"], {"wav": wav})[0]
-
     def end_profiling(self) -> Path:
         return Path(self._step.end_profiling())
 
     # -- lifetime -----------------------------------------------------------------------
 
     def close(self) -> None:
-        self._sessions.clear()
-        self._text = self._cross = self._step = None
-        self._close_step()
-        self.slots = self.pool = None
-
-    def _close_step(self) -> None:  # what _open_step set up
-        self._binding = None
+        self.sessions.close()
+        self._step = self._binding = None
         self._outputs = {}
         self._bound.clear()
         self._kv_key = None
+        self.slots = self.pool = None
 
     def __enter__(self):
         return self

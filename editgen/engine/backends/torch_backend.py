@@ -46,15 +46,15 @@ class TorchBackend(TorchPools):
     def step(self, batch: StepBatch) -> StepOutputs:
         torch, t = self._torch, self._t
         phys = self.slots.expand(batch)
-        n, e = phys.rows, phys.edit
+        e = phys.edit
+        n = phys.rows
         self._grow(n)
         with torch.inference_mode():
             kv = self._kv[:, :, :n, :, : phys.attended]  # view: [layers, 2, n, heads, attended, head_dim]
             ck, cv = self._cross_k[:, :n], self._cross_v[:, :n]
             logits, new_kv, probs = self._step(
                 t(phys.codes), t(phys.positions), kv[:, 0].unbind(0), kv[:, 1].unbind(0), ck.unbind(0), cv.unbind(0),
-                t(phys.text_mask), t(e.src_row), t(e.mapper), t(e.alpha), t(e.weight), t(e.window), t(e.blend),
-                t(e.use_captured), t(e.captured), t(e.self_blend), t(e.self_window))
+                t(phys.text_mask), self._edit_tensors(e))
             slots, positions = t(batch.slots), t(batch.positions)
             # [layers, 2, n, heads, head_dim] -> the rows of the batch at their positions.
             self._kv[:, :, slots, :, positions] = new_kv[:, :, slots].permute(2, 0, 1, 3, 4)

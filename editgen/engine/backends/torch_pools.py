@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from editgen.engine.backends.slots import SlotTable
+from editgen.engine.edit.step_inputs import EditStepInputs
 
 
 class TorchPools:
@@ -21,6 +22,12 @@ class TorchPools:
 
     def _t(self, a: np.ndarray):
         return self._torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+
+    def _edit_tensors(self, edit: EditStepInputs):
+        """A step's edit inputs on the backend's device, as DecoderStep's parts take them."""
+        from editgen.model.edit_tensors import EditTensors
+
+        return EditTensors.from_inputs(edit, self._t)
 
     def open(self, max_slots: int) -> None:
         self.slots = SlotTable(self.shapes, max_slots)
