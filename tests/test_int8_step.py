@@ -227,8 +227,8 @@ def test_int8_export_records_the_int8_step_and_the_runtime_runs_the_faster_path(
     from editgen.engine.runtime import open_backend
 
     engine = exported("random:tiny", quantize="int8")
-    manifest = load_manifest(engine).data
-    entry = manifest["int8_step"]
+    manifest = load_manifest(engine)
+    entry = manifest.int8_step
     assert entry["file"] == "int8_step.npz" and entry["isa"] == cpu_library.isa()
     assert entry["agreement"]["teacher_forced_token_agreement"] > 0.9 and entry["agreement"]["max_logit_error"] < 0.05
     assert set(entry["step_ms"]) == {"int8-step", "ort-int8"} and entry["default"] == min(entry["step_ms"],

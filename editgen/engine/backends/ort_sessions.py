@@ -38,7 +38,7 @@ class OrtSessions:
                  session_config: dict[str, str] | None = None):
         self.manifest: Manifest = load_manifest(engine_dir)
         self.shapes = self.manifest.shapes
-        self.is_random = bool(self.manifest.data.get("is_random", False))
+        self.is_random = self.manifest.is_random
         self.tokenizer = TextTokenizer.from_file(self.manifest.tokenizer_file,
                                                  max_tokens=self.shapes.max_text_tokens)
         self.providers = list(providers) if providers is not None else default_providers()
