@@ -263,6 +263,7 @@ def test_step_is_decoder_step_within_int8_error(tiny_step, tmp_path):
     import torch
 
     from editgen.kernels.cpu_attention import k_positions, scale_positions, v_positions
+    from editgen.model.edit_tensors import EditTensors
     from editgen.model.step_module import DecoderStep
 
     shapes, arrays = tiny_step
@@ -279,8 +280,7 @@ def test_step_is_decoder_step_within_int8_error(tiny_step, tmp_path):
     step = DecoderStep(loaded_model("random:tiny").model).eval()
     with torch.no_grad():
         want_logits, _, want_maps = step(t(codes), t(pos), keys, values, list(t(pool.cross_k[:, :rows])),
-                                         list(t(pool.cross_v[:, :rows])), t(mask),
-                                         *(t(getattr(edit, f)) for f in vars(edit)))
+                                         list(t(pool.cross_v[:, :rows])), t(mask), EditTensors.from_inputs(edit, t))
     scale = float(want_logits.abs().max())
     np.testing.assert_allclose(logits, want_logits.numpy(), atol=0.05 * scale)
     np.testing.assert_allclose(maps, want_maps.numpy(), atol=0.01)

@@ -21,7 +21,7 @@ from editgen.errors import TooLongError, WindowError
 SRC = "lofi piano with warm drums"
 TGT = "lofi marimba with warm drums"
 LONG = GenerationOptions(seconds=7.0, seed=3, window_seconds=2.0, context_seconds=0.6)
-GOLDEN = Path(__file__).parent / "data" / "one_window_codes_7817cf9.npz"
+GOLDEN = Path(__file__).parent / "data" / "one_window_codes_712c4af.npz"
 
 
 def test_window_plan_of_a_long_request(tiny_backend):
@@ -53,7 +53,7 @@ def test_source_row_of_a_long_edit_equals_the_long_generation(tiny_backend, long
 
 
 def test_a_request_that_fits_one_window_is_bit_identical_to_before_windows(tiny_backend):
-    """Codes recorded at 7817cf9, the commit before windows (tests/data: generate, paired,
+    """Codes recorded at 712c4af, main before windows (tests/data: generate, paired,
     real-audio and region edits of 4 s, seed 11), equal what the engine gives now."""
     golden = np.load(GOLDEN)
     o = GenerationOptions(seconds=4.0, seed=11)

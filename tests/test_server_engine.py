@@ -145,10 +145,12 @@ def test_torch_streams_equal_the_whole_files(model):
 
 @pytest.mark.parametrize("name", ["torch", "ort"])
 def test_prefix_decodes_give_the_whole_clips_samples(exported, name):
-    """decode_prefix, for every prefix length: the samples before the holdback are the
-    whole decode's, bit for bit (ORT: a prefix decoded alone; torch: at the final length)."""
+    """decode_piece, for every prefix length of a one-chunk clip: the samples before the
+    holdback are the whole decode's, bit for bit (ORT: a prefix decoded alone; torch: at
+    the chunk's length)."""
     from editgen.engine.backends.torch_backend import TorchBackend
-    from editgen.server.audio_stream import decode_prefix
+    from editgen.engine.codec_chunks import Span
+    from editgen.server.audio_stream import decode_piece
     from tests.conftest import loaded_model
 
     backend = (TorchBackend(loaded_model("random:tiny")) if name == "torch"
@@ -157,6 +159,6 @@ def test_prefix_decodes_give_the_whole_clips_samples(exported, name):
     codes = np.random.default_rng(1).integers(0, 2048, (4, 90))
     whole = backend.decode_audio(codes[None])[0]
     for f in range(HOLDBACK_FRAMES + 1, 90, 3):
-        settled = (f - HOLDBACK_FRAMES) * hop
-        part = decode_prefix(backend, codes[:, :f], 90)
-        np.testing.assert_array_equal(part[:, :settled], whole[:, :settled], err_msg=f"{name}, {f} frames")
+        settled = f - HOLDBACK_FRAMES
+        part = decode_piece(backend, codes[:, :f], Span(0, settled, 0, f), chunk_end=90)
+        np.testing.assert_array_equal(part, whole[:, :settled * hop], err_msg=f"{name}, {f} frames")

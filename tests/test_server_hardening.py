@@ -334,12 +334,12 @@ def test_block_resampler_equals_resample_poly(rate):
 def test_a_flac_that_hides_its_length_is_refused_before_decoding():
     """FLAC's header may say "length unknown" (total samples 0): libsndfile then reports
     the largest count there is, so the header check refuses it rather than decode it."""
-    from editgen.errors import AudioError
+    from editgen.errors import AudioTooLongError
 
     data = bytearray(flac_upload(48_000, 1, 3))
     data[21] &= 0xF0  # STREAMINFO's 36-bit total sample count: file bytes 21 (low half) to 25
     data[22:26] = bytes(4)
-    with pytest.raises(AudioError, match="the model takes at most"):
+    with pytest.raises(AudioTooLongError, match="longer than the maximum of 40 s"):
         read_upload(io.BytesIO(bytes(data)), "upload", FAKE_SHAPES, max_seconds=40.0, max_samples=8_000_000)
 
 
