@@ -45,11 +45,13 @@ EDIT_TARGETS = {"replace": dict(target="lofi guitar with warm drums"),
                 "reweight": dict(op="reweight", word_weights={"piano": 1.8}),
                 "paper-text": dict(target="lofi guitar with warm drums", setting="paper-text")}
 FULL = dict(preset="small", steps=200, seconds=30.0, hf_seconds=10.0, rows=(1, 4, 16, 64), past=100, timed_steps=50,
-            workloads=("plain", *EDIT_TARGETS), half_workloads=("plain", "replace"))
+            workloads=("plain", *EDIT_TARGETS), half_workloads=("plain", "replace"), kernel_positions=1536)
 # Under Triton's interpreter every kernel program runs in numpy (~0.3 s per tiny step):
 # the quick run only exercises the script's code paths.
-QUICK = dict(preset="tiny", steps=8, seconds=0.1, hf_seconds=0.1, rows=(1, 4), past=2, timed_steps=1,
-             workloads=("plain", "replace"), half_workloads=("plain",))
+# Each interpreted kernel call costs ~0.1 s per program: 7 steps (the shortest clip) and 192
+# positions keep the run near a minute while every section runs.
+QUICK = dict(preset="tiny", steps=7, seconds=0.1, hf_seconds=0.1, rows=(1, 4), past=2, timed_steps=1,
+             workloads=("plain", "replace"), half_workloads=("plain",), kernel_positions=192)
 
 
 def main(argv=None) -> int:
@@ -78,7 +80,7 @@ def main(argv=None) -> int:
                "preset": cfg["preset"], "torch": torch.__version__, "tf32": False}
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
-    sections = {"kernels": lambda: kernel_errors(loaded.shapes, device),
+    sections = {"kernels": lambda: kernel_errors(loaded.shapes, device, cfg["kernel_positions"]),
                 "codes": lambda: code_comparison(loaded, device, cfg["steps"], cfg["workloads"]),
                 "agreement": lambda: half_agreement(loaded, device, cfg["steps"], cfg["half_workloads"]),
                 "timings": lambda: timings(loaded, device, cfg, args.bandwidth),
@@ -97,14 +99,14 @@ def main(argv=None) -> int:
 # -- 1. kernels ------------------------------------------------------------------------------
 
 
-def kernel_errors(shapes, device) -> dict:
+def kernel_errors(shapes, device, positions: int) -> dict:
     import torch
 
     from editgen.kernels import cross_attention, decode_attention, reference
 
     g = torch.Generator().manual_seed(0)
     R, H, D, T = 4, shapes.num_heads, shapes.head_dim, shapes.max_text_tokens
-    P = min(shapes.max_positions, 1536)
+    P = min(shapes.max_positions, positions)
 
     def rand(*shape):
         return torch.randn(*shape, generator=g)
