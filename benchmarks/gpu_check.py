@@ -45,13 +45,14 @@ EDIT_TARGETS = {"replace": dict(target="lofi guitar with warm drums"),
                 "reweight": dict(op="reweight", word_weights={"piano": 1.8}),
                 "paper-text": dict(target="lofi guitar with warm drums", setting="paper-text")}
 FULL = dict(preset="small", steps=200, seconds=30.0, hf_seconds=10.0, rows=(1, 4, 16, 64), past=100, timed_steps=50,
-            workloads=("plain", *EDIT_TARGETS), half_workloads=("plain", "replace"), kernel_positions=1536)
+            workloads=("plain", *EDIT_TARGETS), half_workloads=("plain", "replace"), half_dtypes=("float16", "bfloat16"),
+            kernel_positions=1536)
 # Under Triton's interpreter every kernel program runs in numpy (~0.3 s per tiny step):
 # the quick run only exercises the script's code paths.
-# Each interpreted kernel call costs ~0.1 s per program: 7 steps (the shortest clip) and 192
-# positions keep the run near a minute while every section runs.
-QUICK = dict(preset="tiny", steps=7, seconds=0.1, hf_seconds=0.1, rows=(1, 4), past=2, timed_steps=1,
-             workloads=("plain", "replace"), half_workloads=("plain",), kernel_positions=192)
+# An interpreted tiny step takes ~1 s: one workload of 7 steps (the shortest clip) per
+# section, one half dtype, one row count and 192 positions keep every section running.
+QUICK = dict(preset="tiny", steps=7, seconds=0.1, hf_seconds=0.1, rows=(4,), past=2, timed_steps=1,
+             workloads=("replace",), half_workloads=("plain",), half_dtypes=("float16",), kernel_positions=192)
 
 
 def main(argv=None) -> int:
@@ -82,7 +83,8 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     sections = {"kernels": lambda: kernel_errors(loaded.shapes, device, cfg["kernel_positions"]),
                 "codes": lambda: code_comparison(loaded, device, cfg["steps"], cfg["workloads"]),
-                "agreement": lambda: half_agreement(loaded, device, cfg["steps"], cfg["half_workloads"]),
+                "agreement": lambda: half_agreement(loaded, device, cfg["steps"], cfg["half_workloads"],
+                                                    cfg["half_dtypes"]),
                 "timings": lambda: timings(loaded, device, cfg, args.bandwidth),
                 "cuda_lib": lambda: cuda_lib_comparison(loaded, device, cfg, args.cuda_lib)}
     for name, section in sections.items():
@@ -211,12 +213,12 @@ def _first_divergence(want, got, want_logits, rows_cond) -> dict:
             "top1_minus_top2": float(top2[1] - top2[0]), "differing_fraction": float((want != got).mean())}
 
 
-def half_agreement(loaded, device, steps: int, workloads) -> dict:
+def half_agreement(loaded, device, steps: int, workloads, dtypes) -> dict:
     from editgen.engine.backends.kernel_backend import KernelBackend
 
     out = {}
     full = {w: _run(KernelBackend(loaded, device=device, dtype="float32"), w, steps)[0] for w in workloads}
-    for dtype in ("float16", "bfloat16"):
+    for dtype in dtypes:
         backend = KernelBackend(loaded, device=device, dtype=dtype)
         out[dtype] = {w: float((_run(backend, w, steps)[0] == codes).mean()) for w, codes in full.items()}
     return out

@@ -35,9 +35,9 @@ def test_gpu_check_quick_runs_every_section(tmp_path):
     assert kernels["float16"]["cross_out"] < 5e-3 and kernels["bfloat16"]["self_out"] < 5e-2
     # fp32 triton backend vs the torch reference: the same greedy codes at tiny sizes
     assert all(c["identical"] for c in results["codes"].values()), results["codes"]
-    assert set(results["agreement"]) == {"float16", "bfloat16"}
+    assert set(results["agreement"]) == {"float16"}  # --quick: one half dtype (the full run: fp16 and bf16)
     t = results["timings"]
-    assert t["edit_e2e_s"] > 0 and set(t["steps_per_s"]) == {"1", "4"} and t["floor_ms_per_step"] > 0
+    assert t["edit_e2e_s"] > 0 and set(t["steps_per_s"]) == {"4"} and t["floor_ms_per_step"] > 0
     assert t["transformers_float32_s"] > 0 and t["transformers_float16_s"] > 0
     # The CUDA C++ library's comparison needs a GPU: the section says so instead of a number.
     assert results["cuda_lib"] == {"skipped": "no CUDA device: the CUDA C++ library runs only on an NVIDIA GPU"}

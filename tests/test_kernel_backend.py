@@ -9,7 +9,7 @@ is set here, before anything imports triton or editgen.kernels (the kernels are
 decorated at import; test_triton_kernels.py sets the same in its worker). The
 interpreter costs ~10 ms per kernel program, so one row of one step of random:tiny
 (2 layers x 3 launches x 4 heads) takes ~0.25-0.3 s: the edit generations here are
-STEPS = 7 decoder steps (4 frames) and plain generation 20, not the ~40-60 the ORT parity
+STEPS = 7 decoder steps (4 frames) and plain generation 12, not the ~40-60 the ORT parity
 tests run, and many edits share one request. With CUDA the same tests launch the
 compiled kernels."""
 
@@ -45,7 +45,7 @@ from tests.test_onnx import FullMaps, scripted_steps  # noqa: E402
 SPEC = "random:tiny"
 SRC = "lofi piano with warm drums"
 STEPS = 7  # edits (4 frames, the shortest clip); PLAIN_STEPS for plain generation and the half-precision pools
-PLAIN_STEPS = 20
+PLAIN_STEPS = 12
 LOGITS_TOL = dict(atol=1e-4, rtol=0)
 MAPS_TOL = dict(atol=1e-5, rtol=0)
 

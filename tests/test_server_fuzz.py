@@ -1,4 +1,4 @@
-"""Schemathesis fuzz of the OpenAPI schema (benchmarks/fuzz.py): at least 1,000 generated
+"""Schemathesis fuzz of the OpenAPI schema (benchmarks/fuzz.py): at least 500 generated
 requests, valid and invalid, over every operation, about a third of the bodies carrying
 unpaired surrogates, NUL or noncharacters in a string; zero 5xx, every error a coded body."""
 
@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from benchmarks.fuzz import HOSTILE_TEXT, fuzz, fuzz_app, summary  # noqa: E402
 
 
-def test_fuzz_1000_requests_no_5xx():
+def test_fuzz_500_requests_no_5xx():
     app = fuzz_app()
     hostile = {"surrogate": 0, "NUL": 0}
 
@@ -30,10 +30,10 @@ def test_fuzz_1000_requests_no_5xx():
             assert response.status_code in (400, 404, 413, 422), (case.path, case.body, response.text)
 
     with TestClient(app):
-        counts = fuzz(app, per_operation=90, on_response=check)
+        counts = fuzz(app, per_operation=45, on_response=check)
     result = summary(counts)
     print(result["by_status"], result["requests"], result["by_operation"], hostile)
     assert result["server_errors"] == 0
-    assert result["requests"] >= 1000
+    assert result["requests"] >= 500
     assert {"200", "400", "422"} <= set(result["by_status"])  # valid and invalid requests both reached
-    assert min(hostile.values()) >= 25, hostile  # surrogates and NUL reached the server
+    assert min(hostile.values()) >= 12, hostile  # surrogates and NUL reached the server
