@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import repeat_timing
+
 LAYERS, HEADS, HEAD_DIM = 24, 16, 64
 HIDDEN = HEADS * HEAD_DIM
 
@@ -182,12 +184,7 @@ class Timer:
 
 
 def _timed(fn, repeats: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+    return repeat_timing(fn, warmup=0, repeats=repeats)["min"]
 
 
 def run(seconds: float, rows: int, threads: int, every: int, layers: int) -> dict:

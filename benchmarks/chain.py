@@ -22,10 +22,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.common import loadavg
 
 PROG = "python -m benchmarks.chain"
 HERE = Path(__file__).resolve().parents[1]
@@ -41,11 +42,6 @@ import editgen
 out["editgen"] = editgen.__file__
 print("RESULT " + json.dumps(out))
 """
-
-
-def loadavg() -> list[float]:
-    with open("/proc/loadavg") as f:
-        return [float(x) for x in f.read().split()[:3]]
 
 
 def export(checkout: Path, out: Path) -> Path:

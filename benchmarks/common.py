@@ -45,6 +45,12 @@ def repeat_timing(fn: Callable[[], None], *, warmup: int, repeats: int) -> dict:
     return {"min": min(times), "median": statistics.median(times), "all": times}
 
 
+def loadavg() -> list[float]:
+    """The 1, 5 and 15 minute load averages (/proc/loadavg): what else ran beside a timing."""
+    with open("/proc/loadavg") as f:
+        return [float(x) for x in f.read().split()[:3]]
+
+
 def reset_peak_rss() -> bool:
     """Resets this process's peak resident set (VmHWM) on Linux; False where it cannot."""
     try:

@@ -22,10 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.common import loadavg, repeat_timing
 
 PROG = "python -m benchmarks.cpu_candidates"
 PAST = 250
@@ -53,23 +54,13 @@ def _feed(manifest, graph: str, rows: int) -> dict:
     return feed
 
 
-def _best(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def int8_step(engine: str, rows: int, threads: int, repeats: int) -> float:
     from benchmarks.engines import OurStepBench
     from editgen.engine.backends.int8_step_backend import Int8StepBackend
 
     with Int8StepBackend(engine, threads=threads) as backend:
         bench = OurStepBench(backend, "edit", rows // 2 - 1, PAST, 1, repeats + 2)
-        return _best(lambda: bench.burst(1), repeats)
+        return repeat_timing(lambda: bench.burst(1), warmup=1, repeats=repeats)["min"]
 
 
 def ort_int8(engine: str, rows: int, threads: int, repeats: int) -> float:
@@ -82,7 +73,7 @@ def ort_int8(engine: str, rows: int, threads: int, repeats: int) -> float:
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(m.graph_path("decoder_step")), options, providers=["CPUExecutionProvider"])
     feed = _feed(m, "decoder_step", rows)
-    return _best(lambda: session.run(None, feed), repeats)
+    return repeat_timing(lambda: session.run(None, feed), warmup=1, repeats=repeats)["min"]
 
 
 def openvino(path: Path, manifest_dir: str, rows: int, threads: int, repeats: int, compress: bool = False) -> float:
@@ -99,7 +90,7 @@ def openvino(path: Path, manifest_dir: str, rows: int, threads: int, repeats: in
     compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
     request = compiled.create_infer_request()
     feed = _feed(load_manifest(manifest_dir), "decoder_step", rows)
-    return _best(lambda: request.infer(feed), repeats)
+    return repeat_timing(lambda: request.infer(feed), warmup=1, repeats=repeats)["min"]
 
 
 def main(argv=None) -> int:
@@ -124,18 +115,15 @@ def main(argv=None) -> int:
     results = []
     for rows in a.rows:
         for name, run in candidates.items():
-            with open("/proc/loadavg") as f:
-                before = f.read().split()[:3]
+            before = loadavg()
             try:
                 ms = 1e3 * run(rows)
             except Exception as exc:  # recorded: a candidate that cannot run this graph
                 ms, error = None, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
             else:
                 error = None
-            with open("/proc/loadavg") as f:
-                after = f.read().split()[:3]
             results.append({"candidate": name, "rows": rows, "step_ms": ms, "error": error, "loadavg_before": before,
-                            "loadavg_after": after})
+                            "loadavg_after": loadavg()})
             print(f"{name:<22} {rows:>3} rows: " + (f"{ms:8.1f} ms" if ms is not None else error), file=sys.stderr)
             if a.json:
                 a.json.parent.mkdir(parents=True, exist_ok=True)

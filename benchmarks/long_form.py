@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import loadavg
+
 ROOT = Path(__file__).resolve().parents[1]
 PROG = "python -m benchmarks.long_form"
 SOURCE, TARGET = "lofi piano with warm drums", "lofi guitar with warm drums"
@@ -118,7 +120,7 @@ def cli_run(args, wav_path: Path, seconds: float, out: Path) -> dict:
     argv = [sys.executable, "-m", "editgen.cli", "edit", *model, "--audio", str(wav_path), "--source", SOURCE,
             "--target", TARGET, "--region", region, "--no-progress", "-o", str(out)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    load_before = Path("/proc/loadavg").read_text().split()[:3]
+    load_before = loadavg()
     start = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -130,7 +132,7 @@ def cli_run(args, wav_path: Path, seconds: float, out: Path) -> dict:
     meta = json.loads((out / "edit.json").read_text())
     row = {"audio_seconds": seconds, "wall_s": wall, "rtf": wall / seconds, "s_per_audio_s": wall / seconds,
            "peak_rss_mb": usage.ru_maxrss / 1024, "loadavg_before": load_before,
-           "loadavg_after": Path("/proc/loadavg").read_text().split()[:3], "windows": len(meta["long_form_windows"]),
+           "loadavg_after": loadavg(), "windows": len(meta["long_form_windows"]),
            "region": region, "stdout": stdout.strip()}
     print(json.dumps(row), flush=True)
     return row

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import loadavg
+
 PROG = "python -m benchmarks.step_parts"
 
 
@@ -123,8 +125,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     from benchmarks.roofline import measure_bandwidth
 
-    with open("/proc/loadavg") as f:
-        load_before = f.read().split()[:3]
+    load_before = loadavg()
     bandwidth = measure_bandwidth(threads=a.threads, megabytes=512)
     weight_bytes = step_weight_bytes(a.engine_dir)
     results = []
@@ -138,9 +139,7 @@ def main(argv=None) -> int:
                   f"{bandwidth['read_gb_s']:.1f} GB/s)", file=sys.stderr)
             for k, v in r["parts_s"].items():
                 print(f"  {k:<13} {1e3 * v:7.2f} ms  {r['parts_over_floor'][k]:5.2f} x floor", file=sys.stderr)
-    with open("/proc/loadavg") as f:
-        load_after = f.read().split()[:3]
-    out = {"bandwidth": bandwidth, "loadavg_before": load_before, "loadavg_after": load_after,
+    out = {"bandwidth": bandwidth, "loadavg_before": load_before, "loadavg_after": loadavg(),
            "threads": a.threads, "results": results}
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
