@@ -396,7 +396,7 @@ def test_stereo_manifest_codec_graphs(exported):
     """A stereo export: shapes carry audio_channels; the EnCodec graphs have a static
     channel axis of 2 (decode [clips, 2, samples], encode [2, samples] -> [8, frames])."""
     manifest = load_manifest(exported(STEREO))
-    assert manifest.data["format_version"] == FORMAT_VERSION == 7
+    assert manifest.to_dict()["format_version"] == FORMAT_VERSION == 7
     assert manifest.shapes == loaded_model(STEREO).shapes and manifest.shapes.audio_channels == 2
     decode, encode = manifest.graphs["encodec_decode"], manifest.graphs["encodec_encode"]
     assert decode.input("codes").shape == ("clips", 8, "frames")

@@ -203,11 +203,6 @@ class Manifest:
     root: Path | None = dataclasses.field(default=None, compare=False)  # where it was read from; not in the file
 
     @property
-    def data(self) -> dict:
-        """The manifest as the JSON object of the file."""
-        return self.to_dict()
-
-    @property
     def tokenizer_file(self) -> Path:
         return self.root / self.tokenizer
 
