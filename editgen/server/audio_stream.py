@@ -101,18 +101,21 @@ class StreamPlan:
         frames [keep_start, keep_end)."""
         if self.sent >= self.frames:
             return None
-        index = min(self.sent // self.chunks.chunk, len(self.spans) - 1)
-        span = self.spans[index]
+        span = self._span_of(self.sent)
         if settled >= span.end:  # the chunk's codes are all there: the rest of it, at once
             return Span(self.sent, span.keep_end, span.start, span.end)
         end = settled - HOLDBACK_FRAMES
-        if index == 0 and end > self.sent and self.growing.due(end):  # a prefix of the first chunk
+        if span is self.spans[0] and end > self.sent and self.growing.due(end):  # a prefix of the first chunk
             return Span(self.sent, end, 0, settled)
         return None
 
     def chunk_end(self, piece: Span) -> int:
         """The last input frame (exclusive) of the chunk `piece` belongs to."""
-        return self.spans[min(piece.keep_start // self.chunks.chunk, len(self.spans) - 1)].end
+        return self._span_of(piece.keep_start).end
+
+    def _span_of(self, frame: int) -> Span:
+        """The codec chunk that sends `frame`."""
+        return self.spans[min(frame // self.chunks.chunk, len(self.spans) - 1)]
 
     def sent_to(self, frame: int) -> None:
         self.sent = frame
