@@ -26,6 +26,10 @@ CUDA = torch.cuda.is_available()
 if not CUDA:
     os.environ["TRITON_INTERPRET"] = "1"
 pytest.importorskip("triton")
+if not CUDA:
+    from tests.triton_interpreter import speed_up
+
+    speed_up()
 
 from editgen.engine.backends.kernel_backend import CUDA_LIB_NEEDS_A_GPU, NO_DEVICE, KernelBackend  # noqa: E402
 from editgen.engine.core import EngineCore, StepObserver  # noqa: E402
