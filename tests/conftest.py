@@ -8,8 +8,10 @@ runtime starts, and subprocesses started by tests inherit it."""
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
+import shutil
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -52,18 +54,35 @@ def tiny_backend():
 
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
-    """exported(spec, **export_options) -> directory: each export once per session (the
-    ONNX tests and the server tests share them)."""
+    """exported(spec, **export_options) -> directory: each export once per run (the ONNX
+    tests and the server tests share them). Tests read these directories; one that changes
+    files copies the directory first.
+
+    Under pytest-xdist each worker has its own session, and both workers need the common
+    exports (random:tiny fp32 and int8, 5-7 s each): as tests/test_cuda_lib.py's build,
+    the first worker to take an export's lock writes it into the run's shared temporary
+    directory, the other waits for it and reuses it."""
     from editgen.export.onnx_export import export_engine
 
+    shared = os.environ.get("PYTEST_XDIST_WORKER") is not None
     dirs = {}
 
     def get(spec: str, **options) -> Path:
         key = (spec, tuple(sorted(options.items())))
         if key not in dirs:
             name = spec.replace(":", "_") + "".join(f"_{k}{v}" for k, v in key[1])
-            out = tmp_path_factory.mktemp(name)
-            export_engine(loaded_model(spec), out, log=lambda line: None, **options)
+            if not shared:
+                out = tmp_path_factory.mktemp(name)
+                export_engine(loaded_model(spec), out, log=lambda line: None, **options)
+            else:
+                root = tmp_path_factory.getbasetemp().parent  # one per run, shared by the workers
+                out, done = root / f"exported_{name}", root / f"exported_{name}.done"
+                with open(root / f"exported_{name}.lock", "w") as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                    if not done.exists():  # written only after a complete export
+                        shutil.rmtree(out, ignore_errors=True)  # what a failed export left
+                        export_engine(loaded_model(spec), out, log=lambda line: None, **options)
+                        done.touch()
             dirs[key] = out
         return dirs[key]
 

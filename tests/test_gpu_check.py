@@ -1,5 +1,5 @@
 """benchmarks/gpu_check.py, the script for a lent GPU, run here in --quick mode (random:tiny,
-8 steps) on CPU under Triton's interpreter: every section's code path runs and writes its
+7 steps) on CPU under Triton's interpreter: every section's code path runs and writes its
 figures, so the device session does not find a broken script. What the figures say on
 CPU means nothing (the interpreter is slow); the kernel errors and code comparisons are
 real checks at tiny sizes."""

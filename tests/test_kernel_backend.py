@@ -233,7 +233,7 @@ def test_device_sampling_equals_host_sampling():
     from editgen.engine.hooks import MeanMaps
 
     def run(backend):
-        job = generate_job(backend, SRC, GenerationOptions(seconds=0.1, seed=3, top_k=20, temperature=1.2))
+        job = generate_job(backend, SRC, GenerationOptions(seconds=0.08, seed=3, top_k=20, temperature=1.2))
         maps = MeanMaps(job.request.steps, 1, backend.shapes.max_text_tokens)
         job.request.recorders = (maps,)
         EngineCore(backend, max_rows=2).run(job.request)

@@ -1,7 +1,7 @@
 """ONNX export and the ORT backend against the torch backend (random:tiny, random:tiny2;
 random:tiny-stereo for the step, generation, one edit op, capture and the codec).
 
-Fixtures: `exported(spec, **export_options)` (tests/conftest.py) exports once per session
+Fixtures: `exported(spec, **export_options)` (tests/conftest.py) exports once per run
 and returns the directory; `ort_backend(spec)` is an OrtBackend over the fp32 export (cached), and
 `tests.conftest.torch_backend(spec)` the reference."""
 

@@ -1,4 +1,4 @@
-"""The server on the ORT engine (random:tiny, exported once per session): concurrent
+"""The server on the ORT engine (random:tiny, exported once per run): concurrent
 requests batched together return the same bytes as the same requests one at a time,
 streamed audio equals the whole file, and the codec's boundary the stream relies on."""
 
