@@ -87,6 +87,8 @@ def main(argv=None) -> int:
     p.add_argument("--chains", type=int, default=2)
     p.add_argument("--seconds", type=float, nargs="+", default=[10.0, 30.0])
     p.add_argument("--concurrency", type=int, default=8, help="concurrent 10 s edits on this engine (0: none)")
+    p.add_argument("--concurrency-on", choices=("new", "both"), default="new",
+                   help="both: the old engine's concurrent edits too (it needs benchmarks.e2e.concurrent_edits)")
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
     from benchmarks.roofline import measure_bandwidth
@@ -115,12 +117,13 @@ def main(argv=None) -> int:
                 print(f"chain {c + 1} {label} {seconds:g} s: {r['wall_s']:.1f} s (load {r['loadavg_before'][0]:.2f})",
                       file=sys.stderr)
                 save()
-        for count in (1, a.concurrency) if a.concurrency else ():
-            checkout, engine = engines["new"]
-            r = {"label": "new", **run(checkout, engine, 10.0, a.threads, count=count)}
-            chain["runs"].append(r)
-            print(f"chain {c + 1} new {count} x 10 s: {r['audio_s_per_s']:.3f} audio s/s", file=sys.stderr)
-            save()
+        for label in order if a.concurrency_on == "both" else ("new",):
+            for count in (1, a.concurrency) if a.concurrency else ():
+                checkout, engine = engines[label]
+                r = {"label": label, **run(checkout, engine, 10.0, a.threads, count=count)}
+                chain["runs"].append(r)
+                print(f"chain {c + 1} {label} {count} x 10 s: {r['audio_s_per_s']:.3f} audio s/s", file=sys.stderr)
+                save()
         chain["bandwidth_after"] = measure_bandwidth(threads=a.threads, megabytes=512)
         save()
     print(f"wrote {a.out / 'chain.json'} and {a.out / 'chain.png'}")
@@ -140,13 +143,14 @@ def plot(results: dict, path: Path) -> None:
             a.plot([r["seconds"] for r in runs], [r["wall_s"] for r in runs], marker, ls="-",
                    label=f"chain {c + 1} {label}")
         conc = [r for r in chain["runs"] if "requests" in r]
-        b.bar([f"{r['requests']} (chain {c + 1})" for r in conc], [r["audio_s_per_s"] for r in conc])
+        b.bar([f"{r['label']}, {r['requests']}\nchain {c + 1}" for r in conc], [r["audio_s_per_s"] for r in conc],
+              color=["tab:gray" if r["label"] == "old" else "tab:blue" for r in conc])
     a.set_xlabel("edit length (s)")
     a.set_ylabel("wall seconds, end to end (lower is better)")
     a.set_title("one edit, 4 rows, ORT int8, each run its own process")
     a.legend(fontsize=7)
     b.set_ylabel("edited audio s per wall s")
-    b.set_title("concurrent 10 s edits, this engine")
+    b.set_title("concurrent 10 s edits")
     b.tick_params(axis="x", labelsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
