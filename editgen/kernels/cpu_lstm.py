@@ -9,7 +9,6 @@ dim], 7 bits, one scale per column, as the step's matmuls), `lstm.{l}.bias` (b_i
 from __future__ import annotations
 
 import ctypes
-from pathlib import Path
 
 import numpy as np
 

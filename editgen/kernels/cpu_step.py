@@ -183,7 +183,7 @@ def int8_step_ref(arrays: dict, heads: int, codes, positions, text_mask, edit, p
     n = codes.shape[0]
     embed, eps = arrays["embed"].astype(np.float64), float(arrays["ln_eps"])
     K, H = codes.shape[1], embed.shape[2]
-    D, T = H // heads, text_mask.shape[1]
+    D = H // heads
     x = sum(embed[k][codes[:, k]] for k in range(K)) + arrays["positions"].astype(np.float64)[positions]
     gelu = np.vectorize(lambda v: 0.5 * v * (1 + erf(v / np.sqrt(2))))
     maps = []

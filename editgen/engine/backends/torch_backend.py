@@ -10,7 +10,6 @@ positions, edit tensors); the logits and requested maps come back."""
 
 from __future__ import annotations
 
-import numpy as np
 
 from editgen.engine.backends.slots import SlotTable
 from editgen.engine.contract import MIN_ROWS
