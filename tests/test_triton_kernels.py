@@ -417,9 +417,12 @@ _COMPILE_SCRIPT = textwrap.dedent("""
     R, H, D, T, S, P = 4, 16, 64, 64, 8, 1536
     for arch in (90,):  # the H100 / H200
         for dt in (torch.float16, torch.bfloat16):
-            launches, _ = _decode_plan(e(R, H, D, dtype=dt), e(R, H, D, dtype=dt), e(R, H, D, dtype=dt),
+            launches = ()
+            for splits in (4, 1):  # split + reduce, and the fused one-split kernel
+                plan, _ = _decode_plan(e(R, H, D, dtype=dt), e(R, H, D, dtype=dt), e(R, H, D, dtype=dt),
                                        e(S, H, P, D, dtype=dt), e(S, H, P, D, dtype=dt), i64(R), i64(R), i64(R),
-                                       e(R), D**-0.5, 4, 64)
+                                       e(R), D**-0.5, splits, 64)
+                launches += plan
             for probs in (None, e(R, H, T)):
                 cross, _ = _cross_plan(e(R, H, D, dtype=dt), e(R, H, T, D, dtype=dt), e(R, H, T, D, dtype=dt),
                                        e(R, T), i64(R), e(R), e(R, H, T), e(R, T, T), e(R, T), e(R, T), e(R, T),
@@ -443,7 +446,7 @@ def test_kernels_compile_for_cuda_without_a_gpu(tmp_path):
     done = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
                           timeout=300, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert done.returncode == 0, done.stderr[-4000:]
-    assert len(done.stdout.splitlines()) == 2 * 4
+    assert len(done.stdout.splitlines()) == 2 * 5  # per dtype: split, reduce, fused split, cross x2
 
 
 # ---------------------------------------------------------------- GPU: MusicGen sizes, timed

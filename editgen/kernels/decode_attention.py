@@ -10,6 +10,9 @@ flash_attn_with_kvcache with cache_seqlens).
 2. `_reduce_kernel`, grid (rows, heads): merges the splits (log-sum-exp) together with this
    step's entry (q . k_new, v_new), which is kept out of the cache walk, forms
    out = out_own - b * (out_own - out_src), and writes k_new, v_new at (slot, pos).
+With one split (many rows: every multiprocessor already has programs; and the CPU
+interpreter) the split kernel does step 2 itself from its registers (FUSED): one launch,
+no workspace, the same operations.
 
 out_src = S_src @ V_own is linear in S, so injecting into the probabilities
 (S = S_own - b (S_own - S_src)) and into the outputs is the same thing; only the rounding
@@ -46,11 +49,13 @@ def _online_block(q, k_ptrs, v, n_in, d_in, scale, m, l, acc):
 
 
 @triton.jit
-def _split_kernel(q_ptr, kc_ptr, vc_ptr, slots_ptr, pos_ptr, src_ptr, b_ptr, m_ws, l_ws, acc_ws, D, P, scale,
-                  sq_r, sq_h, skc_s, skc_h, skc_p, svc_s, svc_h, svc_p, ws_kind,
-                  NUM_SPLITS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+def _split_kernel(q_ptr, kn_ptr, vn_ptr, kc_ptr, vc_ptr, slots_ptr, pos_ptr, src_ptr, b_ptr, m_ws, l_ws, acc_ws,
+                  out_ptr, D, P, scale, sq_r, sq_h, skn_r, skn_h, svn_r, svn_h, skc_s, skc_h, skc_p,
+                  svc_s, svc_h, svc_p, so_r, so_h, ws_kind,
+                  NUM_SPLITS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, FUSED: tl.constexpr):
     """Partial (m, l, acc) of split j for the own scores (workspace kind 0) and the
-    source's (kind 1). Workspace: m, l [2, R, H, NUM_SPLITS]; acc [2, R, H, NUM_SPLITS, BLOCK_D]."""
+    source's (kind 1). Workspace: m, l [2, R, H, NUM_SPLITS]; acc [2, R, H, NUM_SPLITS, BLOCK_D].
+    FUSED (one split): the output and the cache write instead (_finish), no workspace."""
     r = tl.program_id(0)
     h = tl.program_id(1)
     j = tl.program_id(2)
@@ -59,12 +64,14 @@ def _split_kernel(q_ptr, kc_ptr, vc_ptr, slots_ptr, pos_ptr, src_ptr, b_ptr, m_w
     offs_d = tl.arange(0, BLOCK_D)
     d_in = offs_d < D
 
-    pos = tl.minimum(tl.load(pos_ptr + r), P)  # memory safety only: positions < P is the caller's
+    row_pos = tl.load(pos_ptr + r)
+    pos = tl.minimum(row_pos, P)  # memory safety only: positions < P is the caller's
     slot = tl.load(slots_ptr + r).to(tl.int64)  # int64: slot * stride passes 2**31 in a large pool
     src = tl.load(src_ptr + r)
     src_slot = tl.load(slots_ptr + src).to(tl.int64)
+    b = tl.load(b_ptr + r)
     # A row that is its own source would inject itself: S_src = S_own, nothing to compute.
-    injected = (tl.load(b_ptr + r) != 0.0) & (src != r)
+    injected = (b != 0.0) & (src != r)
 
     # Row r's own length (not the capacity) shared evenly by the splits, in whole blocks,
     # as FlashAttention's split-KV does with cache_seqlens.
@@ -97,28 +104,58 @@ def _split_kernel(q_ptr, kc_ptr, vc_ptr, slots_ptr, pos_ptr, src_ptr, b_ptr, m_w
                                             m_s, l_s, acc_s)
         n += BLOCK_N
 
-    at = (r * H + h) * NUM_SPLITS + j
-    tl.store(m_ws + at, m_o)
-    tl.store(l_ws + at, l_o)
-    tl.store(acc_ws + at * BLOCK_D + offs_d, acc_o)
-    tl.store(m_ws + ws_kind + at, m_s)
-    tl.store(l_ws + ws_kind + at, l_s)
-    tl.store(acc_ws + ws_kind * BLOCK_D + at * BLOCK_D + offs_d, acc_s)
+    if FUSED:  # the one split's (m, l, acc) as one-element blocks: _reduce_kernel's merge of one split
+        one = tl.zeros([1], dtype=tl.float32)
+        _finish(one + m_o, one + l_o, acc_o[None, :], one + m_s, one + l_s, acc_s[None, :], r, h, slot, row_pos, src,
+                b, q_ptr, kn_ptr, vn_ptr, kc_ptr, vc_ptr, out_ptr, P, scale, sq_r, sq_h, skn_r, skn_h, svn_r, svn_h,
+                skc_s, skc_h, skc_p, svc_s, svc_h, svc_p, so_r, so_h, offs_d, d_in)
+    else:
+        at = (r * H + h) * NUM_SPLITS + j
+        tl.store(m_ws + at, m_o)
+        tl.store(l_ws + at, l_o)
+        tl.store(acc_ws + at * BLOCK_D + offs_d, acc_o)
+        tl.store(m_ws + ws_kind + at, m_s)
+        tl.store(l_ws + ws_kind + at, l_s)
+        tl.store(acc_ws + ws_kind * BLOCK_D + at * BLOCK_D + offs_d, acc_s)
 
 
 @triton.jit
-def _merge(m_ws, l_ws, acc_ws, at, s_new, v_new, offs_j, offs_d, NUM_SPLITS: tl.constexpr,
-           BLOCK_D: tl.constexpr):
-    """softmax-weighted sum over every split and the new entry (score s_new, value v_new)."""
-    j_in = offs_j < NUM_SPLITS
-    m = tl.load(m_ws + at + offs_j, mask=j_in, other=float("-inf"))  # [BLOCK_S]
-    l = tl.load(l_ws + at + offs_j, mask=j_in, other=0.0)
-    acc = tl.load(acc_ws + (at + offs_j[:, None]) * BLOCK_D + offs_d[None, :], mask=j_in[:, None], other=0.0)
+def _merge(m, l, acc, s_new, v_new):
+    """softmax-weighted sum over the splits' (m [S], l [S], acc [S, BLOCK_D]) and the new
+    entry (score s_new, value v_new)."""
     m_all = tl.maximum(tl.max(m, axis=0), s_new)  # finite: the new entry always counts
     w = tl.exp(m - m_all)  # 0 for splits that had no positions (m = -inf)
     w_new = tl.exp(s_new - m_all)
     total = tl.sum(l * w, axis=0) + w_new
     return (tl.sum(acc * w[:, None], axis=0) + w_new * v_new) / total
+
+
+@triton.jit
+def _finish(m_o, l_o, acc_o, m_s, l_s, acc_s, r, h, slot, pos, src, b, q_ptr, kn_ptr, vn_ptr, kc_ptr, vc_ptr,
+            out_ptr, P, scale, sq_r, sq_h, skn_r, skn_h, svn_r, svn_h, skc_s, skc_h, skc_p, svc_s, svc_h, svc_p,
+            so_r, so_h, offs_d, d_in):
+    """Row r, head h from its splits' partials (own: m_o, l_o, acc_o; the source's: m_s,
+    l_s, acc_s): the output, and this step's K/V into the cache."""
+    q = tl.load(q_ptr + r * sq_r + h * sq_h + offs_d, mask=d_in, other=0.0).to(tl.float32)
+    k_new = tl.load(kn_ptr + r * skn_r + h * skn_h + offs_d, mask=d_in, other=0.0)
+    v_new = tl.load(vn_ptr + r * svn_r + h * svn_h + offs_d, mask=d_in, other=0.0)
+    s_new = tl.sum(q * k_new.to(tl.float32), axis=0) * scale
+    out = _merge(m_o, l_o, acc_o, s_new, v_new.to(tl.float32))
+    if (b != 0.0) & (src != r):  # as the split kernel's source pass
+        q_src = tl.load(q_ptr + src * sq_r + h * sq_h + offs_d, mask=d_in, other=0.0).to(tl.float32)
+        k_src = tl.load(kn_ptr + src * skn_r + h * skn_h + offs_d, mask=d_in, other=0.0).to(tl.float32)
+        # The source's probabilities, the row's own values (v_new of row r).
+        out_src = _merge(m_s, l_s, acc_s, tl.sum(q_src * k_src, axis=0) * scale, v_new.to(tl.float32))
+        out = out - b * (out - out_src)
+    tl.store(out_ptr + r * so_r + h * so_h + offs_d, out.to(out_ptr.dtype.element_ty), mask=d_in)
+
+    # This step's K/V into the cache. Safe here: every read of the cache (the split kernel,
+    # which ran before, or this program's own walk) is at positions < pos of a slot, and
+    # slots are distinct. A position past the capacity is not written (and would have read
+    # only the capacity).
+    write = d_in & (pos < P)
+    tl.store(kc_ptr + slot * skc_s + h * skc_h + pos * skc_p + offs_d, k_new.to(kc_ptr.dtype.element_ty), mask=write)
+    tl.store(vc_ptr + slot * svc_s + h * svc_h + pos * svc_p + offs_d, v_new.to(vc_ptr.dtype.element_ty), mask=write)
 
 
 @triton.jit
@@ -132,33 +169,21 @@ def _reduce_kernel(q_ptr, kn_ptr, vn_ptr, kc_ptr, vc_ptr, slots_ptr, pos_ptr, sr
     offs_j = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)
     d_in = offs_d < D
-
-    pos = tl.load(pos_ptr + r)
-    slot = tl.load(slots_ptr + r).to(tl.int64)
-    src = tl.load(src_ptr + r)
-    b = tl.load(b_ptr + r)
-    q = tl.load(q_ptr + r * sq_r + h * sq_h + offs_d, mask=d_in, other=0.0).to(tl.float32)
-    k_new = tl.load(kn_ptr + r * skn_r + h * skn_h + offs_d, mask=d_in, other=0.0)
-    v_new = tl.load(vn_ptr + r * svn_r + h * svn_h + offs_d, mask=d_in, other=0.0)
+    j_in = offs_j < NUM_SPLITS
     at = (r * H + h) * NUM_SPLITS
-    s_new = tl.sum(q * k_new.to(tl.float32), axis=0) * scale
-    out = _merge(m_ws, l_ws, acc_ws, at, s_new, v_new.to(tl.float32), offs_j, offs_d, NUM_SPLITS, BLOCK_D)
-    if (b != 0.0) & (src != r):  # as the split kernel's source pass
-        q_src = tl.load(q_ptr + src * sq_r + h * sq_h + offs_d, mask=d_in, other=0.0).to(tl.float32)
-        k_src = tl.load(kn_ptr + src * skn_r + h * skn_h + offs_d, mask=d_in, other=0.0).to(tl.float32)
-        # The source's probabilities, the row's own values (v_new of row r).
-        out_src = _merge(m_ws + ws_kind, l_ws + ws_kind, acc_ws + ws_kind * BLOCK_D, at,
-                         tl.sum(q_src * k_src, axis=0) * scale, v_new.to(tl.float32), offs_j, offs_d,
-                         NUM_SPLITS, BLOCK_D)
-        out = out - b * (out - out_src)
-    tl.store(out_ptr + r * so_r + h * so_h + offs_d, out.to(out_ptr.dtype.element_ty), mask=d_in)
-
-    # This step's K/V into the cache. Safe here: every read of the cache (the split kernel,
-    # which ran before this one) is at positions < pos of a slot, and slots are distinct.
-    # A position past the capacity is not written (and would have read only the capacity).
-    write = d_in & (pos < P)
-    tl.store(kc_ptr + slot * skc_s + h * skc_h + pos * skc_p + offs_d, k_new.to(kc_ptr.dtype.element_ty), mask=write)
-    tl.store(vc_ptr + slot * svc_s + h * svc_h + pos * svc_p + offs_d, v_new.to(vc_ptr.dtype.element_ty), mask=write)
+    # Both kinds' partials (the source's are -inf / 0 where the row injects nothing): a few
+    # hundred bytes per program against its split kernels' cache walk.
+    m_o = tl.load(m_ws + at + offs_j, mask=j_in, other=float("-inf"))  # [BLOCK_S]
+    l_o = tl.load(l_ws + at + offs_j, mask=j_in, other=0.0)
+    acc_o = tl.load(acc_ws + (at + offs_j[:, None]) * BLOCK_D + offs_d[None, :], mask=j_in[:, None], other=0.0)
+    m_s = tl.load(m_ws + ws_kind + at + offs_j, mask=j_in, other=float("-inf"))
+    l_s = tl.load(l_ws + ws_kind + at + offs_j, mask=j_in, other=0.0)
+    acc_s = tl.load(acc_ws + ws_kind * BLOCK_D + (at + offs_j[:, None]) * BLOCK_D + offs_d[None, :],
+                    mask=j_in[:, None], other=0.0)
+    _finish(m_o, l_o, acc_o, m_s, l_s, acc_s, r, h, tl.load(slots_ptr + r).to(tl.int64), tl.load(pos_ptr + r),
+            tl.load(src_ptr + r), tl.load(b_ptr + r), q_ptr, kn_ptr, vn_ptr, kc_ptr, vc_ptr, out_ptr, P, scale,
+            sq_r, sq_h, skn_r, skn_h, svn_r, svn_h, skc_s, skc_h, skc_p, svc_s, svc_h, svc_p, so_r, so_h, offs_d,
+            d_in)
 
 
 def default_splits(rows: int, heads: int, capacity: int, block_n: int, device: torch.device) -> int:
@@ -197,20 +222,24 @@ def _decode_plan(q, k_new, v_new, k_cache, v_cache, slots, positions, src_row, s
     b = self_b.to(torch.float32).contiguous()
     block_d = L.next_pow2(dim)
     # Partial results of both passes: kind 0 the own scores, kind 1 the source's.
-    m_ws = torch.empty((2, rows, heads, num_splits), dtype=torch.float32, device=device)
+    # One split: the split kernel finishes the rows itself and the workspace is not read (one
+    # element each, as a pointer to pass).
+    ws = (2, rows, heads, num_splits) if num_splits > 1 else (1, 1, 1, 1)
+    m_ws = torch.empty(ws, dtype=torch.float32, device=device)
     l_ws = torch.empty_like(m_ws)
-    acc_ws = torch.empty((2, rows, heads, num_splits, block_d), dtype=torch.float32, device=device)
+    acc_ws = torch.empty((*ws, block_d if num_splits > 1 else 1), dtype=torch.float32, device=device)
     ws_kind = rows * heads * num_splits  # elements from kind 0 to kind 1 in m_ws, l_ws
     out = torch.empty((rows, heads, dim), dtype=q.dtype, device=device)
     cache_strides = (*k_cache.stride()[:3], *v_cache.stride()[:3])
-    split = L.Launch(_split_kernel, (rows, heads, num_splits),
-                     (q, k_cache, v_cache, slots, positions, src_row, b, m_ws, l_ws, acc_ws, dim, capacity, float(scale),
-                      q.stride(0), q.stride(1), *cache_strides, ws_kind),
-                     {"NUM_SPLITS": num_splits, "BLOCK_N": block_n, "BLOCK_D": block_d})
-    reduce = L.Launch(_reduce_kernel, (rows, heads),
-                      (q, k_new, v_new, k_cache, v_cache, slots, positions, src_row, b, m_ws, l_ws, acc_ws, out,
-                       dim, capacity, float(scale), q.stride(0), q.stride(1), k_new.stride(0), k_new.stride(1),
-                       v_new.stride(0), v_new.stride(1), *cache_strides, out.stride(0), out.stride(1), ws_kind),
+    args = (q, k_new, v_new, k_cache, v_cache, slots, positions, src_row, b, m_ws, l_ws, acc_ws, out, dim, capacity,
+            float(scale), q.stride(0), q.stride(1), k_new.stride(0), k_new.stride(1), v_new.stride(0), v_new.stride(1),
+            *cache_strides, out.stride(0), out.stride(1), ws_kind)
+    fused = num_splits == 1
+    split = L.Launch(_split_kernel, (rows, heads, num_splits), args,
+                     {"NUM_SPLITS": num_splits, "BLOCK_N": block_n, "BLOCK_D": block_d, "FUSED": fused})
+    if fused:
+        return (split,), out
+    reduce = L.Launch(_reduce_kernel, (rows, heads), args,
                       {"NUM_SPLITS": num_splits, "BLOCK_S": L.next_pow2(num_splits), "BLOCK_D": block_d})
     return (split, reduce), out
 
