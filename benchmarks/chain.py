@@ -7,7 +7,8 @@ Each chain runs, alternating the engines (old first in odd chains, new first in 
 ones): a 10 s and a 30 s edit of random:small (source + target with guidance: 4 rows),
 ORT int8 export of each engine's own version, 2 threads, end to end (text, every step,
 EnCodec decode of both clips: `benchmarks.e2e.edit_latency`, which both versions have);
-then this engine's 1 and 8 concurrent 10 s edits (`benchmarks.e2e.concurrent_edits`).
+then this engine's 1 and 8 concurrent 10 s edits (`benchmarks.e2e.concurrent_edits`; with
+--concurrency-on both, the old engine's too).
 Every run records /proc/loadavg before and after; the read bandwidth is measured in this
 process before and after each chain (benchmarks.roofline.measure_bandwidth), and each new
 run's step time is given as a multiple of its bytes floor at that bandwidth: the int8
@@ -86,7 +87,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--chains", type=int, default=2)
     p.add_argument("--seconds", type=float, nargs="+", default=[10.0, 30.0])
-    p.add_argument("--concurrency", type=int, default=8, help="concurrent 10 s edits on this engine (0: none)")
+    p.add_argument("--concurrency", type=int, default=8,
+                   help="concurrent 10 s edits (0: none), on this engine or both (--concurrency-on)")
     p.add_argument("--concurrency-on", choices=("new", "both"), default="new",
                    help="both: the old engine's concurrent edits too (it needs benchmarks.e2e.concurrent_edits)")
     p.add_argument("--threads", type=int, default=2)

@@ -536,8 +536,9 @@ def test_fp16_export_runs_close_to_fp32(exported, ort_backend):
         np.testing.assert_allclose(gm, wm, atol=5e-4, rtol=0)
 
 
-def test_external_data_layout(exported):
-    engine = exported("random:tiny", external_data_bytes=0)
+def test_external_data_layout(exported, tmp_path):
+    engine = tmp_path / "engine"  # a copy: the shared export stays as written (a file is moved below)
+    shutil.copytree(exported("random:tiny", external_data_bytes=0), engine)
     data = json.loads((engine / MANIFEST_FILE).read_text())
     assert data["graphs"]["decoder_step"]["data_file"] == "decoder_step.onnx.data"
     assert (engine / "decoder_step.onnx.data").stat().st_size > (engine / "decoder_step.onnx").stat().st_size

@@ -30,7 +30,7 @@ def speed_up() -> bool:
         return False
     if triton.__version__.split(".")[:2] != ["3", "6"]:  # device_call below is 3.6's __call__ with the memo
         return False
-    names = ("GridExecutor", "InterpretedFunction", "InterpreterError", "_patch_lang", "_get_np_dtype")
+    names = ("GridExecutor", "InterpretedFunction", "InterpreterError", "_patch_lang", "_get_np_dtype", "tl")
     if not all(hasattr(interp, n) for n in names):
         return False
     if getattr(interp, "_editgen_sped_up", False):
@@ -54,14 +54,15 @@ def speed_up() -> bool:
             raise interp.InterpreterError(repr(e)) from e
 
     @functools.lru_cache(maxsize=None)
-    def cached_np_dtype(tt_dtype):
+    def scalar_np_dtype(tt_dtype):  # scalar Triton dtypes hash; block and pointer types do not
         return np_dtype(tt_dtype)
 
-    def get_np_dtype(tt_dtype):
-        try:
-            return cached_np_dtype(tt_dtype)
-        except TypeError:  # an unhashable type: the interpreter's own lookup
+    def get_np_dtype(tt_dtype):  # the interpreter's _get_np_dtype, its table looked up once per dtype
+        if isinstance(tt_dtype, interp.tl.block_type):
+            tt_dtype = tt_dtype.element_ty
+        if isinstance(tt_dtype, interp.tl.pointer_type):
             return np_dtype(tt_dtype)
+        return scalar_np_dtype(tt_dtype)
 
     interp.GridExecutor.__call__ = launch
     interp.InterpretedFunction.__call__ = device_call

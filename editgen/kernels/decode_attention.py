@@ -149,10 +149,12 @@ def _finish(m_o, l_o, acc_o, m_s, l_s, acc_s, r, h, slot, pos, src, b, q_ptr, kn
         out = out - b * (out - out_src)
     tl.store(out_ptr + r * so_r + h * so_h + offs_d, out.to(out_ptr.dtype.element_ty), mask=d_in)
 
-    # This step's K/V into the cache. Safe here: every read of the cache (the split kernel,
-    # which ran before, or this program's own walk) is at positions < pos of a slot, and
-    # slots are distinct. A position past the capacity is not written (and would have read
-    # only the capacity).
+    # This step's K/V into the cache, at (slot, pos). Every read of the cache is at positions
+    # < pos of its slot: a row's own walk, and a target's source pass over this row's slot,
+    # since a target and its source are at one position (the engine steps them together;
+    # the reference checks it, the kernel cannot). Fused, those source passes run beside
+    # this write, so that precondition is what keeps them apart; slots are distinct. A
+    # position past the capacity is not written (and would have read only the capacity).
     write = d_in & (pos < P)
     tl.store(kc_ptr + slot * skc_s + h * skc_h + pos * skc_p + offs_d, k_new.to(kc_ptr.dtype.element_ty), mask=write)
     tl.store(vc_ptr + slot * svc_s + h * svc_h + pos * svc_p + offs_d, v_new.to(vc_ptr.dtype.element_ty), mask=write)
@@ -198,7 +200,8 @@ def default_splits(rows: int, heads: int, capacity: int, block_n: int, device: t
 
 def _decode_plan(q, k_new, v_new, k_cache, v_cache, slots, positions, src_row, self_b, scale, num_splits,
                  block_n):
-    """Checks the arguments; returns the two launches and the output they write."""
+    """Checks the arguments; returns the launches (split and reduce, or the fused split
+    alone for one split) and the output they write."""
     rows, heads, dim = L.dims("q", q, 3, L.FLOATS)
     L.shape("k_new", k_new, (rows, heads, dim), (q.dtype,))
     L.shape("v_new", v_new, (rows, heads, dim), (q.dtype,))

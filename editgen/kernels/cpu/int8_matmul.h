@@ -194,8 +194,9 @@ static inline void block32(const Int8Matrix &m, const int8_t *wb, const uint8_t 
     for (int j = 0; j < 4; j++) acc[r][j] = _mm256_setzero_si256();
   const int groups = m.k_pad / 4;
 #ifdef EDITGEN_AVX2_ASM
-  if (RT == 2) {
-    dot_2x32(wb, q, q + q_stride, groups, reinterpret_cast<__m256i(*)[4]>(acc));
+  if constexpr (RT == 2) {
+    if (groups > 0)  /* the asm loop counts down to zero: it needs one group */
+      dot_2x32(wb, q, q + q_stride, groups, reinterpret_cast<__m256i(*)[4]>(acc));
   } else
 #endif
   for (int g = 0; g < groups; g++) {
