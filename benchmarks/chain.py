@@ -153,6 +153,9 @@ def plot(results: dict, path: Path) -> None:
     a.legend(fontsize=7)
     b.set_ylabel("edited audio s per wall s")
     b.set_title("concurrent 10 s edits")
+    if not any("requests" in r for chain in results["chains"] for r in chain["runs"]):
+        b.axis("off")
+        b.text(0.5, 0.5, "not run (--concurrency 0)", ha="center", va="center", transform=b.transAxes)
     b.tick_params(axis="x", labelsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
