@@ -131,6 +131,16 @@ def _merge(m, l, acc, s_new, v_new):
 
 
 @triton.jit
+def _partials(m_ws, l_ws, acc_ws, at, offs_j, j_in, offs_d, BLOCK_D: tl.constexpr):
+    """One kind's (m [BLOCK_S], l [BLOCK_S], acc [BLOCK_S, BLOCK_D]) of the splits at `at`;
+    the padding splits as empty ones (-inf, 0, 0)."""
+    m = tl.load(m_ws + at + offs_j, mask=j_in, other=float("-inf"))
+    l = tl.load(l_ws + at + offs_j, mask=j_in, other=0.0)
+    acc = tl.load(acc_ws + (at + offs_j[:, None]) * BLOCK_D + offs_d[None, :], mask=j_in[:, None], other=0.0)
+    return m, l, acc
+
+
+@triton.jit
 def _finish(m_o, l_o, acc_o, m_s, l_s, acc_s, r, h, slot, pos, src, b, q_ptr, kn_ptr, vn_ptr, kc_ptr, vc_ptr,
             out_ptr, P, scale, sq_r, sq_h, skn_r, skn_h, svn_r, svn_h, skc_s, skc_h, skc_p, svc_s, svc_h, svc_p,
             so_r, so_h, offs_d, d_in):
@@ -175,13 +185,9 @@ def _reduce_kernel(q_ptr, kn_ptr, vn_ptr, kc_ptr, vc_ptr, slots_ptr, pos_ptr, sr
     at = (r * H + h) * NUM_SPLITS
     # Both kinds' partials (the source's are -inf / 0 where the row injects nothing): a few
     # hundred bytes per program against its split kernels' cache walk.
-    m_o = tl.load(m_ws + at + offs_j, mask=j_in, other=float("-inf"))  # [BLOCK_S]
-    l_o = tl.load(l_ws + at + offs_j, mask=j_in, other=0.0)
-    acc_o = tl.load(acc_ws + (at + offs_j[:, None]) * BLOCK_D + offs_d[None, :], mask=j_in[:, None], other=0.0)
-    m_s = tl.load(m_ws + ws_kind + at + offs_j, mask=j_in, other=float("-inf"))
-    l_s = tl.load(l_ws + ws_kind + at + offs_j, mask=j_in, other=0.0)
-    acc_s = tl.load(acc_ws + ws_kind * BLOCK_D + (at + offs_j[:, None]) * BLOCK_D + offs_d[None, :],
-                    mask=j_in[:, None], other=0.0)
+    m_o, l_o, acc_o = _partials(m_ws, l_ws, acc_ws, at, offs_j, j_in, offs_d, BLOCK_D)
+    m_s, l_s, acc_s = _partials(m_ws + ws_kind, l_ws + ws_kind, acc_ws + ws_kind * BLOCK_D, at, offs_j, j_in, offs_d,
+                                BLOCK_D)
     _finish(m_o, l_o, acc_o, m_s, l_s, acc_s, r, h, tl.load(slots_ptr + r).to(tl.int64), tl.load(pos_ptr + r),
             tl.load(src_ptr + r), tl.load(b_ptr + r), q_ptr, kn_ptr, vn_ptr, kc_ptr, vc_ptr, out_ptr, P, scale,
             sq_r, sq_h, skn_r, skn_h, svn_r, svn_h, skc_s, skc_h, skc_p, svc_s, svc_h, svc_p, so_r, so_h, offs_d,
@@ -227,17 +233,17 @@ def _decode_plan(q, k_new, v_new, k_cache, v_cache, slots, positions, src_row, s
     # Partial results of both passes: kind 0 the own scores, kind 1 the source's.
     # One split: the split kernel finishes the rows itself and the workspace is not read (one
     # element each, as a pointer to pass).
-    ws = (2, rows, heads, num_splits) if num_splits > 1 else (1, 1, 1, 1)
-    m_ws = torch.empty(ws, dtype=torch.float32, device=device)
+    fused = num_splits == 1
+    ws = (1, 1, 1, 1, 1) if fused else (2, rows, heads, num_splits, block_d)
+    m_ws = torch.empty(ws[:4], dtype=torch.float32, device=device)
     l_ws = torch.empty_like(m_ws)
-    acc_ws = torch.empty((*ws, block_d if num_splits > 1 else 1), dtype=torch.float32, device=device)
+    acc_ws = torch.empty(ws, dtype=torch.float32, device=device)
     ws_kind = rows * heads * num_splits  # elements from kind 0 to kind 1 in m_ws, l_ws
     out = torch.empty((rows, heads, dim), dtype=q.dtype, device=device)
     cache_strides = (*k_cache.stride()[:3], *v_cache.stride()[:3])
     args = (q, k_new, v_new, k_cache, v_cache, slots, positions, src_row, b, m_ws, l_ws, acc_ws, out, dim, capacity,
             float(scale), q.stride(0), q.stride(1), k_new.stride(0), k_new.stride(1), v_new.stride(0), v_new.stride(1),
             *cache_strides, out.stride(0), out.stride(1), ws_kind)
-    fused = num_splits == 1
     split = L.Launch(_split_kernel, (rows, heads, num_splits), args,
                      {"NUM_SPLITS": num_splits, "BLOCK_N": block_n, "BLOCK_D": block_d, "FUSED": fused})
     if fused:
